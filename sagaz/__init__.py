@@ -1,0 +1,52 @@
+"""sagaz: durable sagas (multi-step transactions with compensation) on SQLite or PostgreSQL."""
+
+from sagaz.config import SagaConfig, configure, get_config
+from sagaz.engine.context import SagaContext
+from sagaz.engine.definition import Saga, action, compensate, register
+from sagaz.engine.listeners import SagaListener
+from sagaz.engine.recovery import RecoveryReport, recover
+from sagaz.engine.retry import RetryPolicy
+from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus, StepRecord, StepStatus
+from sagaz.errors import (
+    ConfigurationError,
+    LeaseLostError,
+    SagaDefinitionError,
+    SagaFailedError,
+    SagaNotFoundError,
+    SagaTimeoutError,
+    SagazError,
+    StepTimeoutError,
+    StorageError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "FailureStrategy",
+    "LeaseLostError",
+    "RecoveryReport",
+    "RetryPolicy",
+    "Saga",
+    "SagaConfig",
+    "SagaContext",
+    "SagaDefinitionError",
+    "SagaFailedError",
+    "SagaListener",
+    "SagaNotFoundError",
+    "SagaResult",
+    "SagaStatus",
+    "SagaTimeoutError",
+    "SagazError",
+    "StepRecord",
+    "StepStatus",
+    "StepTimeoutError",
+    "StorageError",
+    "__version__",
+    "action",
+    "compensate",
+    "configure",
+    "get_config",
+    "recover",
+    "register",
+]

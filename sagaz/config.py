@@ -1,0 +1,162 @@
+"""Global configuration: which storage, analytics storage and broker sagas use.
+
+``configure(SagaConfig(...))`` sets it explicitly; otherwise the first saga that runs builds it
+from the environment with :meth:`SagaConfig.from_env` (``SAGAZ_*`` variables), and with no variables
+at all that is the embedded default: SQLite in ``./sagaz.db`` and the in-process broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from sagaz.engine.listeners import SagaListener
+from sagaz.errors import ConfigurationError
+from sagaz.storage.base import SagaStorage
+
+__all__ = ["SagaConfig", "configure", "get_config", "storage_from_url"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORAGE_URL = "sqlite:///sagaz.db"
+DEFAULT_LEASE_SECONDS = 30.0
+
+_STORAGE_FORMS = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, memory://, "
+    "or postgresql://user@host:port/dbname"
+)
+_BROKER_FORMS = "memory://, amqp://user:pass@host:5672/, redis://host:6379/0, nats://host:4222, kafka://host:9092"
+
+
+@dataclass
+class SagaConfig:
+    """Where sagas keep their state and publish their events."""
+
+    storage: SagaStorage | None = None
+    analytics_storage: SagaStorage | None = None
+    """Read side (replicas) for listings and statistics; defaults to ``storage``."""
+    broker: Any = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    """How long an executor's claim on a running saga lasts without a heartbeat."""
+    listeners: list[SagaListener] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.storage is None:
+            self.storage = storage_from_url(DEFAULT_STORAGE_URL, "default storage")
+        if not isinstance(self.lease_seconds, int | float) or self.lease_seconds <= 0:
+            raise ConfigurationError(
+                f"lease_seconds must be a number > 0, got {self.lease_seconds!r}")
+
+    @property
+    def write_storage(self) -> SagaStorage:
+        assert self.storage is not None
+        return self.storage
+
+    @property
+    def read_storage(self) -> SagaStorage:
+        return self.analytics_storage or self.write_storage
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SagaConfig:
+        """Build a config from ``SAGAZ_STORAGE_URL``, ``SAGAZ_ANALYTICS_URL``,
+        ``SAGAZ_BROKER_URL`` and ``SAGAZ_LEASE_SECONDS``; keyword arguments win over them."""
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        url = env.get("SAGAZ_STORAGE_URL") or DEFAULT_STORAGE_URL
+        kwargs["storage"] = storage_from_url(url, "SAGAZ_STORAGE_URL")
+        analytics = env.get("SAGAZ_ANALYTICS_URL")
+        if analytics:
+            kwargs["analytics_storage"] = storage_from_url(
+                analytics, "SAGAZ_ANALYTICS_URL", readonly=True)
+        broker = env.get("SAGAZ_BROKER_URL")
+        if broker:
+            kwargs["broker"] = broker_from_url(broker, "SAGAZ_BROKER_URL")
+        lease = env.get("SAGAZ_LEASE_SECONDS")
+        if lease:
+            try:
+                kwargs["lease_seconds"] = float(lease)
+            except ValueError:
+                raise ConfigurationError(
+                    f"SAGAZ_LEASE_SECONDS must be a number of seconds such as 30, got {lease!r}"
+                ) from None
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def storage_from_url(url: str, variable: str, *, readonly: bool = False) -> SagaStorage:
+    """The storage a URL names. ``variable`` is named in errors so users know what to fix."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        from sagaz.storage.memory import InMemorySagaStorage
+
+        return InMemorySagaStorage(readonly=readonly)
+    if scheme == "sqlite":
+        # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db"
+        if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
+            raise ConfigurationError(
+                f"{variable}={url!r} is not a SQLite URL; expected sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db")
+        from sagaz.storage.sqlite import SQLiteSagaStorage
+
+        return SQLiteSagaStorage(parts.path[1:], readonly=readonly)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from sagaz.storage import postgresql  # type: ignore[attr-defined, unused-ignore]
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{variable} names PostgreSQL, but PostgreSQL storage is not available in this "
+                f"installation ({exc}); install it with: pip install 'sagaz[postgres]'") from exc
+        storage: SagaStorage = postgresql.PostgreSQLSagaStorage(dsn=url, readonly=readonly)
+        return storage
+    raise ConfigurationError(
+        f"{variable}={_redact(url)!r} has an unsupported or missing scheme; expected one of: "
+        f"{_STORAGE_FORMS}")
+
+
+def broker_from_url(url: str, variable: str) -> Any:
+    """The broker a URL names (only the in-process broker ships with the engine)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        from sagaz.outbox.brokers.memory import InMemoryBroker
+
+        return InMemoryBroker()
+    if scheme in ("amqp", "amqps", "redis", "rediss", "nats", "kafka"):
+        raise ConfigurationError(
+            f"{variable}: the {scheme}:// broker is not available in this version of sagaz; "
+            "use memory:// for the in-process broker")
+    raise ConfigurationError(
+        f"{variable}={_redact(url)!r} has an unsupported or missing scheme; expected one of: "
+        f"{_BROKER_FORMS}")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+_config: SagaConfig | None = None
+
+
+def configure(config: SagaConfig | None) -> SagaConfig | None:
+    """Install ``config`` as the global configuration (None: rebuild from the environment on next
+    use). Returns the previous one."""
+    global _config
+    previous, _config = _config, config
+    return previous
+
+
+def get_config() -> SagaConfig:
+    """The global configuration, built from the environment on first use."""
+    global _config
+    if _config is None:
+        _config = SagaConfig.from_env()
+    return _config

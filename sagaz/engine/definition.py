@@ -1,0 +1,440 @@
+"""Saga definitions: the imperative ``Saga.add_step`` API, the ``@action``/``@compensate``
+decorators, graph validation and the registry that recovery uses to find definitions by name."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from sagaz.engine.plan import Graph
+from sagaz.engine.retry import RetryPolicy
+from sagaz.engine.types import FailureStrategy, SagaResult
+from sagaz.errors import SagaDefinitionError
+
+if TYPE_CHECKING:
+    from sagaz.config import SagaConfig
+
+__all__ = ["Saga", "StepSpec", "action", "compensate", "get_registered", "register"]
+
+logger = logging.getLogger(__name__)
+
+StepFn = Callable[..., Any]
+RecoveryMode = Literal["compensate", "resume"]
+
+_ACTION_ATTR = "__sagaz_action__"
+_COMPENSATE_ATTR = "__sagaz_compensate__"
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One step of a saga definition."""
+
+    name: str
+    action: StepFn
+    compensation: StepFn | None
+    depends_on: tuple[str, ...] | None
+    """None means "after the previously added step"; () makes a root."""
+    max_retries: int = 0
+    timeout: float | None = None
+    retry_policy: RetryPolicy | None = None
+    is_async: bool = False
+    compensation_is_async: bool = False
+
+
+def _check_step_args(
+    saga_name: str | None, name: object, fn: object, comp: object, max_retries: object,
+    timeout: object, depends_on: object,
+) -> None:
+    if not isinstance(name, str) or not name:
+        raise SagaDefinitionError(f"step names must be non-empty strings, got {name!r}",
+                                  saga_name=saga_name)
+    if not callable(fn):
+        raise SagaDefinitionError(f"step {name!r}: action must be callable, got {fn!r}",
+                                  saga_name=saga_name, step=name)
+    if comp is not None and not callable(comp):
+        raise SagaDefinitionError(
+            f"step {name!r}: compensation must be callable or None, got {comp!r}",
+            saga_name=saga_name, step=name)
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+        raise SagaDefinitionError(
+            f"step {name!r}: max_retries must be an integer >= 0, got {max_retries!r}",
+            saga_name=saga_name, step=name)
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise SagaDefinitionError(
+            f"step {name!r}: timeout must be a number of seconds > 0, got {timeout!r}",
+            saga_name=saga_name, step=name)
+    if depends_on is not None and (
+        isinstance(depends_on, str)
+        or not isinstance(depends_on, Iterable)
+    ):
+        raise SagaDefinitionError(
+            f"step {name!r}: depends_on must be a list of step names, got {depends_on!r} "
+            f"(write depends_on=[{depends_on!r}] for a single dependency)",
+            saga_name=saga_name, step=name)
+
+
+def action(
+    name: str,
+    *,
+    depends_on: Iterable[str] | None = None,
+    max_retries: int = 0,
+    timeout: float | None = None,
+    retry_policy: RetryPolicy | None = None,
+) -> Callable[[StepFn], StepFn]:
+    """Mark a method of a :class:`Saga` subclass as the action of step ``name``.
+
+    Without ``depends_on`` the step runs after the step defined just above it in the class.
+    """
+    deps = tuple(depends_on) if depends_on is not None else None
+
+    def mark(fn: StepFn) -> StepFn:
+        _check_step_args(None, name, fn, None, max_retries, timeout, depends_on)
+        setattr(fn, _ACTION_ATTR, (name, deps, max_retries, timeout, retry_policy))
+        return fn
+
+    return mark
+
+
+def compensate(name: str) -> Callable[[StepFn], StepFn]:
+    """Mark a method of a :class:`Saga` subclass as the compensation of step ``name``."""
+
+    def mark(fn: StepFn) -> StepFn:
+        if not callable(fn):
+            raise SagaDefinitionError(f"@compensate({name!r}) must decorate a callable")
+        setattr(fn, _COMPENSATE_ATTR, name)
+        return fn
+
+    return mark
+
+
+def _is_async(fn: StepFn) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+class Saga:
+    """A named multi-step transaction with compensations.
+
+    Build it imperatively with :meth:`add_step`, or declaratively by subclassing and decorating
+    methods with :func:`action` and :func:`compensate`. The name must stay stable across restarts:
+    recovery finds the definition of an interrupted saga by it.
+
+    ``recovery`` says what recovery does with a saga whose executor died mid-way: ``"compensate"``
+    (default) rolls it back, ``"resume"`` runs the remaining steps forward.
+    """
+
+    saga_name: ClassVar[str | None] = None
+    failure_strategy: FailureStrategy = FailureStrategy.FAIL_FAST
+    grace_seconds: float = 2.0
+    timeout: float | None = None
+    recovery: RecoveryMode = "compensate"
+    retry_policy: RetryPolicy = RetryPolicy()
+
+    _declared_steps: ClassVar[tuple[StepSpec, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._declared_steps = _collect_declared_steps(cls)
+        if cls.saga_name and cls._declared_steps:
+            _registry[cls.saga_name] = cls
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        failure_strategy: FailureStrategy | str | None = None,
+        grace_seconds: float | None = None,
+        timeout: float | None = _UNSET,
+        recovery: RecoveryMode | None = None,
+        retry_policy: RetryPolicy | None = None,
+        config: SagaConfig | None = None,
+    ):
+        name = name or type(self).saga_name
+        if not name or not isinstance(name, str):
+            raise SagaDefinitionError(
+                "a saga needs a name: Saga(name='order') or a `saga_name = 'order'` class "
+                "attribute; it must stay stable across restarts so recovery can find it")
+        self.name: str = name
+        if failure_strategy is not None:
+            try:
+                self.failure_strategy = FailureStrategy(failure_strategy)
+            except ValueError:
+                choices = ", ".join(s.value for s in FailureStrategy)
+                raise SagaDefinitionError(
+                    f"unknown failure_strategy {failure_strategy!r}; use one of {choices}",
+                    saga_name=name) from None
+        if grace_seconds is not None:
+            if grace_seconds < 0:
+                raise SagaDefinitionError("grace_seconds must be >= 0", saga_name=name)
+            self.grace_seconds = grace_seconds
+        if timeout is not _UNSET:
+            self.timeout = timeout
+        if self.timeout is not None and self.timeout <= 0:
+            raise SagaDefinitionError("timeout must be > 0 seconds or None", saga_name=name)
+        if recovery is not None:
+            self.recovery = recovery
+        if self.recovery not in ("compensate", "resume"):
+            raise SagaDefinitionError(
+                f"recovery must be 'compensate' or 'resume', got {self.recovery!r}",
+                saga_name=name)
+        if retry_policy is not None:
+            self.retry_policy = retry_policy
+        self.config = config
+        self._steps: list[StepSpec] = [self._bind(spec) for spec in type(self)._declared_steps]
+        self._declarative = bool(self._steps)
+        self._graph: Graph | None = None
+        self._by_name: dict[str, StepSpec] = {s.name: s for s in self._steps}
+
+    def _bind(self, spec: StepSpec) -> StepSpec:
+        act = spec.action.__get__(self, type(self))
+        comp = spec.compensation.__get__(self, type(self)) if spec.compensation else None
+        return StepSpec(spec.name, act, comp, spec.depends_on, spec.max_retries, spec.timeout,
+                        spec.retry_policy, spec.is_async, spec.compensation_is_async)
+
+    # -- building -------------------------------------------------------------------------------
+
+    def add_step(
+        self,
+        name: str,
+        action: StepFn,
+        compensation: StepFn | None = None,
+        *,
+        depends_on: Iterable[str] | None = None,
+        max_retries: int = 0,
+        timeout: float | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Saga:
+        """Add a step. Without ``depends_on`` it runs after the previously added step;
+        ``depends_on=[]`` makes it a root that starts immediately. Returns the saga (chainable)."""
+        if self._declarative:
+            raise SagaDefinitionError(
+                f"saga {self.name!r} declares its steps with @action; do not mix add_step() "
+                "with decorators: pick one style per saga", saga_name=self.name, step=name)
+        _check_step_args(self.name, name, action, compensation, max_retries, timeout, depends_on)
+        if name in self._by_name:
+            raise SagaDefinitionError(f"duplicate step name {name!r} in saga {self.name!r}",
+                                      saga_name=self.name, step=name)
+        spec = StepSpec(
+            name, action, compensation,
+            tuple(depends_on) if depends_on is not None else None,
+            max_retries, timeout, retry_policy, _is_async(action),
+            compensation is not None and _is_async(compensation),
+        )
+        self._steps.append(spec)
+        self._by_name[name] = spec
+        self._graph = None
+        return self
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> list[StepSpec]:
+        return list(self._steps)
+
+    def step_spec(self, name: str) -> StepSpec:
+        return self._by_name[name]
+
+    @property
+    def graph(self) -> Graph:
+        """The validated dependency graph (raises :class:`SagaDefinitionError` if invalid)."""
+        if self._graph is None:
+            self._graph = _build_graph(self.name, self._steps)
+        return self._graph
+
+    def validate(self) -> None:
+        """Check the whole definition now; :meth:`run` does it before any step runs."""
+        _ = self.graph
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart: steps and dependencies solid, compensations dashed."""
+        graph = self.graph
+        ids = {name: f"s{i}" for i, name in enumerate(graph.order)}
+        lines = ["flowchart TD"]
+        for name in graph.order:
+            lines.append(f'    {ids[name]}["{_mermaid_label(name)}"]')
+        for name in graph.order:
+            for dep in graph.deps[name]:
+                lines.append(f"    {ids[dep]} --> {ids[name]}")
+        for name in graph.order:
+            if name in graph.compensable:
+                lines.append(f'    {ids[name]}_c(["undo {_mermaid_label(name)}"])')
+                lines.append(f"    {ids[name]} -.-> {ids[name]}_c")
+        for name in graph.order:
+            if name not in graph.compensable:
+                continue
+            for dep in graph.deps[name]:
+                if dep in graph.compensable:
+                    lines.append(f"    {ids[name]}_c -.-> {ids[dep]}_c")
+        return "\n".join(lines) + "\n"
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        context: dict[str, Any] | None = None,
+        *,
+        saga_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Run the saga to its end and return the final context.
+
+        Raises :class:`~sagaz.errors.SagaFailedError` (after compensating) if a step failed.
+        Starting the same ``saga_id`` or ``idempotency_key`` twice runs the steps once and returns
+        the first run's outcome.
+        """
+        from sagaz.engine.executor import run_saga
+
+        result = await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
+        if result.status.value == "COMPLETED":
+            return result.context
+        from sagaz.engine.executor import failure_error
+
+        raise failure_error(result)
+
+    async def execute(
+        self,
+        context: dict[str, Any] | None = None,
+        *,
+        saga_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SagaResult:
+        """Like :meth:`run` but returns a :class:`SagaResult` instead of raising on step failure."""
+        from sagaz.engine.executor import run_saga
+
+        return await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
+
+    def __repr__(self) -> str:
+        return f"<Saga {self.name!r} steps={[s.name for s in self._steps]}>"
+
+
+def _mermaid_label(name: str) -> str:
+    return name.replace('"', "#quot;")
+
+
+def _collect_declared_steps(cls: type) -> tuple[StepSpec, ...]:
+    actions: dict[str, tuple[StepFn, Any]] = {}
+    comps: dict[str, StepFn] = {}
+    saga_name = getattr(cls, "saga_name", None)
+    for klass in reversed(cls.__mro__):
+        for attr in vars(klass).values():
+            marked = getattr(attr, _ACTION_ATTR, None)
+            if marked is not None:
+                step = marked[0]
+                if step in actions and actions[step][0] is not attr and klass is cls:
+                    raise SagaDefinitionError(
+                        f"duplicate step name {step!r}: two @action methods use it",
+                        saga_name=saga_name, step=step)
+                actions[step] = (attr, marked)
+            target = getattr(attr, _COMPENSATE_ATTR, None)
+            if target is not None:
+                if target in comps and comps[target] is not attr and klass is cls:
+                    raise SagaDefinitionError(
+                        f"step {target!r} has two @compensate methods", saga_name=saga_name,
+                        step=target)
+                comps[target] = attr
+    unknown = sorted(set(comps) - set(actions))
+    if unknown:
+        raise SagaDefinitionError(
+            f"@compensate names unknown step(s) {unknown}; known steps: {sorted(actions)}",
+            saga_name=saga_name, step=unknown[0])
+    specs = []
+    for step, (fn, (_, deps, retries, timeout, policy)) in actions.items():
+        comp = comps.get(step)
+        specs.append(StepSpec(step, fn, comp, deps, retries, timeout, policy, _is_async(fn),
+                              comp is not None and _is_async(comp)))
+    return tuple(specs)
+
+
+def _build_graph(saga_name: str, steps: list[StepSpec]) -> Graph:
+    if not steps:
+        raise SagaDefinitionError(f"saga {saga_name!r} has no steps", saga_name=saga_name)
+    names = [s.name for s in steps]
+    known = set(names)
+    deps: dict[str, tuple[str, ...]] = {}
+    previous: str | None = None
+    for spec in steps:
+        if spec.depends_on is None:
+            deps[spec.name] = (previous,) if previous is not None else ()
+        else:
+            for dep in spec.depends_on:
+                if dep not in known:
+                    raise SagaDefinitionError(
+                        f"step {spec.name!r} depends on unknown step {dep!r}; "
+                        f"known steps: {names}", saga_name=saga_name, step=spec.name)
+                if dep == spec.name:
+                    raise SagaDefinitionError(f"step {spec.name!r} depends on itself",
+                                              saga_name=saga_name, step=spec.name)
+            deps[spec.name] = tuple(dict.fromkeys(spec.depends_on))
+        previous = spec.name
+    cycle = _find_cycle(names, deps)
+    if cycle:
+        raise SagaDefinitionError(
+            f"saga {saga_name!r} has a dependency cycle: {' -> '.join(cycle)}",
+            saga_name=saga_name, step=cycle[0])
+    return Graph.build(names, deps, {s.name for s in steps if s.compensation is not None})
+
+
+def _find_cycle(names: list[str], deps: dict[str, tuple[str, ...]]) -> list[str] | None:
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(names, white)
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        color[node] = grey
+        stack.append(node)
+        for dep in deps[node]:
+            if color[dep] == grey:
+                return [*stack[stack.index(dep):], dep]
+            if color[dep] == white:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        color[node] = black
+        return None
+
+    for name in names:
+        if color[name] == white:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+_registry: dict[str, Saga | type[Saga]] = {}
+
+
+def register(saga: Saga | type[Saga]) -> Saga | type[Saga]:
+    """Make a saga definition findable by name, so recovery can finish its interrupted runs.
+
+    ``Saga`` subclasses with a ``saga_name`` register themselves. Returns its argument, so it also
+    works as a class decorator.
+    """
+    name = saga.name if isinstance(saga, Saga) else saga.saga_name
+    if not name:
+        raise SagaDefinitionError("only sagas with a name can be registered")
+    if isinstance(saga, Saga):
+        saga.validate()
+    _registry[name] = saga
+    return saga
+
+
+def get_registered(name: str) -> Saga | None:
+    """The registered definition for ``name``, or None."""
+    found = _registry.get(name)
+    if found is None or isinstance(found, Saga):
+        return found
+    instance = found()
+    _registry[name] = instance
+    return instance
+
+
+def registered_names() -> list[str]:
+    return sorted(_registry)

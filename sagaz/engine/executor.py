@@ -1,0 +1,553 @@
+"""Runs sagas: drives the pure plan, calls actions and compensations with retries and timeouts,
+applies the failure strategy to parallel steps and commits every state change before moving on.
+
+Hot path note: a step that is the only runnable one is awaited inline (no task); tasks are created
+only when steps really run in parallel. That keeps the per-step engine overhead to a few
+microseconds, most of it the storage commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sagaz.config import SagaConfig, get_config
+from sagaz.engine import plan
+from sagaz.engine.context import SagaContext
+from sagaz.engine.lease import keeper_for, process_owner
+from sagaz.engine.types import (
+    FailureStrategy,
+    SagaResult,
+    SagaState,
+    SagaStatus,
+    StepRecord,
+    StepState,
+    StepStatus,
+)
+from sagaz.errors import (
+    LeaseLostError,
+    SagaDefinitionError,
+    SagaFailedError,
+    SagaNotFoundError,
+    SagaTimeoutError,
+    StepTimeoutError,
+)
+from sagaz.storage.base import SagaStorage, UnitOfWork
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sagaz.engine.definition import Saga, StepSpec
+
+__all__ = ["SagaExecution", "failure_error", "run_saga"]
+
+logger = logging.getLogger(__name__)
+
+# Namespace for ids derived from idempotency keys: uuid5(namespace, "<saga name>\0<key>").
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5a6a2f1e-7c1b-4b8e-9a51-3d1f0c2b9e77")
+
+# Runs of this process by saga id, so a concurrent start of the same saga in this process gets the
+# full outcome (with the original exception) instead of polling the storage.
+_local_runs: dict[str, asyncio.Future[SagaResult]] = {}
+
+
+def saga_id_for(saga_name: str, saga_id: str | None, idempotency_key: str | None) -> str:
+    if saga_id is not None and idempotency_key is not None:
+        raise SagaDefinitionError("pass saga_id or idempotency_key, not both", saga_name=saga_name)
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise SagaDefinitionError("idempotency_key must be a non-empty string",
+                                      saga_name=saga_name)
+        return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{saga_name}\0{idempotency_key}"))
+    if saga_id is None:
+        return str(uuid.uuid4())
+    try:
+        return str(uuid.UUID(str(saga_id)))
+    except ValueError:
+        raise SagaDefinitionError(
+            f"saga_id must be a UUID such as {uuid.uuid4()}, got {saga_id!r}; use "
+            "idempotency_key=... for arbitrary strings", saga_name=saga_name) from None
+
+
+def check_context(saga_name: str, context: Any) -> dict[str, Any]:
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        raise SagaDefinitionError(
+            f"the context must be a dict, got {type(context).__name__}", saga_name=saga_name)
+    try:
+        json.dumps(context, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SagaDefinitionError(
+            f"the context of saga {saga_name!r} is not JSON-serialisable ({exc}); it is "
+            "persisted, so use plain JSON values (str, int, float, bool, None, lists, dicts with "
+            "str keys)", saga_name=saga_name) from exc
+    return dict(context)
+
+
+async def run_saga(
+    saga: Saga,
+    context: dict[str, Any] | None,
+    *,
+    saga_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> SagaResult:
+    """Start (or join) one saga and return its outcome."""
+    saga.validate()
+    config = saga.config or get_config()
+    data = check_context(saga.name, context)
+    sid = saga_id_for(saga.name, saga_id, idempotency_key)
+    _register_default(saga)
+    local = _local_runs.get(sid)
+    if local is not None and local.get_loop() is asyncio.get_running_loop():
+        return await asyncio.shield(local)
+    owner = process_owner()
+    state = SagaState(sid, saga.name, SagaStatus.RUNNING, data, idempotency_key=idempotency_key,
+                      lease_owner=owner)
+    stored, created = await config.write_storage.create(state, config.lease_seconds)
+    if not created:
+        if stored.saga_name != saga.name:
+            raise SagaDefinitionError(
+                f"saga id {sid} already belongs to saga {stored.saga_name!r}, not {saga.name!r}",
+                saga_name=saga.name)
+        return await await_outcome(saga, config, sid)
+    return await SagaExecution(saga, config, stored, owner).drive()
+
+
+def _register_default(saga: Saga) -> None:
+    from sagaz.engine.definition import _registry
+
+    _registry.setdefault(saga.name, saga)
+
+
+async def await_outcome(saga: Saga, config: SagaConfig, saga_id: str) -> SagaResult:
+    """Wait for a saga run by someone else (another coroutine, process or recovery) to end."""
+    local = _local_runs.get(saga_id)
+    if local is not None and local.get_loop() is asyncio.get_running_loop():
+        return await asyncio.shield(local)
+    return await _poll_outcome(saga, config.write_storage, saga_id)
+
+
+async def _poll_outcome(saga: Saga, storage: SagaStorage, saga_id: str) -> SagaResult:
+    delay = 0.005
+    while True:
+        state = await storage.load(saga_id)
+        if state is None:
+            raise SagaNotFoundError(saga_id)
+        if state.status.is_final:
+            return SagaResult.from_state(state, list(saga.graph.order))
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def failure_error(result: SagaResult) -> SagaFailedError:
+    """The exception :meth:`Saga.run` raises for a saga that did not complete."""
+    what = "compensated" if result.status is SagaStatus.COMPENSATED else "failed"
+    where = f" at step {result.failed_step!r}" if result.failed_step else ""
+    message = f"saga {result.saga_name!r} ({result.saga_id}) {what}{where}"
+    if result.error_message:
+        message += f": {result.error_message}"
+    if result.compensation_errors:
+        message += f"; compensation failed for {sorted(result.compensation_errors)}"
+    err = SagaFailedError(
+        message, saga_id=result.saga_id, saga_name=result.saga_name, status=result.status,
+        failed_step=result.failed_step, compensation_errors=result.compensation_errors,
+        error=result.error_message)
+    err.__cause__ = result.error
+    return err
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Outcome:
+    """Why the forward path stopped early."""
+
+    __slots__ = ("error", "step")
+
+    def __init__(self, step: str | None, error: BaseException):
+        self.step = step
+        self.error = error
+
+
+class SagaExecution:
+    """One run (or recovery) of one saga by this process."""
+
+    def __init__(
+        self, saga: Saga, config: SagaConfig, state: SagaState, owner: str,
+        *, recovering: bool = False,
+    ):
+        self.saga = saga
+        self.graph = saga.graph
+        self.storage = config.write_storage
+        self.lease_seconds = config.lease_seconds
+        self.listeners = config.listeners
+        self.state = state
+        self.owner = owner
+        self.recovering = recovering
+        self.ctx: dict[str, Any] = dict(state.context)
+        self.failure: _Outcome | None = None
+        self.deadline_hit = False
+        self.pending: dict[str, StepState] = {}  # failed/cancelled, written with COMPENSATING
+        self.comp_errors: dict[str, BaseException] = {}
+        self._action_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._cancelled: set[str] = set()
+        self._started = time.time()
+
+    # -- driving ---------------------------------------------------------------------------------
+
+    async def drive(self) -> SagaResult:
+        saga_id = self.state.saga_id
+        future: asyncio.Future[SagaResult] = asyncio.get_running_loop().create_future()
+        _local_runs[saga_id] = future
+        keeper = keeper_for(self.storage, self.owner, self.lease_seconds)
+        keeper.add(saga_id)
+        try:
+            try:
+                result = await self._drive()
+            except LeaseLostError:
+                logger.warning("saga %s taken over by recovery; waiting for its outcome", saga_id,
+                               extra={"action": "saga_lease_lost", "saga_id": saga_id})
+                keeper.discard(saga_id)
+                result = await _poll_outcome(self.saga, self.storage, saga_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: nobody may be waiting
+            raise
+        finally:
+            keeper.discard(saga_id)
+            if _local_runs.get(saga_id) is future:
+                del _local_runs[saga_id]
+        future.set_result(result)
+        return result
+
+    async def _drive(self) -> SagaResult:
+        state = self.state
+        if self.listeners:
+            self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
+        if state.status in (SagaStatus.RUNNING, SagaStatus.PENDING):
+            resume = self.saga.recovery == "resume"
+            command = plan.decide(self.graph, state, recovering=self.recovering, resume=resume)
+            if isinstance(command, plan.BeginCompensation):
+                uncertain = [self._mark(n, StepStatus.UNKNOWN) for n in command.uncertain]
+                await self._begin_compensation(
+                    uncertain, None, "executor died mid-saga; recovered by compensation")
+            elif await self._forward():
+                await self._finish(SagaStatus.COMPLETED)
+                return self._result()
+            else:
+                assert self.failure is not None
+                await self._begin_compensation(
+                    list(self.pending.values()), self.failure.step, _describe(self.failure.error))
+        if not state.status.is_final:
+            await self._compensate_all()
+        return self._result()
+
+    async def _forward(self) -> bool:
+        """Run actions until all completed (True) or a failure/timeout stopped the saga (False)."""
+        graph, state = self.graph, self.state
+        tasks: dict[str, asyncio.Task[None]] = {}
+        loop = asyncio.get_running_loop()
+        deadline = None
+        if self.saga.timeout is not None:
+            deadline = loop.call_later(self.saga.timeout, self._on_deadline)
+        try:
+            while self.failure is None:
+                ready = plan.ready_steps(graph, state, tasks)
+                if ready and not tasks and len(ready) == 1:
+                    await self._run_step(ready[0])
+                    continue
+                for name in ready:
+                    tasks[name] = loop.create_task(self._run_step(name))
+                if not tasks:
+                    return plan.all_completed(graph, state)
+                await self._wait_any(tasks)
+            await self._settle(tasks)
+            return False
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            for task in tasks.values():
+                task.cancel()
+
+    def _on_deadline(self) -> None:
+        timeout = self.saga.timeout or 0.0
+        running = sorted(self._action_tasks, key=self.graph.order.index)
+        self.deadline_hit = True
+        if self.failure is None:
+            self.failure = _Outcome(running[0] if running else None,
+                                    SagaTimeoutError(self.saga.name, timeout))
+        self._cancel_actions()
+
+    def _cancel_actions(self) -> None:
+        for name, task in list(self._action_tasks.items()):
+            self._cancelled.add(name)
+            task.cancel()
+
+    @staticmethod
+    async def _wait_any(tasks: dict[str, asyncio.Task[None]]) -> None:
+        done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+        for name in [n for n, t in tasks.items() if t in done]:
+            tasks.pop(name).result()  # re-raise storage errors and lost leases
+
+    async def _settle(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        """After a failure: deal with siblings still running, per the failure strategy."""
+        strategy = self.saga.failure_strategy
+        if tasks and not self.deadline_hit:
+            if strategy is FailureStrategy.WAIT_ALL:
+                pass
+            elif strategy is FailureStrategy.FAIL_FAST_WITH_GRACE:
+                await asyncio.wait(tasks.values(), timeout=self.saga.grace_seconds)
+                self._cancel_actions()
+            else:
+                self._cancel_actions()
+        while tasks:
+            await self._wait_any(tasks)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    async def _run_step(self, name: str) -> None:
+        spec = self.saga.step_spec(name)
+        policy = spec.retry_policy or self.saga.retry_policy
+        started = time.time()
+        me = asyncio.current_task()
+        assert me is not None
+        self._action_tasks[name] = me
+        attempt = 0
+        base = self.ctx
+        try:
+            while True:
+                attempt += 1
+                if self.listeners:
+                    self._notify("step_started", self.saga.name, self.state.saga_id, name, attempt)
+                step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
+                try:
+                    returned = await _call(spec.action, spec.is_async, step_ctx, spec.timeout,
+                                           name)
+                    changes = _changes(name, step_ctx, base, returned)
+                    break
+                except asyncio.CancelledError:
+                    if name not in self._cancelled:
+                        raise
+                    me.uncancel()
+                    self._stop(name, StepStatus.CANCELLED, None, attempt, started)
+                    return
+                except _BadResult as exc:
+                    # The action ran, so its effects may exist: compensate it like an unknown.
+                    self._stop(name, StepStatus.UNKNOWN, exc, attempt, started)
+                    return
+                except Exception as exc:
+                    final = attempt > spec.max_retries
+                    if self.listeners:
+                        self._notify("step_failed", self.saga.name, self.state.saga_id, name,
+                                     exc, final)
+                    if final:
+                        self._stop(name, StepStatus.FAILED, exc, attempt, started)
+                        return
+                    try:
+                        await asyncio.sleep(policy.delay(attempt))
+                    except asyncio.CancelledError:
+                        if name not in self._cancelled:
+                            raise
+                        me.uncancel()
+                        self._stop(name, StepStatus.CANCELLED, None, attempt, started)
+                        return
+        finally:
+            del self._action_tasks[name]
+        if changes:
+            self.ctx = {**self.ctx, **changes}
+        finished = time.time()
+        step = StepState(name, StepStatus.COMPLETED, changes or None, None, attempt, started,
+                         finished)
+        await self.storage.commit(
+            UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step]),
+            self.lease_seconds,
+        )
+        self.state.steps[name] = step
+        if self.listeners:
+            self._notify("step_completed", self.saga.name, self.state.saga_id, name,
+                         finished - started)
+
+    def _stop(
+        self, name: str, status: StepStatus, exc: BaseException | None, attempts: int,
+        started: float,
+    ) -> None:
+        self.pending[name] = StepState(name, status, None, _describe(exc) if exc else None,
+                                       attempts, started, time.time())
+        if exc is not None and self.failure is None:
+            self.failure = _Outcome(name, exc)
+
+    def _mark(self, name: str, status: StepStatus) -> StepState:
+        step = (self.state.steps.get(name) or StepState(name)).copy()
+        step.status = status
+        return step
+
+    # -- compensation --------------------------------------------------------------------------
+
+    async def _begin_compensation(
+        self, steps: list[StepState], failed_step: str | None, error: str
+    ) -> None:
+        await self.storage.commit(
+            UnitOfWork(self.state.saga_id, self.owner, status=SagaStatus.COMPENSATING,
+                       context=self.ctx, steps=steps, failed_step=failed_step, error=error),
+            self.lease_seconds,
+        )
+        for step in steps:
+            self.state.steps[step.name] = step
+        self.state.status = SagaStatus.COMPENSATING
+        self.state.failed_step = failed_step
+        self.state.error = error
+
+    async def _compensate_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                command = plan.decide(self.graph, self.state, tasks)
+                if isinstance(command, plan.Finish):
+                    await self._finish(command.status)
+                    return
+                if isinstance(command, plan.CompensateSteps):
+                    if not tasks and len(command.names) == 1:
+                        await self._compensate(command.names[0])
+                        continue
+                    for name in command.names:
+                        tasks[name] = loop.create_task(self._compensate(name))
+                await self._wait_any(tasks)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+
+    async def _compensate(self, name: str) -> None:
+        spec = self.saga.step_spec(name)
+        assert spec.compensation is not None
+        policy = spec.retry_policy or self.saga.retry_policy
+        if self.listeners:
+            self._notify("compensation_started", self.saga.name, self.state.saga_id, name)
+        attempt = 0
+        error: BaseException | None = None
+        base = self.ctx
+        changes: dict[str, Any] = {}
+        while True:
+            attempt += 1
+            step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
+            try:
+                returned = await _call(spec.compensation, spec.compensation_is_async, step_ctx,
+                                       spec.timeout, name)
+                changes = _changes(name, step_ctx, base, returned)
+                break
+            except Exception as exc:
+                if attempt > spec.max_retries or isinstance(exc, _BadResult):
+                    error = exc
+                    break
+                await asyncio.sleep(policy.delay(attempt))
+        step = self._mark(name, StepStatus.COMPENSATED if error is None
+                          else StepStatus.COMPENSATION_FAILED)
+        if error is not None:
+            step.compensation_error = _describe(error)
+            self.comp_errors[name] = error
+            logger.error("compensation of step %s failed in saga %s: %s", name,
+                         self.state.saga_id, step.compensation_error,
+                         extra={"action": "compensation_failed", "saga_id": self.state.saga_id,
+                                "step": name})
+        if changes:
+            self.ctx = {**self.ctx, **changes}
+        await self.storage.commit(
+            UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step]),
+            self.lease_seconds,
+        )
+        self.state.steps[name] = step
+        if self.listeners:
+            self._notify("compensation_completed", self.saga.name, self.state.saga_id, name,
+                         error)
+
+    async def _finish(self, status: SagaStatus) -> None:
+        await self.storage.commit(
+            UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
+                       release_lease=True),
+            self.lease_seconds,
+        )
+        self.state.status = status
+        self.state.updated_at = time.time()
+        if self.listeners:
+            self._notify("saga_finished", self.saga.name, self.state.saga_id, status.value,
+                         self.state.updated_at - self._started)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _result(self) -> SagaResult:
+        state = self.state
+        records = []
+        for name in self.graph.order:
+            s = state.steps.get(name) or StepState(name)
+            records.append(StepRecord(name, s.status, s.attempts, s.started_at, s.finished_at,
+                                      s.error, s.compensation_error))
+        return SagaResult(
+            saga_id=state.saga_id,
+            saga_name=state.saga_name,
+            status=state.status,
+            context=self.ctx,
+            steps=records,
+            started_at=self._started,
+            finished_at=state.updated_at,
+            failed_step=state.failed_step,
+            error=self.failure.error if self.failure else None,
+            error_message=state.error,
+            compensation_errors=dict(self.comp_errors),
+        )
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                logger.exception("listener %r failed in %s", listener, method,
+                                  extra={"action": "listener_failed"})
+
+
+class _BadResult(TypeError):
+    """An action returned something that cannot be merged into the persisted context."""
+
+
+def _changes(
+    name: str, step_ctx: SagaContext, base: dict[str, Any], returned: Any
+) -> dict[str, Any]:
+    changes = step_ctx.changes_from(base)
+    if returned is not None:
+        if not isinstance(returned, dict):
+            raise _BadResult(
+                f"step {name!r} returned {type(returned).__name__}; return a dict (merged into "
+                "the context) or None")
+        changes.update(returned)
+    if changes:
+        try:
+            json.dumps(changes, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise _BadResult(
+                f"step {name!r} produced a context update that is not JSON-serialisable "
+                f"({exc}); the context is persisted, so use plain JSON values") from exc
+    return changes
+
+
+async def _call(
+    fn: Callable[..., Any], is_async: bool, ctx: SagaContext, timeout: float | None, step: str
+) -> Any:
+    if timeout is None:
+        if is_async:
+            return await fn(ctx)
+        return await asyncio.to_thread(fn, ctx)
+    try:
+        async with asyncio.timeout(timeout):
+            if is_async:
+                return await fn(ctx)
+            # A thread cannot be interrupted: on timeout the step counts as failed, but the
+            # function keeps running in its thread until it returns.
+            return await asyncio.to_thread(fn, ctx)
+    except TimeoutError as exc:
+        raise StepTimeoutError(step, timeout) from exc

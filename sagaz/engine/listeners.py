@@ -1,0 +1,37 @@
+"""Hooks into the engine's lifecycle. Metrics, tracing and the CLI's live output are listeners;
+the engine itself never calls them directly, so a saga without listeners pays nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SagaListener"]
+
+
+class SagaListener:
+    """Override what you need. Listener errors are logged and never fail a saga."""
+
+    def saga_started(self, saga_name: str, saga_id: str, context: dict[str, Any]) -> None:
+        """A saga was created (or recovery picked it up)."""
+
+    def step_started(self, saga_name: str, saga_id: str, step: str, attempt: int) -> None:
+        """An attempt of a step's action begins."""
+
+    def step_completed(self, saga_name: str, saga_id: str, step: str, duration: float) -> None:
+        """A step's completion was committed."""
+
+    def step_failed(
+        self, saga_name: str, saga_id: str, step: str, error: BaseException, final: bool
+    ) -> None:
+        """An attempt failed; ``final`` is True when no retry follows."""
+
+    def compensation_started(self, saga_name: str, saga_id: str, step: str) -> None:
+        """A step's compensation begins."""
+
+    def compensation_completed(
+        self, saga_name: str, saga_id: str, step: str, error: BaseException | None
+    ) -> None:
+        """A step's compensation ended (``error`` is set if it failed after its retries)."""
+
+    def saga_finished(self, saga_name: str, saga_id: str, status: str, duration: float) -> None:
+        """The final status was committed."""

@@ -1,0 +1,9 @@
+"""Saga storages: the interface, the in-memory storage for tests and SQLite for the embedded default.
+
+PostgreSQL lives in :mod:`sagaz.storage.postgresql` (extra ``sagaz[postgres]``).
+"""
+
+from sagaz.storage.base import SagaStorage, UnitOfWork
+from sagaz.storage.memory import InMemorySagaStorage
+
+__all__ = ["InMemorySagaStorage", "SagaStorage", "UnitOfWork"]

@@ -1,0 +1,81 @@
+"""The storage interface the engine talks to.
+
+Every state change of a saga is one :class:`UnitOfWork`: the new saga status and context, the step
+rows that changed and (with the outbox) the events to publish. A storage commits a unit of work
+atomically, and only if the writer still holds the saga's lease (fencing: an executor that lost its
+lease to recovery can never overwrite the recovered saga). Storages are free to commit many units
+of work of concurrent sagas in one database transaction (group commit); ``commit`` returns only
+once the unit is durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from sagaz.engine.types import SagaState, SagaStatus, StepState
+
+__all__ = ["SagaStorage", "UnitOfWork"]
+
+
+@dataclass(slots=True)
+class UnitOfWork:
+    """One atomic state change of one saga."""
+
+    saga_id: str
+    owner: str
+    """The lease holder making the change; the commit fails if the lease is someone else's."""
+    status: SagaStatus | None = None
+    context: dict[str, Any] | None = None
+    steps: list[StepState] = field(default_factory=list)
+    failed_step: str | None = None
+    error: str | None = None
+    release_lease: bool = False
+    """Set with a final status: nobody needs to hold this saga any more."""
+    events: list[Any] = field(default_factory=list)
+    """Outbox events written in the same transaction (used by the transactional outbox)."""
+
+
+@runtime_checkable
+class SagaStorage(Protocol):
+    """What the engine needs from a storage. All methods are coroutines."""
+
+    readonly: bool
+
+    async def create(self, state: SagaState, lease_seconds: float) -> tuple[SagaState, bool]:
+        """Insert a new saga owned by ``state.lease_owner``, or return the existing saga with the
+        same id and False. Never creates two sagas with one id, also under concurrent calls."""
+        ...
+
+    async def commit(self, work: UnitOfWork, lease_seconds: float) -> None:
+        """Apply ``work`` atomically and durably and extend the lease; raise
+        :class:`~sagaz.errors.LeaseLostError` if ``work.owner`` no longer holds the lease."""
+        ...
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        """The saga with its steps, or None."""
+        ...
+
+    async def renew_leases(
+        self, owner: str, saga_ids: list[str], lease_seconds: float
+    ) -> list[str]:
+        """Extend the leases ``owner`` holds; return the ids whose lease it no longer holds."""
+        ...
+
+    async def claim_expired(
+        self, owner: str, lease_seconds: float, limit: int
+    ) -> list[str]:
+        """Atomically take over up to ``limit`` unfinished sagas whose lease expired."""
+        ...
+
+    async def list_sagas(
+        self, status: SagaStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SagaState]:
+        """Sagas, newest first, without their steps loaded."""
+        ...
+
+    async def count_by_status(self) -> dict[SagaStatus, int]:
+        ...
+
+    async def close(self) -> None:
+        ...

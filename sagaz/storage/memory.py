@@ -1,0 +1,129 @@
+"""In-memory storage: process-local, for tests and benchmarks. Same semantics as the others
+(fencing, idempotent create), no durability."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sagaz.engine.types import SagaState, SagaStatus
+from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.storage.base import UnitOfWork
+
+__all__ = ["InMemorySagaStorage"]
+
+
+def _copy_state(state: SagaState, with_steps: bool = True) -> SagaState:
+    return SagaState(
+        state.saga_id, state.saga_name, state.status, dict(state.context),
+        {k: v.copy() for k, v in state.steps.items()} if with_steps else {},
+        state.failed_step, state.error, state.idempotency_key, state.created_at,
+        state.updated_at, state.lease_owner, state.lease_expires_at, state.version,
+    )
+
+
+class InMemorySagaStorage:
+    """Keeps sagas in a dict. Every method completes without suspending, which also makes each
+    one atomic with respect to other coroutines."""
+
+    def __init__(self, *, readonly: bool = False, _shared: dict[str, SagaState] | None = None):
+        self.readonly = readonly
+        self._sagas: dict[str, SagaState] = {} if _shared is None else _shared
+        self.events: list[Any] = []
+
+    def reader(self) -> InMemorySagaStorage:
+        """A read-only view of the same data (stands in for a replica in tests)."""
+        return InMemorySagaStorage(readonly=True, _shared=self._sagas)
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise StorageError("this storage is read-only (readonly=True); write through the "
+                               "primary storage instead")
+
+    async def create(self, state: SagaState, lease_seconds: float) -> tuple[SagaState, bool]:
+        self._check_writable()
+        existing = self._sagas.get(state.saga_id)
+        if existing is not None:
+            return _copy_state(existing), False
+        now = time.time()
+        stored = _copy_state(state)
+        stored.created_at = stored.updated_at = now
+        stored.lease_expires_at = now + lease_seconds
+        self._sagas[state.saga_id] = stored
+        return _copy_state(stored), True
+
+    async def commit(self, work: UnitOfWork, lease_seconds: float) -> None:
+        self._check_writable()
+        saga = self._sagas.get(work.saga_id)
+        if saga is None:
+            raise SagaNotFoundError(work.saga_id)
+        if saga.lease_owner != work.owner:
+            raise LeaseLostError(work.saga_id)
+        now = time.time()
+        if work.status is not None:
+            saga.status = work.status
+        if work.context is not None:
+            saga.context = dict(work.context)
+        for step in work.steps:
+            saga.steps[step.name] = step.copy()
+        if work.failed_step is not None:
+            saga.failed_step = work.failed_step
+        if work.error is not None:
+            saga.error = work.error
+        saga.updated_at = now
+        saga.version += 1
+        if work.release_lease:
+            saga.lease_owner = None
+            saga.lease_expires_at = None
+        else:
+            saga.lease_expires_at = now + lease_seconds
+        self.events.extend(work.events)
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        saga = self._sagas.get(saga_id)
+        return None if saga is None else _copy_state(saga)
+
+    async def renew_leases(self, owner: str, saga_ids: list[str], lease_seconds: float) -> list[str]:
+        self._check_writable()
+        lost = []
+        expires = time.time() + lease_seconds
+        for saga_id in saga_ids:
+            saga = self._sagas.get(saga_id)
+            if saga is None or saga.lease_owner != owner:
+                lost.append(saga_id)
+            else:
+                saga.lease_expires_at = expires
+        return lost
+
+    async def claim_expired(self, owner: str, lease_seconds: float, limit: int) -> list[str]:
+        self._check_writable()
+        now = time.time()
+        claimed = []
+        for saga in self._sagas.values():
+            if len(claimed) >= limit:
+                break
+            if saga.status.is_final:
+                continue
+            if saga.lease_expires_at is not None and saga.lease_expires_at < now:
+                saga.lease_owner = owner
+                saga.lease_expires_at = now + lease_seconds
+                claimed.append(saga.saga_id)
+        return claimed
+
+    async def list_sagas(
+        self, status: SagaStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SagaState]:
+        found = [s for s in self._sagas.values() if status is None or s.status is status]
+        found.sort(key=lambda s: s.created_at, reverse=True)
+        return [_copy_state(s, with_steps=False) for s in found[offset:offset + limit]]
+
+    async def count_by_status(self) -> dict[SagaStatus, int]:
+        counts: dict[SagaStatus, int] = {}
+        for saga in self._sagas.values():
+            counts[saga.status] = counts.get(saga.status, 0) + 1
+        return counts
+
+    async def close(self) -> None:
+        return None
+
+

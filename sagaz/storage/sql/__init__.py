@@ -1,0 +1,50 @@
+"""SQL lives in .sql files next to this module: numbered migrations per dialect and named queries
+(``-- name: query_name`` headers), loaded once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+__all__ = ["Migration", "migrations", "queries"]
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@cache
+def queries(dialect: str) -> dict[str, str]:
+    """Named queries of ``<dialect>/queries.sql``."""
+    text = resources.files(__package__).joinpath(dialect, "queries.sql").read_text("utf-8")
+    parts = _NAME.split(text)
+    found: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in found:
+            raise RuntimeError(f"query {name!r} is defined twice in {dialect}/queries.sql")
+        found[name] = body.strip().rstrip(";")
+    return found
+
+
+@cache
+def migrations(dialect: str) -> tuple[Migration, ...]:
+    """The numbered migrations of ``<dialect>/migrations``, in order."""
+    folder = resources.files(__package__).joinpath(dialect, "migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"{dialect} migrations must be numbered 0001, 0002, ...: {versions}")
+    return tuple(found)

@@ -1,0 +1,86 @@
+-- Named queries of the SQLite storage. Each starts with a "-- name:" line.
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS sagaz_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+);
+
+-- name: applied_migrations
+SELECT version FROM sagaz_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO sagaz_migrations (version, name, applied_at) VALUES (:version, :name, :now);
+
+-- name: insert_saga
+INSERT INTO saga_executions (saga_id, saga_name, status, context, idempotency_key, created_at,
+                             updated_at, lease_owner, lease_expires_at)
+VALUES (:saga_id, :saga_name, :status, :context, :idempotency_key, :now, :now, :owner, :expires)
+ON CONFLICT (saga_id) DO NOTHING;
+
+-- name: update_saga
+-- Fenced: only the lease holder may write. Zero rows updated means the lease was lost.
+UPDATE saga_executions
+   SET status = COALESCE(:status, status),
+       context = COALESCE(:context, context),
+       failed_step = COALESCE(:failed_step, failed_step),
+       error = COALESCE(:error, error),
+       updated_at = :now,
+       version = version + 1,
+       lease_owner = CASE WHEN :release THEN NULL ELSE lease_owner END,
+       lease_expires_at = CASE WHEN :release THEN NULL ELSE :expires END
+ WHERE saga_id = :saga_id AND lease_owner = :owner;
+
+-- name: upsert_step
+INSERT INTO saga_steps (saga_id, step_name, status, result, error, attempts, started_at,
+                        finished_at, compensation_error)
+VALUES (:saga_id, :step_name, :status, :result, :error, :attempts, :started_at, :finished_at,
+        :compensation_error)
+ON CONFLICT (saga_id, step_name) DO UPDATE
+   SET status = excluded.status,
+       result = excluded.result,
+       error = excluded.error,
+       attempts = excluded.attempts,
+       started_at = excluded.started_at,
+       finished_at = excluded.finished_at,
+       compensation_error = excluded.compensation_error;
+
+-- name: saga_exists
+SELECT 1 FROM saga_executions WHERE saga_id = :saga_id;
+
+-- name: select_saga
+SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key, created_at,
+       updated_at, lease_owner, lease_expires_at, version
+  FROM saga_executions
+ WHERE saga_id = :saga_id;
+
+-- name: select_steps
+SELECT step_name, status, result, error, attempts, started_at, finished_at, compensation_error
+  FROM saga_steps
+ WHERE saga_id = :saga_id;
+
+-- name: renew_lease
+UPDATE saga_executions SET lease_expires_at = :expires
+ WHERE saga_id = :saga_id AND lease_owner = :owner;
+
+-- name: claim_expired
+UPDATE saga_executions
+   SET lease_owner = :owner, lease_expires_at = :expires
+ WHERE saga_id IN (SELECT saga_id FROM saga_executions
+                    WHERE lease_expires_at < :now
+                      AND status IN ('PENDING', 'RUNNING', 'COMPENSATING')
+                    ORDER BY lease_expires_at
+                    LIMIT :limit)
+RETURNING saga_id;
+
+-- name: list_sagas
+SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key, created_at,
+       updated_at, lease_owner, lease_expires_at, version
+  FROM saga_executions
+ WHERE (:status IS NULL OR status = :status)
+ ORDER BY created_at DESC
+ LIMIT :limit OFFSET :offset;
+
+-- name: count_by_status
+SELECT status, count(*) FROM saga_executions GROUP BY status;

@@ -1,0 +1,295 @@
+"""SQLite storage: the embedded default (``sqlite:///sagaz.db``).
+
+One dedicated thread owns the connection. Writes from all coroutines queue up and are committed
+together in one transaction per batch (group commit): while one batch is being fsynced, the next
+one collects, so many concurrent sagas share each disk flush. Every ``commit`` still returns only
+after its own batch is durable (WAL, ``synchronous=FULL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
+from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.storage.base import UnitOfWork
+from sagaz.storage.sql import migrations, queries
+
+__all__ = ["SQLiteSagaStorage"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_Op = Callable[[sqlite3.Connection], Any]
+Q = queries("sqlite")
+
+
+class SQLiteSagaStorage:
+    """Saga state in one SQLite file. Several processes may share the file (WAL mode)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, busy_timeout: float = 10.0):
+        self.path = Path(path).expanduser().absolute() if str(path) != ":memory:" else None
+        self.readonly = readonly
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagaz-sqlite")
+        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._flushing = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteSagaStorage({str(self.path or ':memory:')!r}, readonly={self.readonly})"
+
+    # -- connection (runs in the storage thread) -----------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+        elif self.readonly:
+            if not self.path.exists():
+                raise StorageError(f"SQLite database {self.path} does not exist (opened read-only)")
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if not self.readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit survives power loss, not only a process crash.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(conn)
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, lambda: fn(self._connection()))
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite error on {self.path}: {exc}") from exc
+
+    # -- group commit --------------------------------------------------------------------------
+
+    async def _write(self, op: _Op) -> Any:
+        if self.readonly:
+            raise StorageError(f"{self!r} is read-only; write through the primary storage")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((op, future))
+        if not self._flushing:
+            self._flushing = True
+            loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes = await self._run(lambda conn: _write_batch(conn, [op for op, _ in batch]))
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._flushing = False
+
+    # -- SagaStorage ---------------------------------------------------------------------------
+
+    async def create(self, state: SagaState, lease_seconds: float) -> tuple[SagaState, bool]:
+        context = json.dumps(state.context)
+
+        def op(conn: sqlite3.Connection) -> tuple[SagaState, bool]:
+            now = time.time()
+            cur = conn.execute(Q["insert_saga"], {
+                "saga_id": state.saga_id, "saga_name": state.saga_name,
+                "status": state.status.value, "context": context,
+                "idempotency_key": state.idempotency_key, "now": now,
+                "owner": state.lease_owner, "expires": now + lease_seconds,
+            })
+            found = _load(conn, state.saga_id)
+            assert found is not None
+            return found, cur.rowcount == 1
+
+        result: tuple[SagaState, bool] = await self._write(op)
+        return result
+
+    async def commit(self, work: UnitOfWork, lease_seconds: float) -> None:
+        context = None if work.context is None else json.dumps(work.context)
+        steps = [_step_params(work.saga_id, s) for s in work.steps]
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            cur = conn.execute(Q["update_saga"], {
+                "saga_id": work.saga_id, "owner": work.owner,
+                "status": work.status.value if work.status else None, "context": context,
+                "failed_step": work.failed_step, "error": work.error, "now": now,
+                "release": work.release_lease, "expires": now + lease_seconds,
+            })
+            if cur.rowcount != 1:
+                if conn.execute(Q["saga_exists"], {"saga_id": work.saga_id}).fetchone():
+                    raise LeaseLostError(work.saga_id)
+                raise SagaNotFoundError(work.saga_id)
+            if steps:
+                conn.executemany(Q["upsert_step"], steps)
+
+        await self._write(op)
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        return await self._run(lambda conn: _load(conn, saga_id))
+
+    async def renew_leases(self, owner: str, saga_ids: list[str], lease_seconds: float) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            expires = time.time() + lease_seconds
+            lost = []
+            for saga_id in saga_ids:
+                cur = conn.execute(Q["renew_lease"],
+                                   {"saga_id": saga_id, "owner": owner, "expires": expires})
+                if cur.rowcount != 1:
+                    lost.append(saga_id)
+            return lost
+
+        result: list[str] = await self._write(op)
+        return result
+
+    async def claim_expired(self, owner: str, lease_seconds: float, limit: int) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            rows = conn.execute(Q["claim_expired"], {
+                "owner": owner, "expires": now + lease_seconds, "now": now, "limit": limit,
+            }).fetchall()
+            return [r[0] for r in rows]
+
+        result: list[str] = await self._write(op)
+        return result
+
+    async def list_sagas(
+        self, status: SagaStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> list[SagaState]:
+        params = {"status": status.value if status else None, "limit": limit, "offset": offset}
+        rows = await self._run(lambda conn: conn.execute(Q["list_sagas"], params).fetchall())
+        return [_saga_from_row(row) for row in rows]
+
+    async def count_by_status(self) -> dict[SagaStatus, int]:
+        rows = await self._run(lambda conn: conn.execute(Q["count_by_status"]).fetchall())
+        return {SagaStatus(status): count for status, count in rows}
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection | None) -> None:
+            if conn is not None:
+                conn.close()
+
+        conn, self._conn = self._conn, None
+        await asyncio.get_running_loop().run_in_executor(self._thread, shut, conn)
+
+
+def _write_batch(conn: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
+    """Run ``ops`` in one transaction; each under a savepoint so that one op's refusal (a lost
+    lease) rolls back only that op."""
+    outcomes: list[Any] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append(op(conn))
+            except (StorageError, sqlite3.IntegrityError) as exc:
+                conn.execute("ROLLBACK TO op")
+                outcomes.append(exc if isinstance(exc, StorageError)
+                                else StorageError(f"constraint violated: {exc}"))
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations. BEGIN IMMEDIATE takes the database write lock, so concurrent
+    processes migrate one after the other and each migration runs once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(Q["create_migrations_table"])
+        applied = {row[0] for row in conn.execute(Q["applied_migrations"])}
+        for migration in migrations("sqlite"):
+            if migration.version in applied:
+                continue
+            for statement in _statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(Q["record_migration"], {
+                "version": migration.version, "name": migration.name, "now": time.time()})
+            logger.info("applied migration %04d_%s", migration.version, migration.name,
+                        extra={"action": "migration_applied"})
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit implicitly)."""
+    statements, current = [], []
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current.append(line)
+        candidate = "\n".join(current)
+        if sqlite3.complete_statement(candidate):
+            statements.append(candidate.strip())
+            current = []
+    if "\n".join(current).strip():
+        raise StorageError("migration ends with an incomplete statement")
+    return statements
+
+
+def _step_params(saga_id: str, step: StepState) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id, "step_name": step.name, "status": step.status.value,
+        "result": None if step.result is None else json.dumps(step.result),
+        "error": step.error, "attempts": step.attempts, "started_at": step.started_at,
+        "finished_at": step.finished_at, "compensation_error": step.compensation_error,
+    }
+
+
+def _saga_from_row(row: tuple[Any, ...]) -> SagaState:
+    return SagaState(
+        saga_id=row[0], saga_name=row[1], status=SagaStatus(row[2]), context=json.loads(row[3]),
+        failed_step=row[4], error=row[5], idempotency_key=row[6], created_at=row[7],
+        updated_at=row[8], lease_owner=row[9], lease_expires_at=row[10], version=row[11],
+    )
+
+
+def _load(conn: sqlite3.Connection, saga_id: str) -> SagaState | None:
+    row = conn.execute(Q["select_saga"], {"saga_id": saga_id}).fetchone()
+    if row is None:
+        return None
+    state = _saga_from_row(row)
+    for s in conn.execute(Q["select_steps"], {"saga_id": saga_id}):
+        state.steps[s[0]] = StepState(
+            s[0], StepStatus(s[1]), None if s[2] is None else json.loads(s[2]), s[3], s[4], s[5],
+            s[6], s[7])
+    return state
