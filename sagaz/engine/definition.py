@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from sagaz.engine.plan import Graph
 from sagaz.engine.retry import RetryPolicy
-from sagaz.engine.types import FailureStrategy, SagaResult
+from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus
 from sagaz.errors import SagaDefinitionError
 
 if TYPE_CHECKING:
@@ -287,13 +287,12 @@ class Saga:
         Starting the same ``saga_id`` or ``idempotency_key`` twice runs the steps once and returns
         the first run's outcome.
         """
-        from sagaz.engine.executor import run_saga
+        from sagaz.engine.executor import failure_error, run_saga
 
+        _registry.setdefault(self.name, self)  # lets recovery in this process find it
         result = await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
-        if result.status.value == "COMPLETED":
+        if result.status is SagaStatus.COMPLETED:
             return result.context
-        from sagaz.engine.executor import failure_error
-
         raise failure_error(result)
 
     async def execute(
@@ -306,6 +305,7 @@ class Saga:
         """Like :meth:`run` but returns a :class:`SagaResult` instead of raising on step failure."""
         from sagaz.engine.executor import run_saga
 
+        _registry.setdefault(self.name, self)
         return await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
 
     def __repr__(self) -> str:

@@ -39,9 +39,9 @@ from sagaz.errors import (
 from sagaz.storage.base import SagaStorage, UnitOfWork
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-    from sagaz.engine.definition import Saga, StepSpec
+    from sagaz.engine.definition import Saga
 
 __all__ = ["SagaExecution", "failure_error", "run_saga"]
 
@@ -80,7 +80,8 @@ def check_context(saga_name: str, context: Any) -> dict[str, Any]:
         raise SagaDefinitionError(
             f"the context must be a dict, got {type(context).__name__}", saga_name=saga_name)
     try:
-        json.dumps(context, allow_nan=False)
+        if context:
+            json.dumps(context, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SagaDefinitionError(
             f"the context of saga {saga_name!r} is not JSON-serialisable ({exc}); it is "
@@ -101,7 +102,6 @@ async def run_saga(
     config = saga.config or get_config()
     data = check_context(saga.name, context)
     sid = saga_id_for(saga.name, saga_id, idempotency_key)
-    _register_default(saga)
     local = _local_runs.get(sid)
     if local is not None and local.get_loop() is asyncio.get_running_loop():
         return await asyncio.shield(local)
@@ -116,12 +116,6 @@ async def run_saga(
                 saga_name=saga.name)
         return await await_outcome(saga, config, sid)
     return await SagaExecution(saga, config, stored, owner).drive()
-
-
-def _register_default(saga: Saga) -> None:
-    from sagaz.engine.definition import _registry
-
-    _registry.setdefault(saga.name, saga)
 
 
 async def await_outcome(saga: Saga, config: SagaConfig, saga_id: str) -> SagaResult:
@@ -232,8 +226,10 @@ class SagaExecution:
         if self.listeners:
             self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
         if state.status in (SagaStatus.RUNNING, SagaStatus.PENDING):
-            resume = self.saga.recovery == "resume"
-            command = plan.decide(self.graph, state, recovering=self.recovering, resume=resume)
+            command: plan.Command | None = None
+            if self.recovering:
+                resume = self.saga.recovery == "resume"
+                command = plan.decide(self.graph, state, recovering=True, resume=resume)
             if isinstance(command, plan.BeginCompensation):
                 uncertain = [self._mark(n, StepStatus.UNKNOWN) for n in command.uncertain]
                 await self._begin_compensation(
@@ -258,16 +254,19 @@ class SagaExecution:
         if self.saga.timeout is not None:
             deadline = loop.call_later(self.saga.timeout, self._on_deadline)
         try:
+            ready: Sequence[str] = plan.ready_steps(graph, state)
             while self.failure is None:
-                ready = plan.ready_steps(graph, state, tasks)
-                if ready and not tasks and len(ready) == 1:
+                if len(ready) == 1 and not tasks:
+                    # Sequential fast path: no task, no wait.
                     await self._run_step(ready[0])
+                    ready = plan.unlocked_by(graph, state, ready)
                     continue
                 for name in ready:
                     tasks[name] = loop.create_task(self._run_step(name))
                 if not tasks:
                     return plan.all_completed(graph, state)
-                await self._wait_any(tasks)
+                finished = await self._wait_any(tasks)
+                ready = plan.unlocked_by(graph, state, finished, tasks)
             await self._settle(tasks)
             return False
         finally:
@@ -291,10 +290,13 @@ class SagaExecution:
             task.cancel()
 
     @staticmethod
-    async def _wait_any(tasks: dict[str, asyncio.Task[None]]) -> None:
+    async def _wait_any(tasks: dict[str, asyncio.Task[None]]) -> list[str]:
+        """Wait until at least one task ends; return the names of those that ended."""
         done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
-        for name in [n for n, t in tasks.items() if t in done]:
+        finished = [n for n, t in tasks.items() if t in done]
+        for name in finished:
             tasks.pop(name).result()  # re-raise storage errors and lost leases
+        return finished
 
     async def _settle(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         """After a failure: deal with siblings still running, per the failure strategy."""
@@ -536,18 +538,18 @@ def _changes(
 
 
 async def _call(
-    fn: Callable[..., Any], is_async: bool, ctx: SagaContext, timeout: float | None, step: str
+    fn: Callable[..., Any], is_async: bool, ctx: SagaContext, step_timeout: float | None, step: str
 ) -> Any:
-    if timeout is None:
+    if step_timeout is None:
         if is_async:
             return await fn(ctx)
         return await asyncio.to_thread(fn, ctx)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(step_timeout):
             if is_async:
                 return await fn(ctx)
             # A thread cannot be interrupted: on timeout the step counts as failed, but the
             # function keeps running in its thread until it returns.
             return await asyncio.to_thread(fn, ctx)
     except TimeoutError as exc:
-        raise StepTimeoutError(step, timeout) from exc
+        raise StepTimeoutError(step, step_timeout) from exc

@@ -14,8 +14,8 @@ class RetryPolicy:
     """Exponential backoff with "equal jitter".
 
     The delay before retry ``n`` (1-based) is ``d/2 + U(0, d/2)`` with
-    ``d = min(max_delay, base_delay * multiplier ** (n - 1))``: it grows exponentially, never exceeds
-    ``max_delay``, and the jitter spreads retries of many sagas that failed together.
+    ``d = min(max_delay, base_delay * multiplier ** (n - 1))``: it grows exponentially, never
+    exceeds ``max_delay``, and the jitter spreads retries of sagas that failed together.
     The random source is injectable so tests can pin the schedule.
     """
 

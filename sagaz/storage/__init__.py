@@ -1,4 +1,4 @@
-"""Saga storages: the interface, the in-memory storage for tests and SQLite for the embedded default.
+"""Saga storages: the interface, in-memory (tests) and SQLite (the embedded default).
 
 PostgreSQL lives in :mod:`sagaz.storage.postgresql` (extra ``sagaz[postgres]``).
 """

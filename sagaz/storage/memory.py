@@ -50,7 +50,9 @@ class InMemorySagaStorage:
         stored.created_at = stored.updated_at = now
         stored.lease_expires_at = now + lease_seconds
         self._sagas[state.saga_id] = stored
-        return _copy_state(stored), True
+        state.created_at = state.updated_at = now
+        state.lease_expires_at = stored.lease_expires_at
+        return state, True
 
     async def commit(self, work: UnitOfWork, lease_seconds: float) -> None:
         self._check_writable()
@@ -83,7 +85,9 @@ class InMemorySagaStorage:
         saga = self._sagas.get(saga_id)
         return None if saga is None else _copy_state(saga)
 
-    async def renew_leases(self, owner: str, saga_ids: list[str], lease_seconds: float) -> list[str]:
+    async def renew_leases(
+        self, owner: str, saga_ids: list[str], lease_seconds: float
+    ) -> list[str]:
         self._check_writable()
         lost = []
         expires = time.time() + lease_seconds
@@ -98,7 +102,7 @@ class InMemorySagaStorage:
     async def claim_expired(self, owner: str, lease_seconds: float, limit: int) -> list[str]:
         self._check_writable()
         now = time.time()
-        claimed = []
+        claimed: list[str] = []
         for saga in self._sagas.values():
             if len(claimed) >= limit:
                 break

@@ -9,6 +9,7 @@ after its own batch is durable (WAL, ``synchronous=FULL``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -43,6 +44,7 @@ class SQLiteSagaStorage:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagaz-sqlite")
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStorage({str(self.path or ':memory:')!r}, readonly={self.readonly})"
@@ -90,15 +92,16 @@ class SQLiteSagaStorage:
         self._pending.append((op, future))
         if not self._flushing:
             self._flushing = True
-            loop.create_task(self._flush())
+            self._flusher = loop.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                ops = [op for op, _ in batch]
                 try:
-                    outcomes = await self._run(lambda conn: _write_batch(conn, [op for op, _ in batch]))
+                    outcomes = await self._run(functools.partial(_write_batch, ops=ops))
                 except BaseException as exc:
                     for _, future in batch:
                         if not future.done():
@@ -160,7 +163,9 @@ class SQLiteSagaStorage:
     async def load(self, saga_id: str) -> SagaState | None:
         return await self._run(lambda conn: _load(conn, saga_id))
 
-    async def renew_leases(self, owner: str, saga_ids: list[str], lease_seconds: float) -> list[str]:
+    async def renew_leases(
+        self, owner: str, saga_ids: list[str], lease_seconds: float
+    ) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
             expires = time.time() + lease_seconds
             lost = []
