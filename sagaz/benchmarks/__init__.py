@@ -1,0 +1,1 @@
+"""Benchmarks shipped with the package, so ``sagaz benchmark`` can run them anywhere."""
