@@ -9,6 +9,8 @@ microseconds, most of it the storage commit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
 import os
@@ -339,7 +341,7 @@ class SagaExecution:
                 step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
                 try:
                     returned = await _call(spec.action, spec.is_async, step_ctx, spec.timeout,
-                                           name)
+                                           name, lambda: name in self._cancelled)
                     changes = _changes(name, step_ctx, base, returned)
                     break
                 except asyncio.CancelledError:
@@ -353,7 +355,8 @@ class SagaExecution:
                     self._stop(name, StepStatus.UNKNOWN, exc, attempt, started)
                     return
                 except Exception as exc:
-                    final = attempt > spec.max_retries
+                    # A step drained after its cancellation gets no further attempt.
+                    final = attempt > spec.max_retries or name in self._cancelled
                     if self.listeners:
                         self._notify("step_failed", self.saga.name, self.state.saga_id, name,
                                      exc, final)
@@ -449,7 +452,7 @@ class SagaExecution:
             step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
             try:
                 returned = await _call(spec.compensation, spec.compensation_is_async, step_ctx,
-                                       spec.timeout, name)
+                                       spec.timeout, name, lambda: False)
                 changes = _changes(name, step_ctx, base, returned)
                 break
             except Exception as exc:
@@ -546,18 +549,33 @@ def _changes(
 
 
 async def _call(
-    fn: Callable[..., Any], is_async: bool, ctx: SagaContext, step_timeout: float | None, step: str
+    fn: Callable[..., Any], is_async: bool, ctx: SagaContext, step_timeout: float | None,
+    step: str, drain: Callable[[], bool],
 ) -> Any:
+    """Call an action or compensation, applying the step timeout."""
     if step_timeout is None:
-        if is_async:
-            return await fn(ctx)
-        return await asyncio.to_thread(fn, ctx)
+        return await (fn(ctx) if is_async else _in_thread(fn, ctx, drain))
     try:
         async with asyncio.timeout(step_timeout):
-            if is_async:
-                return await fn(ctx)
-            # A thread cannot be interrupted: on timeout the step counts as failed, but the
+            # On timeout a thread cannot be interrupted: the step counts as failed, but the
             # function keeps running in its thread until it returns.
-            return await asyncio.to_thread(fn, ctx)
+            return await (fn(ctx) if is_async else _in_thread(fn, ctx, drain))
     except TimeoutError as exc:
         raise StepTimeoutError(step, step_timeout) from exc
+
+
+async def _in_thread(fn: Callable[..., Any], ctx: SagaContext, drain: Callable[[], bool]) -> Any:
+    """Run a plain function in a thread. If the saga cancels the step (failure strategy, saga
+    timeout) while the thread runs, wait for the thread: it cannot be stopped, so its outcome
+    must be known, and a step that did complete must be recorded so it gets compensated."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, fn, ctx))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if not drain():
+            raise
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+        return await future

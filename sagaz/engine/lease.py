@@ -49,7 +49,6 @@ class LeaseKeeper:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.active: set[str] = set()
-        self.lost: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._renewing: asyncio.Task[None] | None = None
 
@@ -60,7 +59,6 @@ class LeaseKeeper:
 
     def discard(self, saga_id: str) -> None:
         self.active.discard(saga_id)
-        self.lost.discard(saga_id)
         if not self.active and self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -86,8 +84,8 @@ class LeaseKeeper:
                            exc_info=True)
             return
         if lost:
+            # The executors find out on their next commit, which the storage then refuses.
             logger.warning("leases lost to recovery: %s", lost, extra={"action": "lease_lost"})
-            self.lost.update(lost)
 
 
 _keepers: weakref.WeakKeyDictionary[

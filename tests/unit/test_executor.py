@@ -447,3 +447,28 @@ async def test_listeners_see_the_lifecycle() -> None:
     result = await saga.execute({})
     assert result.status is SagaStatus.COMPENSATED
     assert events == ["done:a", "undone:a", "COMPENSATED"]
+
+
+async def test_a_cancelled_plain_function_step_is_waited_for_and_compensated(
+    storage: InMemorySagaStorage,
+) -> None:
+    """A thread cannot be cancelled: when FAIL_FAST cancels a running plain-function sibling,
+    the engine waits for it, records it COMPLETED and so compensates it."""
+    r = Recorder()
+    saga = Saga(name="sync-sibling")
+    saga.add_step("slow", r.step("slow", delay=0.2, sync=True), r.undo("slow"), depends_on=[])
+    saga.add_step("bad", r.step("bad", fail=1, delay=0.01), r.undo("bad"), depends_on=[])
+    result = await saga.execute({})
+    assert result.status is SagaStatus.COMPENSATED
+    assert sorted(r.log) == ["bad!", "slow", "undo-slow"]
+    assert {s.name: s.status for s in result.steps}["slow"] is StepStatus.COMPENSATED
+
+
+async def test_saga_timeout_waits_for_a_plain_function_step(storage: InMemorySagaStorage) -> None:
+    r = Recorder()
+    saga = Saga(name="sync-deadline", timeout=0.05)
+    saga.add_step("slow", r.step("slow", delay=0.2, sync=True), r.undo("slow"))
+    saga.add_step("next", r.step("next"), r.undo("next"))
+    result = await saga.execute({})
+    assert result.status is SagaStatus.COMPENSATED
+    assert r.log == ["slow", "undo-slow"]
