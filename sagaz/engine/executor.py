@@ -260,6 +260,8 @@ class SagaExecution:
         graph, state = self.graph, self.state
         tasks: dict[str, asyncio.Task[None]] = {}
         loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
         deadline = None
         if self.saga.timeout is not None:
             deadline = loop.call_later(self.saga.timeout, self._on_deadline)
@@ -268,11 +270,13 @@ class SagaExecution:
             while self.failure is None:
                 if len(ready) == 1 and not tasks:
                     # Sequential fast path: no task, no wait.
+                    self._action_tasks[ready[0]] = main
                     await self._run_step(ready[0])
                     ready = plan.unlocked_by(graph, state, ready)
                     continue
                 for name in ready:
-                    tasks[name] = loop.create_task(self._run_step(name))
+                    # Registered before it starts, so a cancellation cannot miss it.
+                    tasks[name] = self._action_tasks[name] = loop.create_task(self._run_step(name))
                 if not tasks:
                     return plan.all_completed(graph, state)
                 finished = await self._wait_any(tasks)
@@ -299,13 +303,17 @@ class SagaExecution:
             self._cancelled.add(name)
             task.cancel()
 
-    @staticmethod
-    async def _wait_any(tasks: dict[str, asyncio.Task[None]]) -> list[str]:
+    async def _wait_any(self, tasks: dict[str, asyncio.Task[None]]) -> list[str]:
         """Wait until at least one task ends; return the names of those that ended."""
         done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
         finished = [n for n, t in tasks.items() if t in done]
         for name in finished:
-            tasks.pop(name).result()  # re-raise storage errors and lost leases
+            task = tasks.pop(name)
+            if task.cancelled():  # cancelled before its first line ran: the action never started
+                self._action_tasks.pop(name, None)
+                self._stop(name, StepStatus.CANCELLED, None, 0, time.time())
+                continue
+            task.result()  # re-raise storage errors and lost leases
         return finished
 
     async def _settle(self, tasks: dict[str, asyncio.Task[None]]) -> None:
@@ -328,9 +336,7 @@ class SagaExecution:
         spec = self.saga.step_spec(name)
         policy = spec.retry_policy or self.saga.retry_policy
         started = time.time()
-        me = asyncio.current_task()
-        assert me is not None
-        self._action_tasks[name] = me
+        me = self._action_tasks[name]  # set by the caller: the task running this step
         attempt = 0
         base = self.ctx
         try:

@@ -20,7 +20,8 @@ __all__ = ["SagaStorage", "UnitOfWork"]
 
 @dataclass(slots=True)
 class UnitOfWork:
-    """One atomic state change of one saga."""
+    """One atomic state change of one saga. Once committed, the engine never mutates the objects
+    it holds, so a storage may keep references instead of copies."""
 
     saga_id: str
     owner: str

@@ -67,7 +67,7 @@ class InMemorySagaStorage:
         if work.context is not None:
             saga.context = dict(work.context)
         for step in work.steps:
-            saga.steps[step.name] = step.copy()
+            saga.steps[step.name] = step  # committed steps are never mutated by the engine
         if work.failed_step is not None:
             saga.failed_step = work.failed_step
         if work.error is not None:
