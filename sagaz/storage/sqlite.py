@@ -68,7 +68,7 @@ class SQLiteSagaStorage:
             conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if not self.readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn, self.busy_timeout)
             # FULL: a commit survives power loss, not only a process crash.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -231,6 +231,24 @@ def _write_batch(conn: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch a file to WAL mode, waiting up to ``busy_timeout`` for other writers.
+
+    Changing the journal mode of a fresh (rollback-journal) file needs an exclusive lock, and
+    SQLite reports "database is locked" at once instead of calling the busy handler when another
+    connection holds the write lock, so several processes opening one new file would fail. Retry
+    with a short sleep until the deadline, like every other statement waits."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
