@@ -1,0 +1,130 @@
+"""The ``sagaz`` command: the typer app, global options (logging), and the in-process entry
+point :func:`main` that tests and embedding programs call instead of a subprocess."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+import sagaz
+
+from .demo import demo
+from .running import run as run_command
+from .running import show
+from .sagas import sagas_app
+from .worker import worker
+
+__all__ = ["app", "main", "run"]
+
+HELP = """\
+sagaz runs **sagas**: multi-step business transactions in which every step that completed is
+undone by its compensation when a later step fails, so a failure midway leaves no half-done work
+behind. Each step's outcome is committed before the next one starts (embedded SQLite in
+./sagaz.db by default; set SAGAZ_STORAGE_URL to change it), so a run whose process died is
+finished by `sagaz worker`.
+
+Start with `sagaz demo`. Every option can also be set with a SAGAZ_* environment variable (each
+command's --help names it).
+"""
+
+EXIT_CODES = """\
+**Exit codes**
+
+* 0: success
+* 1: the saga failed (and was compensated), the saga id does not exist, or a worker pass left
+  sagas unfinished
+* 2: invalid usage or configuration: arguments, a SAGAZ_* variable, a module or saga that cannot
+  be loaded, an invalid saga definition or context
+* 3: storage error (database unreachable, or it refused the operation)
+* 130: interrupted
+"""
+
+app = typer.Typer(
+    name="sagaz", help=HELP, epilog=EXIT_CODES, no_args_is_help=True,
+    rich_markup_mode="markdown", pretty_exceptions_enable=False, add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+@app.callback()
+def _global_options(
+    log_level: Annotated[LogLevel, typer.Option(
+        "--log-level", envvar="SAGAZ_LOG_LEVEL", case_sensitive=False,
+        help="Log messages of this level and above go to stderr.")] = LogLevel.WARNING,
+) -> None:
+    configure_logging(log_level.value)
+
+
+# The handler and root level main() installed, so it can undo them: a program calling main()
+# in-process keeps its own logging setup afterwards.
+_installed: tuple[logging.Handler, int] | None = None
+
+
+def configure_logging(level: str) -> None:
+    """Send log records to stderr. Done here, never in the library: an application embedding
+    sagaz owns its logging."""
+    global _installed
+    restore_logging()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _installed = (handler, root.level)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def restore_logging() -> None:
+    global _installed
+    if _installed is not None:
+        handler, level = _installed
+        root = logging.getLogger()
+        root.removeHandler(handler)
+        root.setLevel(level)
+        _installed = None
+
+
+@app.command()
+def version() -> None:
+    """Print the version of sagaz."""
+    typer.echo(f"sagaz {sagaz.__version__}")
+
+
+app.command("demo")(demo)
+app.command("run")(run_command)
+app.command("show")(show)
+app.command("worker")(worker)
+app.add_typer(sagas_app, name="sagas")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code instead of
+    exiting the process."""
+    try:
+        app(args=argv, prog_name="sagaz")
+    except SystemExit as exc:
+        # typer ends every invocation, successful or not, with SystemExit.
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)
+        return 1
+    finally:
+        restore_logging()
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point (``sagaz = "sagaz.cli:run"``)."""
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""``sagaz sagas list`` and ``sagaz sagas show``: inspect saga state through the read storage
+(the analytics replica when SAGAZ_ANALYTICS_URL is set)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from sagaz.engine.types import SagaState, SagaStatus
+
+from .common import ExitCode, Storages, execute, fail, run_async
+from .output import format_time, out, table_console
+
+__all__ = ["sagas_app"]
+
+sagas_app = typer.Typer(
+    name="sagas", no_args_is_help=True,
+    help="Inspect sagas: list them, or show one with its steps.")
+
+JSON_HELP = "Print JSON instead of a table (for scripts)."
+
+
+@sagas_app.command("list")
+def list_sagas(
+    status: Annotated[SagaStatus | None, typer.Option(
+        "--status", envvar="SAGAZ_SAGAS_STATUS", case_sensitive=False,
+        help="Only sagas with this status.")] = None,
+    limit: Annotated[int, typer.Option(
+        "--limit", min=1, envvar="SAGAZ_SAGAS_LIMIT", help="At most this many sagas.")] = 50,
+    offset: Annotated[int, typer.Option(
+        "--offset", min=0, envvar="SAGAZ_SAGAS_OFFSET", help="Skip this many (paging).")] = 0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", envvar="SAGAZ_SAGAS_JSON", help=JSON_HELP)] = False,
+) -> None:
+    """List sagas, newest first."""
+    execute(lambda: run_async(partial(_list, status, limit, offset, as_json)))
+
+
+async def _list(
+    status: SagaStatus | None, limit: int, offset: int, as_json: bool, storages: Storages
+) -> int:
+    storage = storages.config().read_storage
+    found = await storage.list_sagas(status=status, limit=limit, offset=offset)
+    if as_json:
+        _print_json([_saga_json(s) for s in found])
+        return ExitCode.OK
+    if not found:
+        which = f" with status {status.value}" if status else ""
+        out.print(f"no sagas{which} in {escape(repr(storage))}")
+        return ExitCode.OK
+    table = Table(title=f"sagas ({len(found)} shown, newest first)", title_justify="left")
+    # The id is what `sagaz sagas show` needs: never wrap or elide it, however narrow the terminal.
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("name", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("failed step")
+    table.add_column("created")
+    table.add_column("updated")
+    for saga in found:
+        table.add_row(saga.saga_id, escape(saga.saga_name), _styled(saga.status),
+                      escape(saga.failed_step or "-"), format_time(saga.created_at),
+                      format_time(saga.updated_at))
+    table_console().print(table)
+    return ExitCode.OK
+
+
+@sagas_app.command("show")
+def show_saga(
+    saga_id: Annotated[str, typer.Argument(metavar="ID", help="The saga id (a UUID).")],
+    as_json: Annotated[bool, typer.Option(
+        "--json", envvar="SAGAZ_SAGAS_JSON", help=JSON_HELP)] = False,
+) -> None:
+    """Show one saga: status, context, and each step's status, attempts and errors."""
+    execute(lambda: run_async(partial(_show, saga_id.strip(), as_json)))
+
+
+async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
+    storage = storages.config().read_storage
+    saga = await storage.load(saga_id)
+    if saga is None:
+        fail(f"no saga with id {saga_id!r} in {storage!r}; `sagaz sagas list` shows the ids",
+             ExitCode.FAILED)
+    if as_json:
+        _print_json(_saga_json(saga, with_steps=True))
+        return ExitCode.OK
+    fields = [
+        ("id", saga.saga_id), ("name", escape(saga.saga_name)), ("status", _styled(saga.status)),
+        ("created", format_time(saga.created_at)), ("updated", format_time(saga.updated_at)),
+        ("idempotency key", escape(saga.idempotency_key or "-")),
+        ("failed step", escape(saga.failed_step or "-")), ("error", escape(saga.error or "-")),
+    ]
+    if not saga.status.is_final:
+        # Who runs it and until when: tells a live saga from one waiting for recovery.
+        fields.append(("lease", f"{escape(saga.lease_owner or '-')} until "
+                                f"{format_time(saga.lease_expires_at)}"))
+    for label, value in fields:
+        out.print(f"[bold]{label + ':':<17}[/]{value}", soft_wrap=True)
+    out.print(f"[bold]{'context:':<17}[/]{escape(json.dumps(saga.context))}", soft_wrap=True)
+    table = Table(title="steps", title_justify="left")
+    for column in ("step", "status", "attempts", "started", "error", "compensation error"):
+        table.add_column(column)
+    for step in sorted(saga.steps.values(), key=lambda s: s.started_at or float("inf")):
+        table.add_row(escape(step.name), step.status.value, str(step.attempts),
+                      format_time(step.started_at), escape(step.error or "-"),
+                      escape(step.compensation_error or "-"))
+    table_console().print(table)
+    return ExitCode.OK
+
+
+_STATUS_STYLE = {
+    SagaStatus.COMPLETED: "green", SagaStatus.COMPENSATED: "yellow", SagaStatus.FAILED: "red",
+    SagaStatus.COMPENSATING: "magenta", SagaStatus.RUNNING: "cyan",
+}
+
+
+def _styled(status: SagaStatus) -> str:
+    style = _STATUS_STYLE.get(status)
+    return f"[{style}]{status.value}[/]" if style else status.value
+
+
+def _saga_json(saga: SagaState, with_steps: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": saga.saga_id, "name": saga.saga_name, "status": saga.status.value,
+        "failed_step": saga.failed_step, "error": saga.error,
+        "idempotency_key": saga.idempotency_key, "created_at": saga.created_at,
+        "updated_at": saga.updated_at, "context": saga.context,
+    }
+    if with_steps:
+        data["steps"] = [
+            {"name": s.name, "status": s.status.value, "attempts": s.attempts,
+             "started_at": s.started_at, "finished_at": s.finished_at, "error": s.error,
+             "compensation_error": s.compensation_error}
+            for s in saga.steps.values()
+        ]
+    return data
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
