@@ -1,0 +1,31 @@
+"""Fixtures shared by every test directory. Keep this file small and generic."""
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+import sagaz
+from sagaz import SagaConfig
+
+
+@pytest.fixture
+async def use_config() -> AsyncIterator[Callable[..., SagaConfig]]:
+    """Install ``SagaConfig(**kwargs)`` as the global configuration for one test.
+
+    Call it as ``use_config(storage=..., lease_seconds=...)``; it returns the config. Afterwards the
+    global configuration is reset (``sagaz.configure(None)``) and the storages it named are closed.
+    """
+    installed: list[SagaConfig] = []
+
+    def install(**kwargs: Any) -> SagaConfig:
+        config = SagaConfig(**kwargs)
+        sagaz.configure(config)
+        installed.append(config)
+        return config
+
+    yield install
+    sagaz.configure(None)
+    for config in installed:
+        for storage in {id(s): s for s in (config.storage, config.analytics_storage) if s}.values():
+            await storage.close()
