@@ -106,12 +106,12 @@ def storage_from_url(url: str, variable: str, *, readonly: bool = False) -> Saga
         return SQLiteSagaStorage(parts.path[1:], readonly=readonly)
     if scheme in ("postgresql", "postgres"):
         try:
-            from sagaz.storage import postgresql  # type: ignore[attr-defined, unused-ignore]
+            from sagaz.storage.postgresql import PostgreSQLSagaStorage
         except ImportError as exc:
             raise ConfigurationError(
                 f"{variable} names PostgreSQL, but PostgreSQL storage is not available in this "
                 f"installation ({exc}); install it with: pip install 'sagaz[postgres]'") from exc
-        storage: SagaStorage = postgresql.PostgreSQLSagaStorage(dsn=url, readonly=readonly)
+        storage: SagaStorage = PostgreSQLSagaStorage(dsn=url, readonly=readonly)
         return storage
     raise ConfigurationError(
         f"{variable}={_redact(url)!r} has an unsupported or missing scheme; expected one of: "
