@@ -1,49 +1,60 @@
 """PostgreSQL storage: production saga state on the partitioned schema.
 
 Writes of concurrent sagas are coalesced: units of work queue up while the previous batch is
-being committed, then one transaction applies the whole queue with one multi-row statement per
-table (group commit). ``commit`` still returns only after its own unit is durable.
+being committed, then one transaction applies the whole queue (group commit, see
+:mod:`sagaz.storage.postgresql.batch`). ``commit`` still returns only after its own unit is
+durable.
 
 Works through PgBouncer in transaction mode (no prepared statements, no session state, advisory
 locks only transaction-scoped) and with libpq multi-host DSNs (``host=a,b`` +
 ``target_session_attrs=read-write``): connection errors, as during a failover, are retried with
 bounded backoff. Re-applying a batch whose COMMIT outcome was lost is harmless: every write is
-an idempotent overwrite of state, guarded by the lease.
+an idempotent overwrite of state, guarded by the lease, and a create that did commit is
+recognised as ours.
+
+Read-your-writes on replicas: ``lsn = await write.write_lsn()`` after a write, then
+``await read.get_saga(saga_id, min_lsn=lsn)`` waits (up to ``replica_wait`` seconds) until the
+replica has replayed past ``lsn``, then falls back to ``primary`` (or fails): never an answer
+older than the caller's own write. ``read_your_writes=True`` does this on every ``get_saga``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
-from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.engine.types import SagaState, SagaStatus
+from sagaz.errors import StorageError
 from sagaz.storage.base import UnitOfWork
+from sagaz.storage.postgresql.batch import Pending, queue_batch
+from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
 from sagaz.storage.sql import queries
 
-__all__ = ["PostgreSQLSagaStorage"]
+__all__ = ["PostgreSQLSagaStorage", "redact_dsn"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Q = queries("postgresql")
-
-# (kind, payload, lease seconds, future); kind is "create" or "commit".
-_Pending = tuple[str, Any, float, asyncio.Future[Any]]
+_Conn = psycopg.AsyncConnection[Any]
+_CREATED_CACHE_SIZE = 100_000
 
 
 class PostgreSQLSagaStorage:
     """Saga state in PostgreSQL. ``readonly=True`` (replicas, analytics) opens every transaction
-    READ ONLY, so a write attempt fails instead of going to the wrong server."""
+    READ ONLY, so a write attempt fails instead of going to the wrong server.
+
+    ``primary`` (a storage on the primary, for a read-only storage on replicas) is where
+    :meth:`get_saga` falls back when the replica lags behind the LSN asked for.
+    """
 
     def __init__(
         self,
@@ -53,9 +64,17 @@ class PostgreSQLSagaStorage:
         min_size: int = 1,
         max_size: int = 8,
         max_batch: int = 512,
+        max_inflight: int = 2,
         retry_timeout: float = 30.0,
         auto_migrate: bool = True,
+        primary: PostgreSQLSagaStorage | None = None,
+        read_your_writes: bool = False,
+        replica_wait: float = 2.0,
     ):
+        if read_your_writes and primary is None:
+            raise StorageError(
+                "read_your_writes=True needs primary=<storage on the primary>: it asks the "
+                "primary for its WAL position and falls back to it when the replica lags")
         self.dsn = dsn
         self.readonly = readonly
         self.min_size = min_size
@@ -63,18 +82,27 @@ class PostgreSQLSagaStorage:
         self.max_batch = max_batch
         self.retry_timeout = retry_timeout
         self.auto_migrate = auto_migrate and not readonly
+        self.primary = primary
+        self.read_your_writes = read_your_writes
+        self.replica_wait = replica_wait
         self._pool: AsyncConnectionPool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._migrated = False
-        self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self.max_inflight = max_inflight
+        self._pending: list[tuple[Pending, asyncio.Future[Any]]] = []
+        self._inflight = 0
+        self._inflight_ids: set[str] = set()
+        self._flushes: set[asyncio.Task[None]] = set()
+        # Creation times of the sagas this storage created or loaded, by id: they let a commit
+        # touch only the partitions of its sagas. Bounded; a missing entry only costs pruning.
+        self._created: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"PostgreSQLSagaStorage({redact_dsn(self.dsn)!r}, readonly={self.readonly})"
 
     # -- connections ---------------------------------------------------------------------------
 
-    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _configure(self, conn: _Conn) -> None:
         # Client-side settings only: psycopg puts READ ONLY into each BEGIN, so nothing leaks
         # into a PgBouncer server connection shared with other clients.
         await conn.set_read_only(self.readonly)
@@ -108,74 +136,133 @@ class PostgreSQLSagaStorage:
         self._migrated = True
         return applied
 
-    async def _run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """Run ``fn`` in one transaction, retrying connection failures with bounded backoff."""
+    async def _retrying(self, fn: Callable[[_Conn, int], Awaitable[T]]) -> T:
+        """Call ``fn(connection, attempt)``, retrying connection failures (a restarted server, a
+        failover, a killed backend) with bounded exponential backoff."""
         deadline = time.monotonic() + self.retry_timeout
-        delay = 0.05
+        delay, attempt = 0.05, 1
         while True:
             pool = await self._get_pool()
             try:
-                async with pool.connection() as conn, conn.transaction():
-                    return await fn(conn)
+                async with pool.connection() as conn:
+                    return await fn(conn, attempt)
             except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
                 if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction) and self.readonly:
                     raise StorageError(
                         f"{self!r} refused a write: it is read-only; write through the primary "
                         "storage") from exc
+                # A read-write DSN that reaches a server in recovery (a demoted primary before
+                # PgBouncer is re-pointed) also lands here, and is retried like a lost server.
                 if time.monotonic() + delay > deadline:
                     raise StorageError(
                         f"PostgreSQL unreachable for {self.retry_timeout:g}s: {exc}") from exc
                 logger.warning("PostgreSQL connection error, retrying in %.2fs: %s", delay, exc,
-                               extra={"action": "pg_retry"})
+                               extra={"action": "pg_retry", "attempt": attempt})
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, 2.0)
+                delay, attempt = min(delay * 2, 2.0), attempt + 1
             except psycopg.Error as exc:
                 raise StorageError(f"PostgreSQL error: {exc}") from exc
 
+    async def _run(self, fn: Callable[[_Conn], Awaitable[T]]) -> T:
+        """Run ``fn`` in one transaction, with retries."""
+
+        async def attempt(conn: _Conn, _: int) -> T:
+            async with conn.transaction():
+                return await fn(conn)
+
+        return await self._retrying(attempt)
+
     # -- group commit --------------------------------------------------------------------------
 
-    async def _enqueue(self, kind: str, payload: Any, lease_seconds: float) -> Any:
+    async def _enqueue(self, item: Pending) -> Any:
         if self.readonly:
             raise StorageError(f"{self!r} is read-only; write through the primary storage")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((kind, payload, lease_seconds, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        self._pending.append((item, future))
+        self._start_batches()
         return await future
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
-            try:
-                outcomes = await self._run(functools.partial(_apply_batch, batch=batch))
-            except BaseException as exc:
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (*_, future), outcome in zip(batch, outcomes, strict=True):
+    def _start_batches(self) -> None:
+        """Start batches while fewer than ``max_inflight`` are being committed. Two in flight let
+        one batch execute while the previous one waits for its commit to reach the disk."""
+        while self._inflight < self.max_inflight and self._pending:
+            entries = self._take_batch()
+            if not entries:
+                return
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._flush(entries))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    def _take_batch(self) -> list[tuple[Pending, asyncio.Future[Any]]]:
+        """Up to ``max_batch`` pending writes, in order, skipping sagas that have a write in a
+        batch still in flight: the writes of one saga must apply in the order they were made,
+        and batches on two connections may reach the server in either order."""
+        taken: list[tuple[Pending, asyncio.Future[Any]]] = []
+        kept: list[tuple[Pending, asyncio.Future[Any]]] = []
+        for entry in self._pending:
+            if len(taken) < self.max_batch and entry[0].saga_id not in self._inflight_ids:
+                taken.append(entry)
+            else:
+                kept.append(entry)
+        self._pending = kept
+        self._inflight_ids.update(item.saga_id for item, _ in taken)
+        return taken
+
+    async def _flush(self, entries: list[tuple[Pending, asyncio.Future[Any]]]) -> None:
+        batch = [item for item, _ in entries]
+        try:
+            outcomes = await self._retrying(
+                functools.partial(_write_batch, batch=batch, created=self._created))
+        except BaseException as exc:
+            for _, future in entries:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        else:
+            self._remember_created(batch, outcomes)
+            for (_, future), outcome in zip(entries, outcomes, strict=True):
                 if future.done():
                     continue
                 if isinstance(outcome, BaseException):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+        finally:
+            self._inflight -= 1
+            self._inflight_ids.difference_update(item.saga_id for item in batch)
+            self._start_batches()
+
+    def _remember_created(self, batch: list[Pending], outcomes: list[Any]) -> None:
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.kind == "create" and isinstance(outcome, tuple):
+                self._remember(outcome[0])
+            elif item.kind == "commit" and item.payload.release_lease:
+                self._created.pop(item.payload.saga_id, None)
+
+    def _remember(self, state: SagaState) -> None:
+        if len(self._created) >= _CREATED_CACHE_SIZE:
+            del self._created[next(iter(self._created))]  # the oldest entry
+        self._created[state.saga_id] = state.created_at
 
     # -- SagaStorage ---------------------------------------------------------------------------
 
     async def create(self, state: SagaState, lease_seconds: float) -> tuple[SagaState, bool]:
-        result: tuple[SagaState, bool] = await self._enqueue("create", state, lease_seconds)
+        result: tuple[SagaState, bool] = await self._enqueue(
+            Pending("create", state, lease_seconds))
         return result
 
     async def commit(self, work: UnitOfWork, lease_seconds: float) -> None:
-        await self._enqueue("commit", work, lease_seconds)
+        await self._enqueue(Pending("commit", work, lease_seconds))
 
     async def load(self, saga_id: str) -> SagaState | None:
-        found = await self._run(lambda conn: _load(conn, [saga_id]))
-        return found.get(saga_id)
+        found = await self._run(lambda conn: load_sagas(conn, [saga_id]))
+        state = found.get(saga_id)
+        if state is not None and not self.readonly and not state.status.is_final:
+            self._remember(state)  # recovery loads the sagas it claimed before committing
+        return state
 
     async def renew_leases(
         self, owner: str, saga_ids: list[str], lease_seconds: float
@@ -183,7 +270,7 @@ class PostgreSQLSagaStorage:
         if self.readonly:
             raise StorageError(f"{self!r} is read-only")
 
-        async def op(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        async def op(conn: _Conn) -> list[str]:
             cur = await conn.execute(Q["renew_leases"],
                                      {"ids": saga_ids, "owner": owner, "lease": lease_seconds})
             kept = {row[0] for row in await cur.fetchall()}
@@ -195,7 +282,7 @@ class PostgreSQLSagaStorage:
         if self.readonly:
             raise StorageError(f"{self!r} is read-only")
 
-        async def op(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        async def op(conn: _Conn) -> list[str]:
             cur = await conn.execute(Q["claim_expired"],
                                      {"owner": owner, "lease": lease_seconds, "limit": limit})
             return [row[0] for row in await cur.fetchall()]
@@ -207,18 +294,66 @@ class PostgreSQLSagaStorage:
     ) -> list[SagaState]:
         params = {"status": status.value if status else None, "limit": limit, "offset": offset}
 
-        async def op(conn: psycopg.AsyncConnection[Any]) -> list[SagaState]:
+        async def op(conn: _Conn) -> list[SagaState]:
             cur = await conn.execute(Q["list_sagas"], params)
-            return [_saga_from_row(row) for row in await cur.fetchall()]
+            return [saga_from_row(row) for row in await cur.fetchall()]
 
         return await self._run(op)
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
-        async def op(conn: psycopg.AsyncConnection[Any]) -> dict[SagaStatus, int]:
+        async def op(conn: _Conn) -> dict[SagaStatus, int]:
             cur = await conn.execute(Q["count_by_status"])
             return {SagaStatus(s): n for s, n in await cur.fetchall()}
 
         return await self._run(op)
+
+    # -- read-your-writes ----------------------------------------------------------------------
+
+    async def write_lsn(self) -> str:
+        """The server's WAL position now: on a primary, past every commit acknowledged so far
+        (pass it as ``min_lsn`` to a replica); on a replica, how far it has replayed."""
+
+        async def op(conn: _Conn) -> str:
+            cur = await conn.execute(Q["current_lsn"])
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row[0])
+
+        return await self._run(op)
+
+    async def get_saga(
+        self, saga_id: str, *, min_lsn: str | None = None, wait: float | None = None
+    ) -> SagaState | None:
+        """The saga, as of at least ``min_lsn`` (a :meth:`write_lsn` of the primary).
+
+        A replica that has not replayed that far within ``wait`` seconds (default
+        ``replica_wait``) is bypassed: the read goes to ``primary``, or fails with
+        :class:`StorageError` when there is none. It never returns an older state.
+        """
+        if min_lsn is None and self.read_your_writes:
+            assert self.primary is not None
+            min_lsn = await self.primary.write_lsn()
+        if min_lsn is None:
+            return await self.load(saga_id)
+        deadline = time.monotonic() + (self.replica_wait if wait is None else wait)
+        pause = 0.002
+        while True:
+            caught_up, found = await self._run(
+                lambda conn: _load_if_replayed(conn, saga_id, min_lsn))
+            if caught_up:
+                return found
+            if time.monotonic() + pause > deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        if self.primary is None:
+            raise StorageError(
+                f"{self!r} has not replayed WAL up to {min_lsn} within "
+                f"{self.replica_wait if wait is None else wait:g}s and has no primary to fall "
+                "back to; pass primary=<storage on the primary> or a longer wait")
+        logger.info("replica behind %s, reading saga %s from the primary", min_lsn, saga_id,
+                    extra={"action": "replica_fallback", "saga_id": saga_id})
+        return await self.primary.load(saga_id)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -226,141 +361,26 @@ class PostgreSQLSagaStorage:
             await pool.close()
 
 
-async def _apply_batch(
-    conn: psycopg.AsyncConnection[Any], *, batch: Sequence[_Pending]
+async def _write_batch(
+    conn: _Conn, attempt: int, *, batch: list[Pending], created: dict[str, float]
 ) -> list[Any]:
-    """Apply a batch of creates and commits in the caller's transaction; one outcome per item."""
-    outcomes: list[Any] = [None] * len(batch)
-    creates = [(i, p, lease) for i, (kind, p, lease, _) in enumerate(batch) if kind == "create"]
-    commits = [(i, p, lease) for i, (kind, p, lease, _) in enumerate(batch) if kind == "commit"]
-    if creates:
-        await _apply_creates(conn, creates, outcomes)
-    if commits:
-        await _apply_commits(conn, commits, outcomes)
-    return outcomes
+    """BEGIN, the batch's statements and COMMIT in one pipeline (one round trip), then the
+    outcomes."""
+    async with conn.pipeline(), conn.transaction():
+        queued = await queue_batch(conn, batch, retried=attempt > 1, created=created)
+    return await queued.outcomes(conn)
 
 
-async def _apply_creates(
-    conn: psycopg.AsyncConnection[Any], creates: list[tuple[int, SagaState, float]],
-    outcomes: list[Any],
-) -> None:
-    first: dict[str, tuple[int, SagaState, float]] = {}
-    for item in creates:
-        first.setdefault(item[1].saga_id, item)
-    ids = list(first)
-    await conn.execute(Q["lock_saga_ids"], {"ids": ids})
-    states = [first[i][1] for i in ids]
-    cur = await conn.execute(Q["insert_sagas"], {
-        "ids": ids, "names": [s.saga_name for s in states],
-        "statuses": [s.status.value for s in states],
-        "contexts": [json.dumps(s.context) for s in states],
-        "keys": [s.idempotency_key for s in states],
-        "owners": [s.lease_owner for s in states], "leases": [first[i][2] for i in ids],
-    })
-    inserted = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
-    existing = await _load(conn, [i for i in ids if i not in inserted])
-    for index, state, _ in creates:
-        sid = state.saga_id
-        if sid in inserted and first[sid][0] == index:
-            state.created_at = state.updated_at = inserted[sid][0]
-            state.lease_expires_at = inserted[sid][1]
-            outcomes[index] = (state, True)
-        elif sid in inserted:  # a second create of the same id in this batch
-            outcomes[index] = (_copy(first[sid][1]), False)
-        else:
-            outcomes[index] = (existing[sid], False)
-
-
-async def _apply_commits(
-    conn: psycopg.AsyncConnection[Any], commits: list[tuple[int, UnitOfWork, float]],
-    outcomes: list[Any],
-) -> None:
-    # Units of one saga in one batch (parallel steps) merge in order: one row, one update.
-    merged: dict[str, UnitOfWork] = {}
-    leases: dict[str, float] = {}
-    for _, work, lease in commits:
-        leases[work.saga_id] = lease
-        into = merged.get(work.saga_id)
-        if into is None:
-            merged[work.saga_id] = UnitOfWork(
-                work.saga_id, work.owner, work.status, work.context, list(work.steps),
-                work.failed_step, work.error, work.release_lease, list(work.events))
-            continue
-        into.status = work.status or into.status
-        into.context = work.context if work.context is not None else into.context
-        into.steps.extend(work.steps)
-        into.failed_step = work.failed_step or into.failed_step
-        into.error = work.error or into.error
-        into.release_lease = into.release_lease or work.release_lease
-        into.events.extend(work.events)
-    units = list(merged.values())
-    cur = await conn.execute(Q["update_sagas"], {
-        "ids": [u.saga_id for u in units], "owners": [u.owner for u in units],
-        "statuses": [u.status.value if u.status else None for u in units],
-        "contexts": [None if u.context is None else json.dumps(u.context) for u in units],
-        "failed": [u.failed_step for u in units], "errors": [u.error for u in units],
-        "releases": [u.release_lease for u in units],
-        "leases": [leases[u.saga_id] for u in units],
-    })
-    updated = {row[0] for row in await cur.fetchall()}
-    refused = [u.saga_id for u in units if u.saga_id not in updated]
-    exists: set[str] = set()
-    if refused:
-        cur = await conn.execute(Q["existing_saga_ids"], {"ids": refused})
-        exists = {row[0] for row in await cur.fetchall()}
-    steps: dict[tuple[str, str], StepState] = {}
-    for unit in units:
-        if unit.saga_id in updated:
-            for step in unit.steps:
-                steps[(unit.saga_id, step.name)] = step  # last write of a step wins
-    if steps:
-        rows = list(steps.items())
-        await conn.execute(Q["upsert_steps"], {
-            "ids": [k[0] for k, _ in rows], "names": [s.name for _, s in rows],
-            "statuses": [s.status.value for _, s in rows],
-            "results": [None if s.result is None else json.dumps(s.result) for _, s in rows],
-            "errors": [s.error for _, s in rows], "attempts": [s.attempts for _, s in rows],
-            "started": [s.started_at for _, s in rows],
-            "finished": [s.finished_at for _, s in rows],
-            "comp_errors": [s.compensation_error for _, s in rows],
-        })
-    for index, work, _ in commits:
-        sid = work.saga_id
-        if sid in updated:
-            outcomes[index] = None
-        elif sid in exists:
-            outcomes[index] = LeaseLostError(sid)
-        else:
-            outcomes[index] = SagaNotFoundError(sid)
-
-
-def _copy(state: SagaState) -> SagaState:
-    return SagaState(state.saga_id, state.saga_name, state.status, dict(state.context),
-                     {k: v.copy() for k, v in state.steps.items()}, state.failed_step,
-                     state.error, state.idempotency_key, state.created_at, state.updated_at,
-                     state.lease_owner, state.lease_expires_at, state.version)
-
-
-def _saga_from_row(row: Sequence[Any]) -> SagaState:
-    return SagaState(
-        saga_id=row[0], saga_name=row[1], status=SagaStatus(row[2]), context=json.loads(row[3]),
-        failed_step=row[4], error=row[5], idempotency_key=row[6], created_at=row[7],
-        updated_at=row[8], lease_owner=row[9], lease_expires_at=row[10], version=row[11],
-    )
-
-
-async def _load(conn: psycopg.AsyncConnection[Any], ids: list[str]) -> dict[str, SagaState]:
-    if not ids:
-        return {}
-    cur = await conn.execute(Q["select_sagas"], {"ids": ids})
-    found = {row[0]: _saga_from_row(row) for row in await cur.fetchall()}
-    if found:
-        cur = await conn.execute(Q["select_steps"], {"ids": list(found)})
-        for s in await cur.fetchall():
-            found[s[0]].steps[s[1]] = StepState(
-                s[1], StepStatus(s[2]), None if s[3] is None else json.loads(s[3]), s[4], s[5],
-                s[6], s[7], s[8])
-    return found
+async def _load_if_replayed(
+    conn: _Conn, saga_id: str, min_lsn: str
+) -> tuple[bool, SagaState | None]:
+    cur = await conn.execute(Q["replayed_past"], {"lsn": min_lsn})
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return False, None
+    # Same transaction, later snapshot: replay only moves forward, so this sees the write.
+    found = await load_sagas(conn, [saga_id])
+    return True, found.get(saga_id)
 
 
 def redact_dsn(dsn: str) -> str:

@@ -30,8 +30,17 @@ def queries(dialect: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in found:
             raise RuntimeError(f"query {name!r} is defined twice in {dialect}/queries.sql")
-        found[name] = body.strip().rstrip(";")
+        found[name] = _without_trailing_comments(body).rstrip(";")
     return found
+
+
+def _without_trailing_comments(body: str) -> str:
+    """The query text without the comment lines after it: those head the next section of the
+    file (e.g. "-- Maintenance ..."), they are not part of this query."""
+    lines = body.strip().splitlines()
+    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("--")):
+        lines.pop()
+    return "\n".join(lines).strip()
 
 
 @cache
