@@ -1,0 +1,147 @@
+"""A PgBouncer process: its pgbouncer.ini (rendered from the template the generated deployments
+use too), its auth file, and its lifecycle (start, RELOAD via SIGHUP, stop)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sagaz.deploy.render import render
+from sagaz.errors import SagazError
+from sagaz.ha.osuser import ServiceUser, check_reachable, service_user
+
+__all__ = ["Backend", "PgBouncer", "PoolSettings", "READ_POOL", "WRITE_POOL"]
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    pool_mode: str
+    max_client_conn: int
+    default_pool_size: int
+    min_pool_size: int = 0
+    reserve_pool_size: int = 5
+    server_login_retry: int = 1
+    query_wait_timeout: int = 30
+
+
+WRITE_POOL = PoolSettings("transaction", max_client_conn=200, default_pool_size=25)
+"""pgbouncer-rw: short OLTP transactions to the primary (the HA design's figures)."""
+READ_POOL = PoolSettings("transaction", max_client_conn=300, default_pool_size=50)
+"""pgbouncer-ro: reads over the replicas (the HA design's figures)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One [databases] entry: clients asking for ``name`` reach ``dbname`` at host:port."""
+
+    name: str
+    host: str
+    port: int
+    dbname: str
+
+
+@dataclass
+class PgBouncer:
+    directory: Path
+    port: int
+    backends: list[Backend]
+    passwords: dict[str, str]
+    """Users PgBouncer accepts, with their passwords (also used to log in to PostgreSQL)."""
+    admin_user: str
+    settings: PoolSettings = WRITE_POOL
+    role: str = "rw"
+    listen_addr: str = "127.0.0.1"
+    user: ServiceUser = field(default_factory=service_user)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "pgbouncer.ini"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "pgbouncer.log"
+
+    def write_config(self) -> None:
+        """Write pgbouncer.ini and the auth file (0600: it holds passwords)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        check_reachable(self.user, self.directory)
+        auth = self.directory / "userlist.txt"
+        auth.touch(mode=0o600)
+        auth.chmod(0o600)
+        auth.write_text("".join(f'"{u}" "{p}"\n' for u, p in sorted(self.passwords.items())))
+        s = self.settings
+        self.config_path.write_text(render(
+            "pgbouncer/pgbouncer.ini.j2", role=self.role, databases=self.backends,
+            listen_addr=self.listen_addr, listen_port=self.port,
+            unix_socket_dir=str(self.directory), logfile=str(self.log_path),
+            pidfile=str(self.directory / "pgbouncer.pid"), auth_file=str(auth),
+            admin_user=self.admin_user, pool_mode=s.pool_mode,
+            max_client_conn=s.max_client_conn, default_pool_size=s.default_pool_size,
+            min_pool_size=s.min_pool_size, reserve_pool_size=s.reserve_pool_size,
+            server_login_retry=s.server_login_retry, query_wait_timeout=s.query_wait_timeout))
+        self.user.own(self.directory)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start PgBouncer (writing its files first) and wait until it accepts connections."""
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.path.exists(binary):
+            raise SagazError("pgbouncer is not installed: apt-get install pgbouncer")
+        self.write_config()
+        (self.directory / "pgbouncer.pid").unlink(missing_ok=True)
+        # Errors before the log file opens (a bad config) go to stderr: keep them.
+        with open(self.directory / "pgbouncer.stderr", "ab") as stderr:
+            self.process = subprocess.Popen(
+                [binary, str(self.config_path)], cwd=self.directory, env=self.user.env(),
+                preexec_fn=self.user.preexec(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not _accepts(self.listen_addr, self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SagazError(
+                    f"pgbouncer-{self.role} did not start on {self.listen_addr}:{self.port}; "
+                    f"see {self.log_path}:\n{_tail(self.log_path)}"
+                    f"\n{_tail(self.directory / 'pgbouncer.stderr')}")
+            time.sleep(0.02)
+
+    def reload(self, backends: list[Backend] | None = None) -> None:
+        """Rewrite the config (new backends, e.g. after a failover) and RELOAD it."""
+        if backends is not None:
+            self.backends = backends
+        self.write_config()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+
+    def stop(self, how: int = signal.SIGINT, timeout: float = 10.0) -> None:
+        """Stop PgBouncer: SIGINT waits for running transactions, SIGTERM (or SIGKILL) does not."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(how)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
