@@ -8,6 +8,10 @@ import pytest
 import sagaz
 from sagaz import SagaConfig
 
+# The PostgreSQL fixtures (pg_dsn, pg_empty_dsn, ...): used by tests/integration/postgres and the
+# acceptance tests of `sagaz db`. A plugin rather than this file, which stays small and generic.
+pytest_plugins = ["pg_fixtures"]
+
 
 @pytest.fixture
 async def use_config() -> AsyncIterator[Callable[..., SagaConfig]]:

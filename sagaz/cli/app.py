@@ -12,6 +12,7 @@ import typer
 
 import sagaz
 
+from .db import db_app
 from .demo import demo
 from .running import run as run_command
 from .running import show
@@ -105,6 +106,7 @@ app.command("run")(run_command)
 app.command("show")(show)
 app.command("worker")(worker)
 app.add_typer(sagas_app, name="sagas")
+app.add_typer(db_app, name="db")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,9 @@
 SIGINT/SIGTERM only set a flag: the pass in progress finishes (a saga half-compensated by this
 worker would otherwise wait for its lease to expire and another worker), then the worker exits 0.
 A second signal stops it at once.
+
+On a PostgreSQL storage the worker also runs the database maintenance (partitions, inbox cleanup)
+on its own schedule, in a thread beside the recovery loop; see :mod:`sagaz.cli.scheduled`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sagaz.errors import StorageError
 from .common import ExitCode, Storages, execute, run_async
 from .loading import import_module, split_module_names
 from .output import out, print_error, print_warning
+from .scheduled import MaintenanceSchedule
 
 __all__ = ["worker"]
 
@@ -42,24 +46,57 @@ def worker(
         help="Pause between two recovery passes.")] = 5.0,
     once: Annotated[bool, typer.Option(
         "--once", envvar="SAGAZ_WORKER_ONCE",
-        help="Do a single recovery pass and exit (exit 1 if it left sagas unfinished).")] = False,
+        help="Do a single recovery pass and exit (exit 1 if it left sagas unfinished); with a "
+             "PostgreSQL storage, one maintenance run follows it.")] = False,
+    maintenance_interval: Annotated[float, typer.Option(
+        "--maintenance-interval", min=0, envvar="SAGAZ_MAINTENANCE_INTERVAL", metavar="SECONDS",
+        help="PostgreSQL storage only: run the partition maintenance and the consumer-inbox "
+             "cleanup when the worker starts, then every SECONDS (0: never, e.g. when pg_cron or "
+             "a cron job runs `sagaz db maintain`). A failed run is retried at the next one and "
+             "never stops recovery.")] = 86400.0,
+    inbox_retention_days: Annotated[int, typer.Option(
+        "--inbox-retention-days", min=0, max=36500, envvar="SAGAZ_INBOX_RETENTION_DAYS",
+        metavar="DAYS",
+        help="The scheduled cleanup deletes consumer_inbox rows processed more than DAYS ago; "
+             "keep it longer than any broker redelivery window.")] = 90,
+    maintenance_lock_timeout: Annotated[float, typer.Option(
+        "--maintenance-lock-timeout", min=0.001, envvar="SAGAZ_MAINTENANCE_LOCK_TIMEOUT",
+        metavar="SECONDS",
+        help="How long maintenance waits for a table lock before leaving that table for the "
+             "next run.")] = 5.0,
+    maintenance_dsn: Annotated[str | None, typer.Option(
+        "--maintenance-dsn", envvar="SAGAZ_DATABASE_URL", metavar="URL", show_default=False,
+        help="Connection for maintenance, preferably direct to the primary rather than through "
+             "PgBouncer. Default: the storage's (SAGAZ_STORAGE_URL).")] = None,
 ) -> None:
     """Recover sagas whose executor died (its lease expired): compensate them, or resume those
-    defined with recovery="resume". Runs until SIGINT/SIGTERM, finishing the current pass."""
+    defined with recovery="resume". Runs until SIGINT/SIGTERM, finishing the current pass. On a
+    PostgreSQL storage it also maintains the database (partitions, inbox) daily."""
 
     def body() -> int:
         modules = split_module_names(imports or [])
         for name in modules:
             import_module(name)
-        return run_async(partial(_work, modules, interval, once))
+        schedule = MaintenanceSchedule(maintenance_interval, inbox_retention_days,
+                                       maintenance_lock_timeout, maintenance_dsn)
+        return run_async(partial(_work, modules, interval, once, schedule))
 
     execute(body)
 
 
-async def _work(modules: list[str], interval: float, once: bool, storages: Storages) -> int:
+async def _work(
+    modules: list[str], interval: float, once: bool, schedule: MaintenanceSchedule,
+    storages: Storages,
+) -> int:
     config = storages.config()
+    # Resolved before the first pass, so a bad --maintenance-dsn is a usage error at once.
+    maintenance = schedule.bind(config.write_storage)
     if once:
         report = await _pass(config, set())
+        if maintenance is not None:
+            # Recovery decides the exit code; a maintenance failure is only logged (as in the
+            # loop), so a cron job running --once is not flagged for a busy table.
+            await maintenance.run_once()
         if report.errors or report.unknown_definitions:
             return ExitCode.FAILED
         if not report.count:
@@ -69,9 +106,11 @@ async def _work(modules: list[str], interval: float, once: bool, storages: Stora
     _install_signal_handlers(stop)
     where = escape(repr(config.write_storage))
     loaded = ", ".join(modules) or "none"
-    out.print(f"worker started on {where} (modules: {escape(loaded)}; every {interval:g}s); "
-              "Ctrl-C to stop", soft_wrap=True)
+    every = (f"; maintenance every {schedule.interval:g}s" if maintenance is not None else "")
+    out.print(f"worker started on {where} (modules: {escape(loaded)}; every {interval:g}s"
+              f"{every}); Ctrl-C to stop", soft_wrap=True)
     warned: set[str] = set()
+    maintaining: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
             try:
@@ -85,10 +124,18 @@ async def _work(modules: list[str], interval: float, once: bool, storages: Stora
                 # keep the worker alive for the sagas that can be recovered.
                 logger.exception("recovery pass failed; retrying in %gs", interval,
                                  extra={"action": "worker_pass_failed"})
+            if maintenance is not None and maintaining is None:
+                # Started after the first pass: that pass opened the storage, which applies the
+                # migrations maintenance needs. Its own task, so a slow run never delays recovery.
+                maintaining = asyncio.create_task(maintenance.run_forever(stop))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
     finally:
         _remove_signal_handlers()
+        if maintaining is not None:
+            maintaining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintaining
     out.print("worker stopped")
     return ExitCode.OK
 

@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real PostgreSQL.
+"""Fixtures for tests against a real PostgreSQL (a pytest plugin, loaded by tests/conftest.py, so
+that tests/integration/postgres and tests/acceptance share them).
 
 The server comes from ``SAGAZ_TEST_PG_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``,
 the maintenance database of a local server with trust auth). Per session one template database
@@ -13,14 +14,13 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
-
-from sagaz.storage.postgresql.migrate import migrate
 
 BASE_DSN = os.environ.get(
     "SAGAZ_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -36,6 +36,18 @@ or point the tests at a server (a superuser, or a role with CREATEDB):
 def dsn_for(database: str) -> str:
     """``SAGAZ_TEST_PG_DSN`` with another database name."""
     return make_conninfo(BASE_DSN, dbname=database)
+
+
+def as_url(dsn: str) -> str:
+    """A ``postgresql://`` URL for a DSN of these fixtures (they are key=value strings): the form
+    SAGAZ_STORAGE_URL requires."""
+    params = conninfo_to_dict(dsn)
+    user = quote(str(params.get("user") or ""), safe="")
+    password = params.get("password")
+    auth = f"{user}:{quote(str(password), safe='')}@" if password else (f"{user}@" if user else "")
+    host = params.get("host") or "localhost"
+    port = params.get("port") or 5432
+    return f"postgresql://{auth}{host}:{port}/{quote(str(params['dbname']), safe='')}"
 
 
 def _describe_server() -> str:
@@ -81,6 +93,9 @@ def pg_server() -> str:
 @pytest.fixture(scope="session")
 def pg_template(pg_server: str) -> Iterator[str]:
     """Name of a database holding the full schema (all migrations applied), used as a template."""
+    # Imported here, not at the top: this plugin loads for every test, the unit tests included.
+    from sagaz.storage.postgresql.migrate import migrate
+
     name = f"sagaz_test_template_{secrets.token_hex(4)}"
     _create_database(name, "template0")
     try:
