@@ -116,20 +116,54 @@ class PgBouncer:
         if backends is not None:
             self.backends = backends
         self.write_config()
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGHUP)
+        self.send_signal(signal.SIGHUP)
+
+    @property
+    def pid(self) -> int | None:
+        """The running PgBouncer's pid (also one started by an earlier command: its pidfile)."""
+        if self.process is not None:
+            return self.process.pid if self.process.poll() is None else None
+        try:
+            pid = int((self.directory / "pgbouncer.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid, None) else None
+
+    def send_signal(self, how: int) -> None:
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, how)
 
     def stop(self, how: int = signal.SIGINT, timeout: float = 10.0) -> None:
         """Stop PgBouncer: SIGINT waits for running transactions, SIGTERM (or SIGKILL) does not."""
+        pid = self.pid
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if pid is None:
             return
-        process.send_signal(how)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        os.kill(pid, how)
+        deadline = time.monotonic() + timeout
+        while _alive(pid, process):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + timeout
+            time.sleep(0.02)
+
+
+def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
+    if process is not None:
+        return process.poll() is None  # also reaps our child
+    try:
+        # A child of this process (started by an earlier PgBouncer object) stays a zombie,
+        # which signal 0 still reaches, until it is reaped.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: a PgBouncer started by an earlier command
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def _accepts(host: str, port: int) -> bool:
