@@ -202,6 +202,7 @@ class SagaExecution:
         self.comp_errors: dict[str, BaseException] = {}
         self._action_tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
+        self._completed_with_last_step = False
         self._started = time.time()
 
     # -- driving ---------------------------------------------------------------------------------
@@ -384,14 +385,24 @@ class SagaExecution:
         finished = time.time()
         step = StepState(name, StepStatus.COMPLETED, changes or None, None, attempt, started,
                          finished)
-        await self.storage.commit(
-            UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step]),
-            self.lease_seconds,
-        )
+        work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step])
+        if self.failure is None and self._completes_saga(name):
+            # The last step's completion and the saga's COMPLETED status commit together: one
+            # durable write fewer per saga, and recovery sees the same thing either way (before
+            # this commit the step had not completed, after it the saga is done).
+            work.status, work.release_lease = SagaStatus.COMPLETED, True
+        await self.storage.commit(work, self.lease_seconds)
         self.state.steps[name] = step
+        self._completed_with_last_step = work.status is SagaStatus.COMPLETED
         if self.listeners:
             self._notify("step_completed", self.saga.name, self.state.saga_id, name,
                          finished - started)
+
+    def _completes_saga(self, name: str) -> bool:
+        """Whether ``name`` completing now completes every step of the saga."""
+        steps = self.state.steps
+        return all(n == name or ((s := steps.get(n)) is not None
+                   and s.status is StepStatus.COMPLETED) for n in self.graph.order)
 
     def _stop(
         self, name: str, status: StepStatus, exc: BaseException | None, attempts: int,
@@ -487,11 +498,12 @@ class SagaExecution:
                          error)
 
     async def _finish(self, status: SagaStatus) -> None:
-        await self.storage.commit(
-            UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
-                       release_lease=True),
-            self.lease_seconds,
-        )
+        if not (status is SagaStatus.COMPLETED and self._completed_with_last_step):
+            await self.storage.commit(
+                UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
+                           release_lease=True),
+                self.lease_seconds,
+            )
         self.state.status = status
         self.state.updated_at = time.time()
         if self.listeners:

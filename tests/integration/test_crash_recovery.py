@@ -74,7 +74,9 @@ class Boundary:
         """What the database must show right after the kill: proves where the child died."""
         if self.phase == "action":
             index = STEPS.index(self.step) + (1 if self.when == "committed" else 0)
-            return SagaStatus.RUNNING, dict.fromkeys(STEPS[:index], StepStatus.COMPLETED)
+            # The last step's completion commits together with the saga's final status.
+            status = SagaStatus.COMPLETED if index == len(STEPS) else SagaStatus.RUNNING
+            return status, dict.fromkeys(STEPS[:index], StepStatus.COMPLETED)
         steps = {"a": StepStatus.COMPLETED, "b": StepStatus.COMPLETED, "c": StepStatus.FAILED}
         for step in COMPENSATION_ORDER:
             if step != self.step or self.when == "committed":
@@ -146,7 +148,11 @@ def step_statuses(state: SagaState) -> dict[str, StepStatus]:
 
 
 async def wait_for_lease_expiry(state: SagaState) -> None:
-    """The dead executor's lease runs out on its own; recovery may only claim it after that."""
+    """The dead executor's lease runs out on its own; recovery may only claim it after that.
+    (A saga that ended before the kill holds no lease.)"""
+    if state.status.is_final:
+        assert state.lease_expires_at is None
+        return
     assert state.lease_expires_at is not None
     await asyncio.sleep(max(0.0, state.lease_expires_at - time.time()) + 0.01)
 
@@ -164,7 +170,9 @@ async def recover_crash(
     recovered = await storage.load(crash.saga_id)
     assert recovered is not None
     assert report.errors == {}
-    assert report.finished == {crash.saga_id: recovered.status}
+    # A saga that had ended before the kill has nothing left to recover.
+    expected = {} if crashed.status.is_final else {crash.saga_id: recovered.status}
+    assert report.finished == expected
     assert recovered.lease_owner is None, "a finished saga keeps no lease"
     again = await sagaz.recover(sagas=[SAGAS[mode]])
     assert again.finished == {}, "a recovered saga must not be recovered twice"
