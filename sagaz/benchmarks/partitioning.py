@@ -43,9 +43,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from sagaz.benchmarks.scratch import DEFAULT_DSN, default_dsn, describe_server, scratch_database
 from sagaz.errors import ConfigurationError
 from sagaz.storage.postgresql.migrate import migrate
 
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 DEFAULT_ROWS = 5_000_000
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MONTHS = 13
 MIN_ROWS = 130_000
 PARTITIONED = "saga_executions"
@@ -200,12 +199,6 @@ _SETTINGS = ("server_version", "shared_buffers", "work_mem", "max_parallel_worke
              "jit", "full_page_writes", "wal_level")
 
 
-def default_dsn() -> str:
-    """``SAGAZ_BENCH_PG_DSN``, else ``SAGAZ_TEST_PG_DSN``, else the local trust-auth server."""
-    return (os.environ.get("SAGAZ_BENCH_PG_DSN") or os.environ.get("SAGAZ_TEST_PG_DSN")
-            or DEFAULT_DSN)
-
-
 def rows_from_env(default: int = DEFAULT_ROWS) -> int:
     """``SAGAZ_BENCH_PARTITION_ROWS`` as a row count (underscores allowed), else ``default``."""
     raw = os.environ.get("SAGAZ_BENCH_PARTITION_ROWS")
@@ -235,7 +228,7 @@ def run_partitioning_benchmark(
         raise ConfigurationError(f"runs must be at least 1, got {runs}")
     base = dsn or default_dsn()
     started = time.perf_counter()
-    with _scratch_database(base) as scratch, psycopg.connect(scratch, autocommit=True) as conn:
+    with scratch_database(base) as scratch, psycopg.connect(scratch, autocommit=True) as conn:
         migrate(conn)
         # Index builds and VACUUM of the setup only; the measured queries keep the defaults.
         conn.execute("SET maintenance_work_mem = '512MB'")
@@ -268,25 +261,12 @@ def run_partitioning_benchmark(
         drop, delete, vacuum, *full = _retention(
             conn, partitions[0], months[1], walinspect, vacuum_full)
     return PartitioningBenchmark(
-        rows=rows, months=MONTHS, server=_describe_server(base), settings=settings,
+        rows=rows, months=MONTHS, server=describe_server(base), settings=settings,
         load_seconds=load_seconds, query_month=f"{start:%Y-%m}", query_partition=partitions[middle],
         query_month_rows=month_rows, partitioned_bytes=partitioned_bytes,
         unpartitioned_bytes=unpartitioned_bytes, queries=queries,
         retention_month=f"{months[0]:%Y-%m}", drop=drop, delete=delete, vacuum=vacuum,
         vacuum_full=full[0] if full else None, total_seconds=time.perf_counter() - started)
-
-
-@contextmanager
-def _scratch_database(base_dsn: str) -> Iterator[str]:
-    name = f"sagaz_bench_{secrets.token_hex(6)}"
-    ident = sql.Identifier(name)
-    with psycopg.connect(base_dsn, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
-    try:
-        yield make_conninfo(base_dsn, dbname=name)
-    finally:
-        with psycopg.connect(base_dsn, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
 def _scalar(conn: Conn, query: Any, params: Any = None) -> Any:
@@ -452,12 +432,6 @@ def _retention(
             conn, f"{command} (after the DELETE)", UNPARTITIONED,
             [sql.SQL(command + " {}").format(plain)], steps[1].rows, walinspect, False))
     return steps
-
-
-def _describe_server(dsn: str) -> str:
-    params = conninfo_to_dict(dsn)
-    # Never print a password.
-    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)} as {params.get('user')}"
 
 
 def _mb(n: float) -> str:

@@ -1,0 +1,263 @@
+"""The PostgreSQL write path under load: 3-step no-op sagas, every transition durable
+(synchronous_commit on), on a scratch database, direct and through a real PgBouncer in
+transaction mode.
+
+Measures, each as the median of ``runs`` runs:
+- throughput: ``sagas`` runs spread over ``concurrency`` coroutines (closed loop);
+- latency: ``run()`` at a fixed offered rate (open loop: each saga is due at its slot, and its
+  latency counts from that slot, so a stall shows up instead of delaying the next starts);
+- footprint: state rows, table bytes and WAL bytes per saga.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from sagaz.benchmarks.scratch import default_dsn, describe_server, scratch_database
+from sagaz.config import SagaConfig
+from sagaz.engine.context import SagaContext
+from sagaz.engine.definition import Saga
+from sagaz.ha.pgbouncer import WRITE_POOL, Backend, PgBouncer
+from sagaz.storage.postgresql import PostgreSQLSagaStorage
+
+__all__ = ["PathResult", "PostgresBenchmark", "format_report", "main", "run_postgres_benchmark"]
+
+
+@dataclass
+class PathResult:
+    """One connection path (direct, or through PgBouncer)."""
+
+    label: str
+    rates: list[float] = field(default_factory=list)
+    """Sagas per second of each throughput run."""
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    achieved_rates: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.p50_ms)
+
+    @property
+    def p99(self) -> float:
+        return statistics.median(self.p99_ms)
+
+
+@dataclass
+class PostgresBenchmark:
+    server: str
+    sagas: int
+    concurrency: int
+    offered_rate: float
+    latency_seconds: float
+    paths: list[PathResult]
+    rows_per_saga: float
+    bytes_per_saga: float
+    wal_bytes_per_saga: float
+
+
+async def _noop(ctx: SagaContext) -> None:
+    return None
+
+
+def _saga(storage: PostgreSQLSagaStorage) -> Saga:
+    saga = Saga(name="bench-pg", config=SagaConfig(storage=storage))
+    for i in range(3):
+        saga.add_step(f"s{i}", _noop)
+    return saga
+
+
+async def _throughput(dsn: str, sagas: int, concurrency: int) -> float:
+    storage = PostgreSQLSagaStorage(dsn, auto_migrate=False)
+    saga = _saga(storage)
+    try:
+        await saga.run({})  # connections open, plans warm
+        per_worker = max(1, sagas // concurrency)
+
+        async def worker() -> None:
+            for _ in range(per_worker):
+                await saga.run({})
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return per_worker * concurrency / (time.perf_counter() - started)
+    finally:
+        await storage.close()
+
+
+async def _latency(dsn: str, rate: float, seconds: float) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, achieved sagas/s) of run() at ``rate`` sagas/s offered."""
+    storage = PostgreSQLSagaStorage(dsn, auto_migrate=False)
+    saga = _saga(storage)
+    latencies: list[float] = []
+
+    async def one(due: float) -> None:
+        await saga.run({})
+        latencies.append(time.perf_counter() - due)
+
+    try:
+        await saga.run({})
+        count = int(rate * seconds)
+        tasks = []
+        start = time.perf_counter()
+        for i in range(count):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(due)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    finally:
+        await storage.close()
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return p50, p99, len(latencies) / elapsed
+
+
+def _footprint(dsn: str) -> tuple[int, int, int]:
+    """(sagas, state rows, bytes of saga_executions and saga_steps)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM saga_steps")
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM saga_executions),"
+            "       (SELECT count(*) FROM saga_steps),"
+            "       (SELECT coalesce(sum(total_bytes), 0) FROM get_partition_statistics()"
+            "         WHERE table_name = 'saga_executions')"
+            "       + pg_total_relation_size('saga_steps')").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[0]) + int(row[1]), int(row[2])
+
+
+def _wal_lsn(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _wal_between(dsn: str, before: str, after: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(%s, %s)::bigint", (after, before)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@contextmanager
+def _pgbouncer_in_front_of(dsn: str) -> Iterator[str]:
+    """A PgBouncer (transaction pooling, the write pool's settings) in front of ``dsn``'s
+    database; yields the pooled DSN."""
+    server = conninfo_to_dict(dsn)
+    user = str(server.get("user") or "postgres")
+    password = str(server.get("password") or "bench-" + str(time.time_ns()))
+    directory = Path(tempfile.mkdtemp(prefix="sagaz-bench-pgbouncer-"))
+    directory.chmod(0o755)  # PgBouncer runs as an unprivileged user when we are root
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    bouncer = PgBouncer(
+        directory, port=port,
+        backends=[Backend(str(server["dbname"]), str(server.get("host") or "127.0.0.1"),
+                          int(server.get("port") or 5432), str(server["dbname"]))],
+        passwords={user: password}, admin_user=user, settings=WRITE_POOL)
+    bouncer.start()
+    try:
+        yield make_conninfo(dsn, host="127.0.0.1", port=port, password=password)
+    finally:
+        bouncer.stop(signal.SIGTERM)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_postgres_benchmark(
+    dsn: str | None = None, *, sagas: int = 10_000, concurrency: int = 256, runs: int = 3,
+    rate: float = 1_000.0, latency_seconds: float = 10.0, pgbouncer: bool = True,
+) -> PostgresBenchmark:
+    base = dsn or default_dsn()
+    with scratch_database(base, migrated=True) as db:
+        paths = [PathResult("direct")]
+        before = _wal_lsn(db)
+        for _ in range(runs):
+            paths[0].rates.append(asyncio.run(_throughput(db, sagas, concurrency)))
+        wal = _wal_between(db, before, _wal_lsn(db))
+        count, rows, size = _footprint(db)
+        for _ in range(runs):
+            p50, p99, achieved = asyncio.run(_latency(db, rate, latency_seconds))
+            paths[0].p50_ms.append(p50)
+            paths[0].p99_ms.append(p99)
+            paths[0].achieved_rates.append(achieved)
+        if pgbouncer:
+            pooled = PathResult("PgBouncer (transaction mode)")
+            with _pgbouncer_in_front_of(db) as via:
+                for _ in range(runs):
+                    pooled.rates.append(asyncio.run(_throughput(via, sagas, concurrency)))
+                for _ in range(runs):
+                    p50, p99, achieved = asyncio.run(_latency(via, rate, latency_seconds))
+                    pooled.p50_ms.append(p50)
+                    pooled.p99_ms.append(p99)
+                    pooled.achieved_rates.append(achieved)
+            paths.append(pooled)
+    return PostgresBenchmark(
+        describe_server(base), sagas, concurrency, rate, latency_seconds, paths,
+        rows / count, size / count, wal / count)
+
+
+def format_report(result: PostgresBenchmark) -> str:
+    lines = [
+        f"PostgreSQL write path: 3-step no-op sagas, every transition durable; server "
+        f"{result.server}",
+        f"  throughput: {result.sagas:,} sagas over {result.concurrency} coroutines; latency: "
+        f"{result.offered_rate:,.0f} sagas/s offered for {result.latency_seconds:g} s",
+    ]
+    for path in result.paths:
+        runs = ", ".join(f"{r:,.0f}" for r in path.rates)
+        lines.append(
+            f"  {path.label:<30} {path.rate:8,.0f} sagas/s (median of {len(path.rates)}: {runs})"
+            f"; run() p50 {path.p50:.1f} ms, p99 {path.p99:.1f} ms "
+            f"(p99 runs: {', '.join(f'{p:.1f}' for p in path.p99_ms)}; achieved "
+            f"{statistics.median(path.achieved_rates):,.0f}/s)")
+    lines.append(
+        f"  per saga: {result.rows_per_saga:.1f} state rows (1 saga + 3 steps), "
+        f"{result.bytes_per_saga:,.0f} table+index bytes, {result.wal_bytes_per_saga:,.0f} WAL "
+        "bytes")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", help="server to create the scratch database on")
+    parser.add_argument("--sagas", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1_000.0)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--no-pgbouncer", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_postgres_benchmark(
+        args.dsn, sagas=args.sagas, concurrency=args.concurrency, runs=args.runs,
+        rate=args.rate, latency_seconds=args.latency_seconds, pgbouncer=not args.no_pgbouncer)
+    print(format_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
