@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import StorageError
 from sagaz.storage.base import UnitOfWork
-from sagaz.storage.postgresql.batch import Pending, queue_batch
+from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
 from sagaz.storage.sql import queries
 
@@ -104,9 +104,11 @@ class PostgreSQLSagaStorage:
 
     async def _configure(self, conn: _Conn) -> None:
         # Client-side settings only: psycopg puts READ ONLY into each BEGIN, so nothing leaks
-        # into a PgBouncer server connection shared with other clients.
+        # into a PgBouncer server connection shared with other clients. Autocommit: every
+        # operation opens its transaction explicitly (a transaction() block, or the BEGIN of a
+        # write batch's script), so the driver never sends a BEGIN of its own first.
         await conn.set_read_only(self.readonly)
-        await conn.set_autocommit(False)
+        await conn.set_autocommit(True)
 
     async def _get_pool(self) -> AsyncConnectionPool:
         loop = asyncio.get_running_loop()
@@ -364,10 +366,12 @@ class PostgreSQLSagaStorage:
 async def _write_batch(
     conn: _Conn, attempt: int, *, batch: list[Pending], created: dict[str, float]
 ) -> list[Any]:
-    """BEGIN, the batch's statements and COMMIT in one pipeline (one round trip), then the
-    outcomes."""
-    async with conn.pipeline(), conn.transaction():
-        queued = await queue_batch(conn, batch, retried=attempt > 1, created=created)
+    """The batch's transaction as one message (see :mod:`.batch`), then the outcomes."""
+    queued = build_batch(batch, retried=attempt > 1, created=created,
+                         mogrify=psycopg.AsyncClientCursor(conn).mogrify)
+    async with conn.cursor() as cur:
+        await cur.execute(queued.script)
+        await queued.read(cur)
     return await queued.outcomes(conn)
 
 
