@@ -193,6 +193,7 @@ def run_postgres_benchmark(
     rate: float = 1_000.0, latency_seconds: float = 10.0, pgbouncer: bool = True,
 ) -> PostgresBenchmark:
     base = dsn or default_dsn()
+    concurrency = min(concurrency, sagas)
     with scratch_database(base, migrated=True) as db:
         paths = [PathResult("direct")]
         before = _wal_lsn(db)

@@ -318,3 +318,4 @@ def test_a_running_worker_maintains_at_start_and_stops_cleanly(
     assert missing in partitions(pg_dsn, "saga_executions")
     assert proc.stderr is not None
     assert "Traceback" not in proc.stderr.read()
+

@@ -1,0 +1,125 @@
+"""``sagaz benchmark``: the measurements behind the performance claims, runnable anywhere.
+
+Each subcommand runs one module of :mod:`sagaz.benchmarks` and prints its report (medians of
+several runs). The PostgreSQL ones create a scratch database on the given server and drop it
+afterwards; they need a role allowed to CREATE DATABASE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from .common import ExitCode, execute, fail
+from .output import out
+
+__all__ = ["benchmark_app"]
+
+HELP = """\
+Measure sagaz on this machine. Quote medians, never a single run; the numbers depend on the
+machine, so run them where you deploy.
+
+* `engine`: engine overhead on in-memory storage (no database).
+* `postgres`: the PostgreSQL write path: throughput, run() latency at a fixed offered rate, rows,
+  bytes and WAL per saga; direct and through a PgBouncer it starts (transaction mode).
+* `partitioning`: one-month queries on monthly partitions against an unpartitioned copy, and
+  retention by DROP against DELETE (5M rows by default: about 2 minutes).
+
+The PostgreSQL benchmarks use --dsn, else SAGAZ_BENCH_PG_DSN, else SAGAZ_TEST_PG_DSN, else
+postgresql://postgres@127.0.0.1:5432/postgres.
+"""
+
+benchmark_app = typer.Typer(name="benchmark", no_args_is_help=True, help=HELP,
+                            rich_markup_mode="markdown")
+
+DsnOption = Annotated[str | None, typer.Option(
+    "--dsn", envvar="SAGAZ_BENCH_PG_DSN", metavar="URL", show_default=False,
+    help="Server to create the scratch database on (a role with CREATEDB).")]
+RunsOption = Annotated[int, typer.Option("--runs", min=1, max=50, help="Runs per measurement.")]
+
+
+@benchmark_app.command()
+def engine(
+    sagas: Annotated[int, typer.Option("--sagas", min=100, help="Sagas per run.")] = 20_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 100,
+    runs: RunsOption = 3,
+) -> None:
+    """Engine overhead: 3-step no-op sagas on the in-memory storage."""
+
+    def body() -> int:
+        from sagaz.benchmarks.engine import run_engine_benchmark
+
+        result = run_engine_benchmark(sagas=sagas, concurrency=concurrency, runs=runs)
+        out.print(
+            f"engine: {result.sagas_per_second:,.0f} sagas/s (median of {len(result.runs)}: "
+            f"{', '.join(f'{r:,.0f}' for r in result.runs)}); {result.us_per_step:.1f} us/step; "
+            f"marginal {result.marginal_us_per_step:.1f} us/step", soft_wrap=True)
+        return ExitCode.OK
+
+    execute(body)
+
+
+@benchmark_app.command()
+def postgres(
+    dsn: DsnOption = None,
+    sagas: Annotated[int, typer.Option("--sagas", min=10, help="Sagas per throughput run.")]
+    = 10_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 256,
+    runs: RunsOption = 3,
+    rate: Annotated[float, typer.Option(
+        "--rate", min=1, help="Offered load of the latency runs, sagas/s.")] = 1_000.0,
+    latency_seconds: Annotated[float, typer.Option(
+        "--latency-seconds", min=0.1, help="Length of each latency run.")] = 10.0,
+    pgbouncer: Annotated[bool, typer.Option(
+        "--pgbouncer/--no-pgbouncer",
+        help="Also measure through a PgBouncer (transaction mode) started for the run.")] = True,
+) -> None:
+    """The PostgreSQL write path, direct and through PgBouncer."""
+
+    def body() -> int:
+        from sagaz.benchmarks.postgres import format_report, run_postgres_benchmark
+
+        result = run_postgres_benchmark(
+            dsn, sagas=sagas, concurrency=concurrency, runs=runs, rate=rate,
+            latency_seconds=latency_seconds, pgbouncer=pgbouncer)
+        out.print(format_report(result), soft_wrap=True, highlight=False)
+        return ExitCode.OK
+
+    _with_psycopg(body)
+
+
+@benchmark_app.command()
+def partitioning(
+    dsn: DsnOption = None,
+    rows: Annotated[int, typer.Option(
+        "--rows", min=130_000, envvar="SAGAZ_BENCH_PARTITION_ROWS",
+        help="saga_executions rows, spread over 13 months.")] = 5_000_000,
+    runs: RunsOption = 5,
+) -> None:
+    """Monthly partitions against an unpartitioned copy: queries and retention."""
+
+    def body() -> int:
+        from sagaz.benchmarks.partitioning import format_report, run_partitioning_benchmark
+
+        result = run_partitioning_benchmark(dsn, rows=rows, runs=runs)
+        out.print(format_report(result), soft_wrap=True, highlight=False)
+        return ExitCode.OK
+
+    _with_psycopg(body)
+
+
+def _with_psycopg(body: Callable[[], int]) -> None:
+    def guarded() -> int:
+        try:
+            import psycopg
+        except ImportError:
+            fail("the PostgreSQL benchmarks need psycopg: pip install 'sagaz[postgres]'")
+        try:
+            code: int = body()
+        except psycopg.OperationalError as exc:
+            fail(f"cannot reach the benchmark server: {str(exc).strip()}", ExitCode.STORAGE)
+        return code
+
+    execute(guarded)
