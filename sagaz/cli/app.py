@@ -12,6 +12,7 @@ import typer
 
 import sagaz
 
+from .benchmark import benchmark_app
 from .db import db_app
 from .demo import demo
 from .running import run as run_command
@@ -107,6 +108,7 @@ app.command("show")(show)
 app.command("worker")(worker)
 app.add_typer(sagas_app, name="sagas")
 app.add_typer(db_app, name="db")
+app.add_typer(benchmark_app, name="benchmark")
 
 
 def main(argv: list[str] | None = None) -> int:
