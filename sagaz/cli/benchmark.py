@@ -24,6 +24,8 @@ machine, so run them where you deploy.
 * `engine`: engine overhead on in-memory storage (no database).
 * `postgres`: the PostgreSQL write path: throughput, run() latency at a fixed offered rate, rows,
   bytes and WAL per saga; direct and through a PgBouncer it starts (transaction mode).
+* `replication`: replication lag (commit to replayed on a replica) under a saga load, on a local
+  cluster (primary, replica, PgBouncer) it starts in a temporary directory and removes.
 * `partitioning`: one-month queries on monthly partitions against an unpartitioned copy, and
   retention by DROP against DELETE (5M rows by default: about 2 minutes).
 
@@ -104,6 +106,25 @@ def partitioning(
         from sagaz.benchmarks.partitioning import format_report, run_partitioning_benchmark
 
         result = run_partitioning_benchmark(dsn, rows=rows, runs=runs)
+        out.print(format_report(result), soft_wrap=True, highlight=False)
+        return ExitCode.OK
+
+    _with_psycopg(body)
+
+
+@benchmark_app.command()
+def replication(
+    rate: Annotated[float, typer.Option("--rate", min=1, help="Offered sagas/s.")] = 1_000.0,
+    seconds: Annotated[float, typer.Option("--seconds", min=1)] = 10.0,
+    base_port: Annotated[int, typer.Option(
+        "--base-port", min=1024, max=64000, help="Ports of the temporary cluster.")] = 45432,
+) -> None:
+    """Replication lag under load on a temporary local cluster."""
+
+    def body() -> int:
+        from sagaz.benchmarks.replication import format_report, run_replication_benchmark
+
+        result = run_replication_benchmark(rate, seconds, base_port)
         out.print(format_report(result), soft_wrap=True, highlight=False)
         return ExitCode.OK
 
