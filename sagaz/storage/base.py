@@ -10,12 +10,14 @@ once the unit is durable.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState
 
-__all__ = ["SagaStorage", "UnitOfWork"]
+__all__ = ["SagaStorage", "UnitOfWork", "settle"]
 
 
 @dataclass(slots=True)
@@ -80,3 +82,15 @@ class SagaStorage(Protocol):
 
     async def close(self) -> None:
         ...
+
+
+def settle(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[Any]) -> None:
+    """Hand each waiting writer of a group commit its outcome: a result, or an exception (an
+    outcome that is one) to raise. Futures already done (their caller gave up) are skipped."""
+    for future, outcome in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

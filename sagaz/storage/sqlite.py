@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
-from sagaz.storage.base import UnitOfWork
+from sagaz.storage.base import UnitOfWork, settle
 from sagaz.storage.sql import migrations, queries
 
 __all__ = ["SQLiteSagaStorage"]
@@ -103,19 +103,11 @@ class SQLiteSagaStorage:
                 try:
                     outcomes = await self._run(functools.partial(_write_batch, ops=ops))
                 except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    settle([future for _, future in batch], [exc] * len(batch))
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
+                settle([future for _, future in batch], outcomes)
         finally:
             self._flushing = False
 

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import StorageError
-from sagaz.storage.base import UnitOfWork
+from sagaz.storage.base import UnitOfWork, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
 from sagaz.storage.sql import queries
@@ -217,21 +217,13 @@ class PostgreSQLSagaStorage:
             outcomes = await self._retrying(
                 functools.partial(_write_batch, batch=batch, created=self._created))
         except BaseException as exc:
-            for _, future in entries:
-                if not future.done():
-                    future.set_exception(exc)
+            settle([future for _, future in entries], [exc] * len(entries))
             if not isinstance(exc, Exception):
                 raise
             return
         else:
             self._remember_created(batch, outcomes)
-            for (_, future), outcome in zip(entries, outcomes, strict=True):
-                if future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            settle([future for _, future in entries], outcomes)
         finally:
             self._inflight -= 1
             self._inflight_ids.difference_update(item.saga_id for item in batch)
