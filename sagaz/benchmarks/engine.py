@@ -13,7 +13,7 @@ from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga
 from sagaz.storage.memory import InMemorySagaStorage
 
-__all__ = ["EngineBenchmark", "run_engine_benchmark"]
+__all__ = ["EngineBenchmark", "closed_loop_rate", "run_engine_benchmark"]
 
 
 async def _noop(ctx: SagaContext) -> None:
@@ -29,9 +29,13 @@ def _saga(steps: int) -> Saga:
 
 
 async def _rate(steps: int, sagas: int, concurrency: int) -> float:
-    """Sagas per second for ``sagas`` runs spread over ``concurrency`` coroutines."""
-    saga = _saga(steps)
-    per_worker = sagas // concurrency
+    return await closed_loop_rate(_saga(steps), sagas, concurrency)
+
+
+async def closed_loop_rate(saga: Saga, sagas: int, concurrency: int) -> float:
+    """Sagas per second for ``sagas`` runs of ``saga`` spread over ``concurrency`` coroutines,
+    each starting its next run when the previous one returned."""
+    per_worker = max(1, sagas // concurrency)
 
     async def worker() -> None:
         for _ in range(per_worker):

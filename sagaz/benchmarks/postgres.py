@@ -28,6 +28,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sagaz.benchmarks.engine import closed_loop_rate
 from sagaz.benchmarks.scratch import default_dsn, describe_server, scratch_database
 from sagaz.config import SagaConfig
 from sagaz.engine.context import SagaContext
@@ -91,15 +92,7 @@ async def _throughput(dsn: str, sagas: int, concurrency: int) -> float:
     saga = _saga(storage)
     try:
         await saga.run({})  # connections open, plans warm
-        per_worker = max(1, sagas // concurrency)
-
-        async def worker() -> None:
-            for _ in range(per_worker):
-                await saga.run({})
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return per_worker * concurrency / (time.perf_counter() - started)
+        return await closed_loop_rate(saga, sagas, concurrency)
     finally:
         await storage.close()
 
