@@ -15,6 +15,7 @@ import sagaz
 from .benchmark import benchmark_app
 from .db import db_app
 from .demo import demo
+from .init import init
 from .running import run as run_command
 from .running import show
 from .sagas import sagas_app
@@ -103,6 +104,7 @@ def version() -> None:
 
 
 app.command("demo")(demo)
+app.command("init")(init)
 app.command("run")(run_command)
 app.command("show")(show)
 app.command("worker")(worker)

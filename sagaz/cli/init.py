@@ -1,0 +1,149 @@
+"""``sagaz init``: write the deployment files of sagaz on PostgreSQL: docker-compose (default) or
+Kubernetes (``--k8s``), a single server or, with ``--with-ha``, a primary with streaming replicas.
+The generation lives in :mod:`sagaz.deploy.compose` and :mod:`sagaz.deploy.kubernetes`; this
+module checks the options, writes (never over existing files without --force) and prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from .common import ExitCode, execute, fail
+from .output import out
+
+if TYPE_CHECKING:
+    from sagaz.deploy.bundle import GeneratedFile
+
+__all__ = ["init"]
+
+
+def init(
+    with_ha: Annotated[bool, typer.Option(
+        "--with-ha", envvar="SAGAZ_INIT_WITH_HA",
+        help="A primary with streaming replicas (--replicas) instead of a single server.")] = False,
+    k8s: Annotated[bool, typer.Option(
+        "--k8s", envvar="SAGAZ_INIT_K8S",
+        help="Kubernetes manifests (under DIR/k8s/) instead of docker-compose files.")] = False,
+    directory: Annotated[Path, typer.Option(
+        "--dir", envvar="SAGAZ_INIT_DIR", metavar="DIR", file_okay=False,
+        help="Where to write the files (created if missing).")] = Path("."),
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", envvar="SAGAZ_INIT_REPLICAS", metavar="N", show_default=False,
+        help="Streaming replicas, 1 to 8 (needs --with-ha). Default: 1 for docker-compose, 2 "
+             "for Kubernetes.")] = None,
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", envvar="SAGAZ_K8S_NAMESPACE", metavar="NS", show_default=False,
+        help="--k8s: the namespace of every resource. Default: sagaz.")] = None,
+    storage_size: Annotated[str | None, typer.Option(
+        "--storage-size", envvar="SAGAZ_K8S_STORAGE_SIZE", metavar="SIZE", show_default=False,
+        help="--k8s: the volume of each PostgreSQL pod, e.g. 10Gi (the default) or 500Gi.")] = None,
+    image: Annotated[str | None, typer.Option(
+        "--image", envvar="SAGAZ_IMAGE", metavar="IMAGE", show_default=False,
+        help="--k8s: the image of the `sagaz worker` Deployment: your application's image with "
+             "sagaz installed. Default: sagaz:latest.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", envvar="SAGAZ_INIT_FORCE",
+        help="Overwrite existing files (with NEW passwords: a database already initialized "
+             "keeps its old ones).")] = False,
+) -> None:
+    """Write the files that deploy sagaz on PostgreSQL, with **generated passwords** (no default
+password anywhere).
+
+* `sagaz init --with-ha`: docker-compose with a primary, `--replicas` streaming replicas (default
+  1), PgBouncer pools pgbouncer-rw (6432, transaction pooling to the primary) and pgbouncer-ro
+  (6433, over the replicas), the schema with partitioned tables, Prometheus, exporters and
+  Grafana. Passwords go to `.env` (mode 0600). Then: `docker-compose up -d`.
+* `sagaz init --k8s --with-ha`: the same on Kubernetes under `k8s/`: a StatefulSet (pod 0 the
+  primary, the others replicas; default 2), PgBouncer Deployments with an autoscaler, a daily
+  partition-maintenance CronJob, the worker, NetworkPolicies, PodDisruptionBudgets; passwords in
+  `k8s/secrets.yaml` (mode 0600). Then: `kubectl apply -k k8s/`.
+* Without `--with-ha`: the same files for a single PostgreSQL server (both pools point at it).
+
+Existing files are never overwritten without `--force`: the command then lists them and writes
+nothing. For a local cluster without Docker, see `sagaz dev up --ha`.
+"""
+
+    def body() -> int:
+        given = {"--namespace": namespace, "--storage-size": storage_size, "--image": image}
+        if not k8s and any(value is not None for value in given.values()):
+            names = ", ".join(name for name, value in given.items() if value is not None)
+            verb = "applies" if names.count("--") == 1 else "apply"
+            fail(f"{names} only {verb} to Kubernetes manifests: add --k8s, or leave them out")
+        if replicas is not None and not with_ha:
+            fail("--replicas needs --with-ha (without it, sagaz init writes a single PostgreSQL "
+                 "server)")
+        count = (replicas if replicas is not None else 2 if k8s else 1) if with_ha else 0
+        files = _generate(count, with_ha, k8s, namespace, storage_size, image)
+        written = _write(directory, files, force)
+        _report(directory, written, files, k8s, count, namespace or "sagaz")
+        return ExitCode.OK
+
+    execute(body)
+
+
+def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
+              storage_size: str | None, image: str | None) -> list[GeneratedFile]:
+    try:
+        from sagaz.deploy import kubernetes
+        from sagaz.deploy.compose import compose_files
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("psycopg", "psycopg_pool"):
+            fail("sagaz init needs the PostgreSQL extra (the deployment shares its settings with "
+                 "the local cluster): pip install 'sagaz[postgres]'")
+        raise
+    from sagaz.deploy.bundle import validate_replicas
+    from sagaz.errors import SagazError
+
+    try:
+        validate_replicas(replicas, minimum=1 if with_ha else 0)
+        if k8s:
+            return kubernetes.kubernetes_files(
+                replicas, namespace=namespace or kubernetes.DEFAULT_NAMESPACE,
+                storage_size=storage_size or kubernetes.DEFAULT_STORAGE_SIZE,
+                image=image or kubernetes.DEFAULT_IMAGE)
+        return compose_files(replicas)
+    except SagazError as exc:
+        fail(str(exc))
+
+
+def _write(directory: Path, files: list[GeneratedFile], force: bool) -> list[Path]:
+    from sagaz.deploy.bundle import write_files
+    from sagaz.errors import SagazError
+
+    try:
+        return write_files(directory, files, force=force)
+    except SagazError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write into {directory}: {exc.strerror or exc} ({exc.filename or directory})")
+
+
+def _report(directory: Path, written: list[Path], files: list[GeneratedFile], k8s: bool,
+            replicas: int, namespace: str) -> None:
+    kind = "Kubernetes manifests" if k8s else "docker-compose files"
+    shape = (f"a primary and {replicas} streaming replica{'s' if replicas > 1 else ''}"
+             if replicas else "a single PostgreSQL server")
+    out.print(f"wrote {len(written)} {kind} for {shape}:")
+    for path, generated in zip(written, files, strict=True):
+        note = "  [yellow](secrets, mode 0600)[/]" if generated.mode == 0o600 else ""
+        out.print(f"  {escape(str(path))}{note}", soft_wrap=True)
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    out.print("\nnext:")
+    if k8s:
+        target = directory / "k8s"
+        out.print(f"  kubectl apply -k {escape(str(target))}/", soft_wrap=True)
+        out.print(f"  kubectl -n {namespace} rollout status statefulset/postgresql")
+        out.print(f"  kubectl -n {namespace} wait --for=condition=complete job/postgres-init "
+                  "--timeout=10m")
+        out.print(f"  (see {escape(str(target / 'README.md'))}; passwords are in "
+                  f"{escape(str(target / 'secrets.yaml'))})", soft_wrap=True)
+    else:
+        out.print(f"  {escape(where)}docker-compose up -d", soft_wrap=True)
+        out.print("  docker-compose logs -f postgres-init")
+        out.print(f"  (see {escape(str(directory / 'README.md'))}; passwords are in "
+                  f"{escape(str(directory / '.env'))})", soft_wrap=True)
+    if not replicas:
+        out.print("add --with-ha for streaming replicas and a read pool over them")

@@ -1,0 +1,104 @@
+"""``sagaz init [--with-ha]``: a docker-compose deployment of sagaz on PostgreSQL.
+
+The files (relative to the output directory)::
+
+    docker-compose.yaml   postgres-primary, postgres-replica[-N], postgres-init, pgbouncer-rw,
+                          pgbouncer-ro, prometheus, postgres-exporter, pgbouncer-exporter[-ro],
+                          grafana
+    .env                  generated passwords and connection URLs (mode 0600)
+    init-primary.sh  replica-bootstrap.sh (with replicas)  init-schema.sh  partitioning/*.sql
+    pgbouncer/pgbouncer-rw.ini  pgbouncer/pgbouncer-ro.ini  pgbouncer/pgbouncer-start.sh
+    monitoring/prometheus.yml  monitoring/grafana-datasources.yml
+    README.md
+
+Replica ``i`` (1-based) is the service ``postgres-replica`` (i = 1, the design's name) or
+``postgres-replica-<i>``, published on 127.0.0.1:5432+i, with replication slot ``replica_<i>``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sagaz.deploy import bundle
+from sagaz.deploy.bundle import GeneratedFile, Secrets
+from sagaz.deploy.render import render
+from sagaz.deploy.schema import generated_schema_files
+from sagaz.deploy.scripts import (
+    POOL_PORTS,
+    init_primary_script,
+    pgbouncer_ini,
+    pgbouncer_start_script,
+    replica_bootstrap_script,
+)
+from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, PoolSettings
+
+__all__ = ["ReplicaService", "compose_files", "replica_services"]
+
+
+@dataclass(frozen=True)
+class ReplicaService:
+    name: str
+    port: int
+    slot: str
+
+
+@dataclass(frozen=True)
+class Pool:
+    role: str
+    port: int
+    backends: list[str]
+    settings: PoolSettings
+    description: str
+
+
+def replica_services(replicas: int) -> list[ReplicaService]:
+    return [ReplicaService("postgres-replica" if i == 1 else f"postgres-replica-{i}",
+                           5432 + i, f"replica_{i}") for i in range(1, replicas + 1)]
+
+
+def _pools(replicas: list[ReplicaService]) -> list[Pool]:
+    readers = [r.name for r in replicas] or ["postgres-primary"]
+    return [
+        Pool("rw", POOL_PORTS["rw"], ["postgres-primary"], WRITE_POOL,
+             "Write pool: short OLTP transactions (sagas, outbox) to the primary."),
+        Pool("ro", POOL_PORTS["ro"], readers, READ_POOL,
+             "Read pool: analytics and dashboards over "
+             + ("the replicas." if replicas else "the primary (there is no replica).")),
+    ]
+
+
+def compose_files(replicas: int, secrets: Secrets | None = None) -> list[GeneratedFile]:
+    """Every file of the deployment; ``replicas`` 0 is a single server (no --with-ha)."""
+    bundle.validate_replicas(replicas, minimum=0)
+    secrets = secrets or bundle.generate_secrets()
+    services = replica_services(replicas)
+    pools = _pools(services)
+    names = {"superuser": bundle.SUPERUSER, "app_user": bundle.APP_USER,
+             "reader_user": bundle.READER_USER, "replication_user": bundle.REPLICATION_USER,
+             "admin_user": bundle.PGBOUNCER_ADMIN, "database": bundle.DATABASE}
+    values = {"replicas": replicas, "replica_services": services, "pools": pools,
+              "images": bundle.IMAGES, "settings": bundle.server_settings(),
+              "q": json.dumps, **names}
+    files = [
+        GeneratedFile("docker-compose.yaml", render("compose/docker-compose.yaml.j2", **values)),
+        GeneratedFile(".env", render(
+            "compose/env.j2", secrets=secrets,
+            storage_url=bundle.url(bundle.APP_USER, secrets.app, "localhost", POOL_PORTS["rw"]),
+            analytics_url=bundle.url(bundle.READER_USER, secrets.reader, "localhost",
+                                     POOL_PORTS["ro"]),
+            database_url=bundle.url(bundle.APP_USER, secrets.app, "localhost", 5432),
+            **names), mode=0o600),
+        GeneratedFile("init-primary.sh", init_primary_script(), 0o755),
+        *([GeneratedFile("replica-bootstrap.sh", replica_bootstrap_script(), 0o755)]
+          if replicas else []),
+        *generated_schema_files(),
+        *(GeneratedFile(f"pgbouncer/pgbouncer-{pool.role}.ini",
+                        pgbouncer_ini(pool.role, pool.backends)) for pool in pools),
+        GeneratedFile("pgbouncer/pgbouncer-start.sh", pgbouncer_start_script(), 0o755),
+        GeneratedFile("monitoring/prometheus.yml", render("compose/prometheus.yml.j2", **values)),
+        GeneratedFile("monitoring/grafana-datasources.yml",
+                      render("compose/grafana-datasources.yml.j2", **values)),
+        GeneratedFile("README.md", render("compose/README.md.j2", **values)),
+    ]
+    return files

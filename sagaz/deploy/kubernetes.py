@@ -1,0 +1,124 @@
+"""``sagaz init --k8s [--with-ha]``: Kubernetes manifests for sagaz on PostgreSQL, under ``k8s/``::
+
+    namespace.yaml  secrets.yaml (generated passwords, mode 0600)  secrets-example.yaml
+    postgresql-ha.yaml  pgbouncer.yaml  maintenance-cronjob.yaml  sagaz-worker.yaml
+    network-policies.yaml  kustomization.yaml  README.md  .gitignore
+
+The scripts, SQL and pgbouncer.ini files are the docker-compose deployment's, carried in
+ConfigMaps; the PostgreSQL settings and pool settings are the local cluster's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from sagaz.deploy import bundle
+from sagaz.deploy.bundle import GeneratedFile, Secrets
+from sagaz.deploy.render import render
+from sagaz.deploy.schema import generated_schema_files
+from sagaz.deploy.scripts import (
+    POOL_PORTS,
+    init_primary_script,
+    pgbouncer_ini,
+    pgbouncer_start_script,
+    replica_bootstrap_script,
+)
+
+__all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "DEFAULT_STORAGE_SIZE", "SECRET_NAME",
+           "kubernetes_files"]
+
+DEFAULT_NAMESPACE = "sagaz"
+DEFAULT_STORAGE_SIZE = "10Gi"
+DEFAULT_IMAGE = "sagaz:latest"
+SECRET_NAME = "sagaz-postgres"
+
+# In the order `kubectl apply -k` should create them: the Secret before the pods that read it.
+RESOURCES = ["namespace.yaml", "secrets.yaml", "postgresql-ha.yaml", "pgbouncer.yaml",
+             "maintenance-cronjob.yaml", "sagaz-worker.yaml", "network-policies.yaml"]
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    key: str
+    """The ConfigMap key (a file name: keys cannot hold '/')."""
+    path: str
+    """Where the pod sees it, relative to the mount."""
+    content: str
+
+
+@dataclass(frozen=True)
+class K8sPool:
+    role: str
+    port: int
+    ini: str
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.ini.encode()).hexdigest()[:16]
+
+
+def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
+                     storage_size: str = DEFAULT_STORAGE_SIZE, image: str = DEFAULT_IMAGE,
+                     secrets: Secrets | None = None, subdir: str = "k8s") -> list[GeneratedFile]:
+    """Every manifest, under ``subdir``; ``replicas`` 0 is a single server (no --with-ha)."""
+    bundle.validate_replicas(replicas, minimum=0)
+    bundle.validate_namespace(namespace)
+    bundle.validate_storage_size(storage_size)
+    bundle.validate_image(image)
+    secrets = secrets or bundle.generate_secrets()
+    schema = [ConfigFile(PurePosixPath(f.path).name, f.path, f.content)
+              for f in generated_schema_files()]
+    readers = ["postgresql-read"] if replicas else ["postgresql-primary"]
+    pools = [K8sPool("rw", POOL_PORTS["rw"], pgbouncer_ini("rw", ["postgresql-primary"])),
+             K8sPool("ro", POOL_PORTS["ro"], pgbouncer_ini("ro", readers))]
+    svc = f"{namespace}.svc.cluster.local"
+    urls = {
+        "storage": bundle.url(bundle.APP_USER, secrets.app, f"pgbouncer-rw.{svc}",
+                              POOL_PORTS["rw"]),
+        "analytics": bundle.url(bundle.READER_USER, secrets.reader, f"pgbouncer-ro.{svc}",
+                                POOL_PORTS["ro"]),
+        "database": bundle.url(bundle.APP_USER, secrets.app, f"postgresql-primary.{svc}", 5432),
+    }
+    url_forms = {
+        "storage": f"postgresql://{bundle.APP_USER}:<app-password>@pgbouncer-rw.{svc}:6432/"
+                   f"{bundle.DATABASE}",
+        "analytics": f"postgresql://{bundle.READER_USER}:<reader-password>@pgbouncer-ro.{svc}:"
+                     f"6433/{bundle.DATABASE}",
+        "database": f"postgresql://{bundle.APP_USER}:<app-password>@postgresql-primary.{svc}:"
+                    f"5432/{bundle.DATABASE}",
+    }
+    values = {
+        "replicas": replicas, "namespace": namespace, "storage_size": storage_size,
+        "image": image, "images": bundle.IMAGES, "settings": bundle.server_settings(),
+        "q": json.dumps, "secret_name": SECRET_NAME, "superuser": bundle.SUPERUSER,
+        "app_user": bundle.APP_USER, "reader_user": bundle.READER_USER,
+        "replication_user": bundle.REPLICATION_USER, "admin_user": bundle.PGBOUNCER_ADMIN,
+        "database": bundle.DATABASE, "schema": schema, "pools": pools,
+        "init_primary": init_primary_script(), "replica_bootstrap": replica_bootstrap_script(),
+        "pgbouncer_start": pgbouncer_start_script(), "url_forms": url_forms,
+        "resources": RESOURCES, "dir_hint": subdir + "/",
+    }
+
+    def manifest(name: str, mode: int = 0o644, **extra: object) -> GeneratedFile:
+        template = name.replace("secrets-example", "secrets") + ".j2"
+        return GeneratedFile(f"{subdir}/{name}", render(f"k8s/{template}", **values, **extra),
+                             mode)
+
+    return [
+        manifest("namespace.yaml"),
+        manifest("secrets.yaml", 0o600, example=False, secrets=secrets, urls=urls),
+        manifest("secrets-example.yaml", example=True, secrets=None, urls=None),
+        manifest("postgresql-ha.yaml"),
+        manifest("pgbouncer.yaml"),
+        manifest("maintenance-cronjob.yaml"),
+        manifest("sagaz-worker.yaml"),
+        manifest("network-policies.yaml"),
+        manifest("kustomization.yaml"),
+        manifest("README.md"),
+        GeneratedFile(f"{subdir}/.gitignore",
+                      "# Generated by `sagaz init --k8s`: the Secret with real passwords.\n"
+                      "secrets.yaml\n"),
+    ]
