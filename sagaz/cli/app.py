@@ -15,6 +15,8 @@ import sagaz
 from .benchmark import benchmark_app
 from .db import db_app
 from .demo import demo
+from .dev import dev_app
+from .ha import ha_app
 from .init import init
 from .running import run as run_command
 from .running import show
@@ -111,6 +113,8 @@ app.command("worker")(worker)
 app.add_typer(sagas_app, name="sagas")
 app.add_typer(db_app, name="db")
 app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(dev_app, name="dev")
+app.add_typer(ha_app, name="ha")
 
 
 def main(argv: list[str] | None = None) -> int:

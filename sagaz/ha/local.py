@@ -17,10 +17,12 @@ deployment's 5432/6432/6433 shifted, so a system PostgreSQL can keep its ports).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,9 +32,9 @@ from typing import Any
 
 from psycopg.conninfo import make_conninfo
 
-from sagaz.errors import SagazError
-from sagaz.ha.osuser import service_user
-from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, Backend, PgBouncer
+from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.osuser import check_reachable, service_user
+from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, Backend, PgBouncer, find_pgbouncer
 from sagaz.ha.postgres import PostgresNode, find_bindir
 
 __all__ = ["ClusterState", "LocalCluster", "PRIMARY_SETTINGS"]
@@ -103,9 +105,9 @@ class LocalCluster:
     def new(cls, directory: Path, *, replicas: int = 1, base_port: int = 25432,
             dbname: str = "sagaz") -> LocalCluster:
         if replicas < 0:
-            raise SagazError(f"--replicas must be 0 or more, not {replicas}")
+            raise ConfigurationError(f"--replicas must be 0 or more, not {replicas}")
         if not 1024 <= base_port <= 65535 - 1001 or replicas > 200:
-            raise SagazError(f"--base-port must be between 1024 and {65535 - 1001}, "
+            raise ConfigurationError(f"--base-port must be between 1024 and {65535 - 1001}, "
                              "--replicas at most 200")
         nodes = [f"node{i}" for i in range(replicas + 1)]
         state = ClusterState(base_port, dbname, nodes, "node0", str(find_bindir()))
@@ -118,25 +120,27 @@ class LocalCluster:
             state = ClusterState(**json.loads((directory / "cluster.json").read_text()))
             passwords = json.loads((directory / "secrets.json").read_text())
         except FileNotFoundError:
-            raise SagazError(
+            raise ConfigurationError(
                 f"no local cluster in {directory}: start one with `sagaz dev up --ha`") from None
         return cls(directory, state, passwords)
 
     def save(self) -> None:
+        """Write cluster.json and secrets.json (0600), each atomically: the supervisor reads
+        cluster.json every second and must never see half a file."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "cluster.json").write_text(json.dumps(asdict(self.state), indent=2))
-        path = self.directory / "secrets.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(self.passwords, out, indent=2)
-        path.chmod(0o600)
+        _write_atomically(self.directory / "cluster.json",
+                          json.dumps(asdict(self.state), indent=2), 0o644)
+        _write_atomically(self.directory / "secrets.json",
+                          json.dumps(self.passwords, indent=2), 0o600)
 
     # -- parts -----------------------------------------------------------------------------------
 
     def node(self, name: str) -> PostgresNode:
+        # cluster_name names the processes in ps and is the application_name a standby reports
+        # to its primary (pg_stat_replication), so status can tell the replicas apart.
         return PostgresNode(name, self.directory / name, self.state.port(name),
                             host=self.state.host(name), bindir=Path(self.state.bindir),
-                            settings=dict(PRIMARY_SETTINGS))
+                            settings={**PRIMARY_SETTINGS, "cluster_name": f"'{name}'"})
 
     @property
     def primary(self) -> PostgresNode:
@@ -146,32 +150,112 @@ class LocalCluster:
     def replicas(self) -> list[PostgresNode]:
         return [self.node(n) for n in self.state.replicas]
 
-    def bouncer(self, role: str) -> PgBouncer:
+    def bouncer(self, role: str, targets: list[str] | None = None) -> PgBouncer:
         """pgbouncer-rw (to the primary) or pgbouncer-ro (to the replicas; to the primary when
-        there is none)."""
+        there is none); ``targets`` (node names) overrides where it points."""
         s = self.state
-        targets = [s.primary] if role == "rw" else self.live_replicas() or [s.primary]
-        # PgBouncer opens each new server connection to the next host of the list.
-        hosts = ",".join(s.host(n) for n in targets)
-        backends = [Backend(s.dbname, hosts, s.base_port, s.dbname)]
+        if targets is None:
+            targets = [s.primary] if role == "rw" else self.live_replicas() or [s.primary]
         return PgBouncer(
             self.directory / f"pgbouncer-{role}", port=s.rw_port if role == "rw" else s.ro_port,
-            backends=backends, admin_user=SUPERUSER, role=role,
+            backends=self.backends(targets), admin_user=SUPERUSER, role=role,
             settings=WRITE_POOL if role == "rw" else READ_POOL,
-            passwords={u: self.passwords[u] for u in (SUPERUSER, APP_USER, READER_USER)})
+            passwords={u: self.passwords[u] for u in (SUPERUSER, APP_USER, READER_USER)
+                       if u in self.passwords})
+
+    def backends(self, targets: list[str]) -> list[Backend]:
+        """The [databases] entries of a pool over the nodes ``targets``."""
+        s = self.state
+        # PgBouncer opens each new server connection to the next host of the list.
+        hosts = ",".join(s.host(n) for n in targets)
+        return [Backend(s.dbname, hosts, s.base_port, s.dbname)]
 
     def live_replicas(self) -> list[str]:
         return [n for n in self.state.replicas if self.node(n).running]
+
+    def node_named(self, name: str) -> PostgresNode:
+        """The node ``name``, or a usage error listing the nodes there are."""
+        if name not in self.state.nodes:
+            raise ConfigurationError(
+                f"no node {name!r} in the cluster in {self.directory}; its nodes are "
+                f"{', '.join(self.state.nodes)} (primary {self.state.primary})")
+        return self.node(name)
+
+    @property
+    def supervisor_pid_path(self) -> Path:
+        return self.directory / "supervisor.pid"
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def stopped_parts(self) -> list[str]:
+        """What ``up`` would have to create or start: empty when the cluster is fully up."""
+        missing = [n for n in self.state.nodes if not self.node(n).running]
+        missing += [f"pgbouncer-{r}" for r in ("rw", "ro") if self.bouncer(r).pid is None]
+        return missing
+
+    def running_parts(self) -> list[str]:
+        running = [n for n in self.state.nodes if self.node(n).running]
+        running += [f"pgbouncer-{r}" for r in ("rw", "ro") if self.bouncer(r).pid is not None]
+        return running
+
+    def preflight(self) -> None:
+        """Fail before anything is created or started when this machine cannot run the cluster:
+        missing binaries, a directory the service user cannot reach, a port another program
+        holds. Each error says what to change."""
+        bindir = Path(self.state.bindir)
+        for tool in ("initdb", "postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "psql"):
+            if not (bindir / tool).exists():
+                raise ConfigurationError(
+                    f"{bindir / tool} is missing: install the PostgreSQL server binaries "
+                    "(Debian/Ubuntu: apt-get install postgresql-15) or set SAGAZ_PG_BINDIR to the "
+                    "directory holding initdb, pg_ctl and postgres")
+        find_pgbouncer()
+        check_reachable(service_user(), self.directory)
+        for host, port, what, running in self._listeners():
+            if not running and not _port_free(host, port):
+                raise ConfigurationError(
+                    f"port {port} on {host} ({what}) is in use by another program (another "
+                    f"cluster, a system PostgreSQL?): choose other ports with --base-port "
+                    f"(SAGAZ_DEV_BASE_PORT). This cluster needs port {self.state.base_port} on "
+                    f"127.0.0.1..{self.state.host(self.state.nodes[-1])} for its servers and "
+                    f"{self.state.rw_port}, {self.state.ro_port} on 127.0.0.1 for pgbouncer-rw "
+                    "and pgbouncer-ro")
+
+    def _listeners(self) -> list[tuple[str, int, str, bool]]:
+        s = self.state
+        found = [(s.host(n), s.port(n), f"PostgreSQL {n}", self.node(n).running)
+                 for n in s.nodes]
+        for role in ("rw", "ro"):
+            bouncer = self.bouncer(role, [s.primary])
+            found.append((bouncer.listen_addr, bouncer.port, f"pgbouncer-{role}",
+                          bouncer.pid is not None))
+        return found
 
     # -- connection strings ----------------------------------------------------------------------
 
     def dsn(self, *, user: str = APP_USER, port: int | None = None, dbname: str | None = None,
             **extra: Any) -> str:
+        """A conninfo to a pool (``port``: rw_port or ro_port) or, by default, straight to the
+        primary."""
         return make_conninfo(
             "", host="127.0.0.1" if port else self.state.host(self.state.primary),
             port=port or self.state.base_port,
             user=user, password=self.passwords[user], dbname=dbname or self.state.dbname,
             **extra)
+
+    def node_dsn(self, node: str, *, user: str = SUPERUSER, dbname: str = "postgres",
+                 **extra: Any) -> str:
+        """A conninfo straight to one node (default: the superuser, maintenance database)."""
+        return make_conninfo(
+            "", host=self.state.host(node), port=self.state.port(node), user=user,
+            password=self.passwords[user], dbname=dbname, **extra)
+
+    def admin_dsn(self, role: str, **extra: Any) -> str:
+        """A conninfo to the admin console of pgbouncer-``role`` (SHOW POOLS, PAUSE, RELOAD)."""
+        return make_conninfo(
+            "", host="127.0.0.1",
+            port=self.state.rw_port if role == "rw" else self.state.ro_port,
+            user=SUPERUSER, password=self.passwords[SUPERUSER], dbname="pgbouncer", **extra)
 
     def env(self) -> dict[str, str]:
         """The variables an application of this cluster sets."""
@@ -185,10 +269,12 @@ class LocalCluster:
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
         """Create what is missing and start what is stopped; idempotent."""
+        self.preflight()
         if not self.passwords:
             self.passwords = {u: secrets.token_urlsafe(24)
                               for u in (SUPERUSER, APP_USER, READER_USER, REPLICATION_USER)}
         self.save()
+        check_reachable(service_user(), self.directory)
         service_user().own(self.directory)
         primary = self.primary
         if not primary.exists:
@@ -206,7 +292,8 @@ class LocalCluster:
             if not replica.exists:
                 progress(f"pg_basebackup {replica.name} (replica, port {replica.port})")
                 replica.init_replica(primary, REPLICATION_USER,
-                                     self.passwords[REPLICATION_USER], slot=replica.name)
+                                     self.passwords[REPLICATION_USER], slot=replica.name,
+                                     create_slot=not self._has_slot(replica.name))
             if not replica.running:
                 progress(f"starting {replica.name}")
                 replica.write_settings()
@@ -220,6 +307,11 @@ class LocalCluster:
                 bouncer.reload()
 
     def down(self, purge: bool = False) -> None:
+        """Stop the supervisor, the pools and the servers (fast: running transactions are rolled
+        back); ``purge`` then deletes the directory, data and passwords included."""
+        from sagaz.ha.supervisor import stop_supervisor
+
+        stop_supervisor(self)
         for role in ("ro", "rw"):
             self.bouncer(role).stop()
         for name in reversed(self.state.nodes):
@@ -246,6 +338,17 @@ class LocalCluster:
         if result.returncode != 0:
             raise SagazError(f"roles.sql failed: {result.stderr.strip()}")
 
+    def _has_slot(self, name: str) -> bool:
+        """Whether the primary keeps a replication slot ``name`` (a replica rebuilt after its
+        data was deleted reuses it)."""
+        import psycopg
+
+        with psycopg.connect(self.node_dsn(self.state.primary), autocommit=True,
+                             connect_timeout=5) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                               (name,)).fetchone()
+        return bool(row and row[0])
+
     def migrate(self) -> list[int]:
         """Apply the schema migrations over a direct connection to the primary, as the owner."""
         import psycopg
@@ -254,6 +357,29 @@ class LocalCluster:
 
         with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=5) as conn:
             return migrate(conn)
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port (SO_REUSEADDR, as PostgreSQL and PgBouncer set
+    it: connections of a stopped server in TIME_WAIT do not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
 
 
 def _url(conninfo: str) -> str:

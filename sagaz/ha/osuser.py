@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sagaz.errors import SagazError
+from sagaz.errors import ConfigurationError
 
-__all__ = ["ServiceUser", "check_reachable", "service_user"]
+__all__ = ["ServiceUser", "check_reachable", "process_alive", "service_user"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,15 @@ def check_reachable(user: ServiceUser, path: Path) -> None:
     if user.is_current:
         return
     for parent in path.absolute().parents:
-        st = parent.stat()
+        try:
+            st = parent.stat()
+        except FileNotFoundError:
+            continue  # made later, by us, reachable (or checked again once it exists)
         if st.st_uid == user.uid:
             continue
         allowed = st.st_mode & (0o010 if st.st_gid == user.gid else 0o001)
         if not allowed:
-            raise SagazError(
+            raise ConfigurationError(
                 f"{path} is inside {parent}, which the OS user {user.name!r} (who runs the "
                 f"database processes) may not enter; choose a directory outside it, or "
                 f"chmod o+x {parent}")
@@ -86,10 +89,28 @@ def service_user() -> ServiceUser:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise SagazError(
+        raise ConfigurationError(
             f"running as root, sagaz starts PostgreSQL and PgBouncer as the OS user {name!r}, "
             "which does not exist: install the postgresql package (it creates 'postgres'), "
             "create the user, or set SAGAZ_OS_USER to an existing unprivileged user") from None
     if entry.pw_uid == 0:
-        raise SagazError(f"SAGAZ_OS_USER={name!r} is root; name an unprivileged user")
+        raise ConfigurationError(f"SAGAZ_OS_USER={name!r} is root; name an unprivileged user")
     return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie. A server killed with SIGKILL stays a
+    zombie until its parent (init, for a daemon) reaps it, which may take a second; signal 0
+    still reaches a zombie, so ``kill(pid, 0)`` alone would call it running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): trust the signal
+    # The state follows the command name, which is in parentheses and may contain spaces.
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")

@@ -4,6 +4,7 @@ use too), its auth file, and its lifecycle (start, RELOAD via SIGHUP, stop)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sagaz.deploy.render import render
-from sagaz.errors import SagazError
-from sagaz.ha.osuser import ServiceUser, check_reachable, service_user
+from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.osuser import ServiceUser, check_reachable, process_alive, service_user
 
-__all__ = ["Backend", "PgBouncer", "PoolSettings", "READ_POOL", "WRITE_POOL"]
+__all__ = ["Backend", "PgBouncer", "PoolSettings", "READ_POOL", "WRITE_POOL", "find_pgbouncer"]
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,19 @@ class PgBouncer:
             server_login_retry=s.server_login_retry, query_wait_timeout=s.query_wait_timeout))
         self.user.own(self.directory)
 
+    def configured_hosts(self, database: str) -> list[str]:
+        """The hosts pgbouncer.ini names for ``database`` (empty when there is no config yet):
+        what the running PgBouncer serves once it has (re)loaded the file."""
+        try:
+            text = self.config_path.read_text()
+        except OSError:
+            return []
+        match = re.search(rf"^{re.escape(database)} = host=(\S+) ", text, re.MULTILINE)
+        return match[1].split(",") if match else []
+
     def start(self, timeout: float = 10.0) -> None:
         """Start PgBouncer (writing its files first) and wait until it accepts connections."""
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        if not os.path.exists(binary):
-            raise SagazError("pgbouncer is not installed: apt-get install pgbouncer")
+        binary = find_pgbouncer()
         self.write_config()
         (self.directory / "pgbouncer.pid").unlink(missing_ok=True)
         # Errors before the log file opens (a bad config) go to stderr: keep them.
@@ -149,6 +158,16 @@ class PgBouncer:
             time.sleep(0.02)
 
 
+def find_pgbouncer() -> str:
+    """The pgbouncer binary: on the PATH, else where Debian puts it."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(binary):
+        raise ConfigurationError(
+            "pgbouncer is not installed (looked on the PATH and at /usr/sbin/pgbouncer): "
+            "install it (Debian/Ubuntu: apt-get install pgbouncer; macOS: brew install pgbouncer)")
+    return binary
+
+
 def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
     if process is not None:
         return process.poll() is None  # also reaps our child
@@ -159,11 +178,7 @@ def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
             return False
     except ChildProcessError:
         pass  # not our child: a PgBouncer started by an earlier command
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return process_alive(pid)
 
 
 def _accepts(host: str, port: int) -> bool:

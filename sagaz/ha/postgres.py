@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sagaz.errors import SagazError
-from sagaz.ha.osuser import ServiceUser, check_reachable, service_user
+from psycopg.conninfo import make_conninfo
+
+from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.osuser import ServiceUser, check_reachable, process_alive, service_user
 
 __all__ = ["PostgresNode", "find_bindir"]
 
@@ -28,12 +30,22 @@ host        replication  all        127.0.0.0/8  scram-sha-256
 """
 
 
+# What a postmaster says when processes of its crashed predecessor are still around.
+_LEFTOVERS = ("lock file \"postmaster.pid\" already exists",
+              "pre-existing shared memory block")
+
+
 def find_bindir() -> Path:
     """The PostgreSQL server binaries: ``SAGAZ_PG_BINDIR``, ``pg_config --bindir``, or the
     newest ``/usr/lib/postgresql/*/bin``."""
     candidates: list[str] = []
     if os.environ.get("SAGAZ_PG_BINDIR"):
-        candidates.append(os.environ["SAGAZ_PG_BINDIR"])
+        chosen = Path(os.environ["SAGAZ_PG_BINDIR"])
+        if not ((chosen / "initdb").exists() and (chosen / "postgres").exists()):
+            raise ConfigurationError(
+                f"SAGAZ_PG_BINDIR={chosen} holds no initdb and postgres: name the directory of "
+                "the PostgreSQL server binaries (Debian: /usr/lib/postgresql/15/bin), or unset it")
+        return chosen
     pg_config = shutil.which("pg_config")
     if pg_config:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
@@ -45,7 +57,7 @@ def find_bindir() -> Path:
     for candidate in candidates:
         if (Path(candidate) / "initdb").exists() and (Path(candidate) / "postgres").exists():
             return Path(candidate)
-    raise SagazError(
+    raise ConfigurationError(
         "no PostgreSQL server binaries found (looked at SAGAZ_PG_BINDIR, pg_config --bindir, "
         "/usr/lib/postgresql/*/bin): install them (Debian: apt-get install postgresql-15) or "
         "set SAGAZ_PG_BINDIR to the directory holding initdb and postgres")
@@ -94,20 +106,87 @@ class PostgresNode:
         (self.datadir / "pg_hba.conf").write_text(_HBA)
         self.write_settings()
 
-    def init_replica(self, primary: PostgresNode, user: str, password: str, slot: str) -> None:
-        """A streaming replica of ``primary``: pg_basebackup with ``-R`` (standby.signal and
-        primary_conninfo) and a physical replication slot, so the primary keeps the WAL this
-        replica still needs while it is down."""
+    def init_replica(self, primary: PostgresNode, user: str, password: str, slot: str,
+                     *, create_slot: bool = True) -> None:
+        """A streaming replica of ``primary``: pg_basebackup (standby.signal and primary_conninfo)
+        and a physical replication slot, so the primary keeps the WAL this replica still needs
+        while it is down. ``create_slot=False`` when the slot exists already on the primary."""
         self._prepare_directory()
+        passfile = self._write_passfile(primary, user, password)
+        env = {**self.user.env(), "PGPASSFILE": str(passfile)}
+        self._run([str(self.bindir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port),
+                   "-U", user, "-D", str(self.datadir), "-X", "stream", "-S", slot,
+                   *(["-C"] if create_slot else []), "--checkpoint=fast", "--no-password"],
+                  "pg_basebackup", env=env)
+        self.configure_standby(primary, user, password, slot)
+        self.write_settings()
+
+    def configure_standby(self, primary: PostgresNode, user: str, password: str,
+                          slot: str) -> None:
+        """Make this (stopped) node a standby of ``primary`` on its next start, or re-point a
+        running standby (then :meth:`reload`): standby.signal, primary_conninfo, primary_slot_name.
+
+        primary_conninfo names a pass file instead of holding the password, and carries the
+        node's name as application_name: pg_stat_replication on the primary shows it."""
+        passfile = self._write_passfile(primary, user, password)
+        conninfo = make_conninfo("", user=user, passfile=str(passfile), host=primary.host,
+                                 port=primary.port, application_name=self.name)
+        self.set_auto_conf({"primary_conninfo": conninfo, "primary_slot_name": slot})
+        (self.datadir / "standby.signal").touch()
+        self.user.own(self.datadir / "standby.signal")
+
+    def set_auto_conf(self, settings: dict[str, str | None]) -> None:
+        """Set (or with None remove) settings in postgresql.auto.conf, the file ALTER SYSTEM
+        writes and that wins over postgresql.conf and its includes. For a stopped node too."""
+        path = self.datadir / "postgresql.auto.conf"
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines
+                if line.split("=", 1)[0].strip() not in settings]
+        kept += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'"
+                 for key, value in settings.items() if value is not None]
+        path.write_text("\n".join(kept) + "\n")
+        path.chmod(0o600)
+        self.user.own(path)
+
+    @property
+    def is_standby(self) -> bool:
+        """Whether it starts as a standby (standby.signal); a running one may have been
+        promoted since."""
+        return (self.datadir / "standby.signal").exists()
+
+    def rewind(self, source: PostgresNode, superuser: str, password: str) -> None:
+        """pg_rewind this (stopped) node onto ``source``, the new primary: only the blocks that
+        changed since their histories forked are copied back, so a former primary becomes a
+        standby in seconds whatever the database size. Needs data checksums (initdb
+        ``--data-checksums``) or wal_log_hints; a target that was not shut down cleanly goes
+        through crash recovery first (pg_rewind does that by itself)."""
+        conninfo = make_conninfo("", host=source.host, port=source.port, user=superuser,
+                                 dbname="postgres", connect_timeout=5)
+        env = {**self.user.env(), "PGPASSWORD": password}
+        self._run([str(self.bindir / "pg_rewind"), "--target-pgdata", str(self.datadir),
+                   "--source-server", conninfo], f"pg_rewind {self.name}", env=env)
+        # pg_rewind copied the source's configuration files: its own settings (address, socket,
+        # name) come back, and the source's replication slots are not ours to keep.
+        self.write_settings()
+        self.drop_local_slots()
+
+    def drop_local_slots(self) -> None:
+        """Remove the replication slots stored in this (stopped) node's data directory: slots a
+        former primary kept for its replicas would pin WAL here forever."""
+        slots = self.datadir / "pg_replslot"
+        if slots.is_dir():
+            for entry in slots.iterdir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def purge(self) -> None:
+        """Remove the data directory (the node must be stopped)."""
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+    def _write_passfile(self, primary: PostgresNode, user: str, password: str) -> Path:
         passfile = self.directory / ".pgpass"
         _write_secret(passfile, f"{primary.host}:{primary.port}:*:{user}:{password}\n")
         self.user.own(passfile)
-        env = {**self.user.env(), "PGPASSFILE": str(passfile)}
-        self._run([str(self.bindir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port),
-                   "-U", user, "-D", str(self.datadir), "-R", "-X", "stream", "-S", slot, "-C",
-                   "--checkpoint=fast", "--no-password"], "pg_basebackup", env=env)
-        # primary_conninfo names the pass file instead of holding the password itself.
-        self.write_settings()
+        return passfile
 
     def _prepare_directory(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -132,8 +211,19 @@ class PostgresNode:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
-        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log_path),
-                   "-w", "-t", str(int(timeout)), "start"], f"starting {self.name}")
+        # After a crash (SIGKILL of the postmaster) the old processes take a moment to go: the
+        # postmaster stays a zombie until reaped, its children until they notice. Meanwhile the
+        # new postmaster refuses to start (lock file, shared memory in use): try again.
+        for attempt in range(4):
+            try:
+                self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l",
+                           str(self.log_path), "-w", "-t", str(int(timeout)), "start"],
+                          f"starting {self.name}")
+                return
+            except SagazError as exc:
+                if attempt == 3 or not any(m in str(exc) for m in _LEFTOVERS):
+                    raise
+            time.sleep(0.5)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``fast`` (clean), or ``immediate`` (as a crash: recovery on start)."""
@@ -146,19 +236,24 @@ class PostgresNode:
         self.stop(mode)
         self.start()
 
-    def promote(self) -> None:
-        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "promote"],
-                  f"promoting {self.name}")
+    def promote(self, timeout: float = 30.0) -> None:
+        """``pg_ctl promote``: end recovery and accept writes (waits until promotion is done)."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-t",
+                   str(int(timeout)), "promote"], f"promoting {self.name}")
+
+    def reload(self) -> None:
+        """Re-read the configuration (SIGHUP), e.g. a new primary_conninfo."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "reload"],
+                  f"reloading {self.name}")
 
     @property
     def pid(self) -> int | None:
         """The postmaster's pid while it runs."""
         try:
             pid = int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
-            os.kill(pid, 0)
         except (OSError, ValueError):
             return None
-        return pid
+        return pid if process_alive(pid) else None
 
     @property
     def running(self) -> bool:

@@ -1,0 +1,410 @@
+"""``sagaz dev``: a local PostgreSQL deployment without Docker (a primary, streaming replicas,
+pgbouncer-rw and pgbouncer-ro on loopback) from the machine's binaries: up, status, env, down, and
+the read-pool supervisor ``dev up`` runs in the background.
+
+The work is done by :mod:`sagaz.ha` (imported when a command runs: it needs psycopg, an optional
+extra); this module parses options and prints.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.filesize import decimal
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from sagaz.errors import ConfigurationError, SagazError
+
+from .common import ExitCode, execute, fail
+from .output import out, print_warning, table_console
+
+if TYPE_CHECKING:
+    from sagaz.ha.health import ClusterHealth
+    from sagaz.ha.local import LocalCluster
+
+__all__ = ["DirOption", "dev_app", "load_cluster", "stage_printer"]
+
+DEFAULT_DIR = Path(".sagaz/cluster")
+DEFAULT_BASE_PORT = 25432
+
+DEV_HELP = f"""\
+Run the PostgreSQL deployment of sagaz on this machine, without Docker: a primary, streaming
+replicas and two PgBouncer pools, on loopback, from the installed PostgreSQL 15 and PgBouncer
+binaries (Debian/Ubuntu: `apt-get install postgresql-15 pgbouncer`).
+
+```
+sagaz dev up --ha              # primary + 1 replica + pgbouncer-rw/ro (+ the supervisor)
+eval "$(sagaz dev env)"        # SAGAZ_STORAGE_URL, SAGAZ_ANALYTICS_URL, SAGAZ_DATABASE_URL
+sagaz dev status               # roles, replication lag, pools, partitions
+sagaz ha promote node1         # manual failover drill
+sagaz dev down --purge         # stop everything and delete the data
+```
+
+Ports (base port P, default {DEFAULT_BASE_PORT}): node i listens on 127.0.0.(i+1):P,
+pgbouncer-rw on 127.0.0.1:P+1000, pgbouncer-ro on 127.0.0.1:P+1001. Passwords are generated and
+kept in DIR/secrets.json (mode 0600); authentication is SCRAM everywhere. When run as root, the
+servers run as the OS user `postgres` (SAGAZ_OS_USER), which must be able to reach DIR.
+
+The embedded default of sagaz (SQLite file, in-process broker) needs none of this.
+"""
+
+dev_app = typer.Typer(name="dev", no_args_is_help=True, help=DEV_HELP,
+                      rich_markup_mode="markdown")
+
+DirOption = Annotated[Path, typer.Option(
+    "--dir", envvar="SAGAZ_DEV_DIR", metavar="DIR", file_okay=False,
+    help="Directory of the local cluster: data, logs, cluster.json, secrets.json (0600).")]
+
+
+# -- shared with `sagaz ha` ------------------------------------------------------------------------
+
+
+def require_driver() -> None:
+    if importlib.util.find_spec("psycopg") is None:
+        fail("the local cluster needs PostgreSQL support (psycopg is missing); install it with: "
+             "pip install 'sagaz[postgres]'")
+
+
+def load_cluster(directory: Path) -> LocalCluster:
+    require_driver()
+    from sagaz.ha.local import LocalCluster
+
+    return LocalCluster.load(directory)
+
+
+@contextmanager
+def cluster_errors() -> Iterator[None]:
+    """Usage errors stay usage errors (exit 2); a process that failed to start or a server that
+    refused is exit 3, with the message (and log excerpt) sagaz.ha gives."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except SagazError as exc:
+        fail(str(exc), ExitCode.STORAGE)
+
+
+@contextmanager
+def stage_printer(title: str) -> Iterator[Callable[[str], None]]:
+    """A progress callback showing each stage and how long it took: a live display on a
+    terminal, one line per stage otherwise (logs, CI)."""
+    started = [time.monotonic()]
+    if out.is_terminal:
+        progress = Progress(SpinnerColumn(finished_text="[green]✓[/]"),
+                            TextColumn("{task.description}"),
+                            TextColumn("[dim]{task.fields[took]}[/]"), console=out)
+        current: list[Any] = []
+
+        def finish() -> None:
+            if current:
+                progress.update(current[0], completed=1,
+                                took=f"{time.monotonic() - started[0]:.2f} s")
+
+        def stage(text: str) -> None:
+            finish()
+            started[0] = time.monotonic()
+            current[:] = [progress.add_task(escape(text), total=1, took="")]
+
+        out.print(title, soft_wrap=True)
+        with progress:
+            yield stage
+            finish()
+        return
+
+    open_line = [False]
+
+    def close_line() -> None:
+        if open_line[0]:
+            out.print(f"{time.monotonic() - started[0]:.2f} s")
+            open_line[0] = False
+
+    def plain(text: str) -> None:
+        close_line()
+        started[0] = time.monotonic()
+        out.print(f"  {escape(text)} ... ", end="", soft_wrap=True)
+        open_line[0] = True
+
+    out.print(title, soft_wrap=True)
+    try:
+        yield plain
+    except BaseException:
+        if open_line[0]:
+            out.print("[red]failed[/]")
+        raise
+    close_line()
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@dev_app.command("up")
+def up_command(
+    ha: Annotated[bool, typer.Option(
+        "--ha", envvar="SAGAZ_DEV_HA",
+        help="Primary + streaming replicas (--replicas). Without it: a single server with its "
+             "two pools.")] = False,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", min=0, max=200, envvar="SAGAZ_DEV_REPLICAS", metavar="N",
+        show_default=False,
+        help="Streaming replicas, with --ha. Default: 1 for a new cluster, the current count "
+             "for an existing one (a larger N adds replicas).")] = None,
+    directory: DirOption = DEFAULT_DIR,
+    base_port: Annotated[int | None, typer.Option(
+        "--base-port", min=1024, max=65535 - 1001, envvar="SAGAZ_DEV_BASE_PORT", metavar="P",
+        show_default=False,
+        help=f"Servers on P, pgbouncer-rw on P+1000, pgbouncer-ro on P+1001. Default "
+             f"{DEFAULT_BASE_PORT} (an existing cluster keeps its ports).")] = None,
+    supervise: Annotated[bool, typer.Option(
+        "--supervise/--no-supervise", envvar="SAGAZ_DEV_SUPERVISE",
+        help="Run the supervisor in the background (with replicas): it takes a replica that "
+             "stops answering out of pgbouncer-ro and puts it back when it answers.")] = True,
+    check_interval: Annotated[float, typer.Option(
+        "--check-interval", min=0.1, max=3600, envvar="SAGAZ_DEV_CHECK_INTERVAL",
+        metavar="SECONDS", help="How often the supervisor probes the replicas.")] = 1.0,
+) -> None:
+    """Create and start the local cluster (or whatever part of it is stopped), then print the
+    SAGAZ_* URLs to use. Running it on a running cluster changes nothing."""
+
+    def body() -> int:
+        require_driver()
+        from sagaz.ha.local import LocalCluster
+        from sagaz.ha.supervisor import start_supervisor, supervisor_pid
+
+        if replicas and not ha:
+            fail("--replicas needs --ha (without it the cluster is a single server)")
+        exists = (directory / "cluster.json").exists()
+        if exists:
+            cluster = LocalCluster.load(directory)
+            _check_compatible(cluster, replicas, base_port)
+        else:
+            count = replicas if replicas is not None else (1 if ha else 0)
+            cluster = LocalCluster.new(directory, replicas=count,
+                                       base_port=base_port or DEFAULT_BASE_PORT)
+        wants_supervisor = supervise and bool(cluster.state.replicas)
+        to_start = cluster.stopped_parts() if exists else ["everything"]
+        if not to_start and (not wants_supervisor or supervisor_pid(cluster) is not None):
+            out.print(f"the cluster in {escape(str(cluster.directory))} is already up "
+                      f"({_shape(cluster)}); nothing to do", soft_wrap=True)
+            _print_urls(cluster, directory)
+            return ExitCode.OK
+        cluster.preflight()
+        started = time.monotonic()
+        with cluster_errors():
+            if to_start:
+                title = ("creating" if not exists else "starting") + \
+                    f" the local cluster in {escape(str(cluster.directory))} ({_shape(cluster)})"
+                with stage_printer(title) as stage:
+                    cluster.up(stage)
+            if wants_supervisor:
+                pid = start_supervisor(cluster, check_interval)
+                out.print(f"supervisor: pid {pid}, every {check_interval:g} s (log: "
+                          f"{escape(str(cluster.directory / 'supervisor.log'))})", soft_wrap=True)
+        out.print(f"[bold green]up[/] in {time.monotonic() - started:.2f} s: "
+                  f"{_shape(cluster)}", soft_wrap=True)
+        if not ha and not cluster.state.replicas:
+            out.print("[dim]a single server without replicas (add --ha for replicas); the "
+                      "embedded default of sagaz (SQLite) needs no server at all[/]",
+                      soft_wrap=True)
+        _print_urls(cluster, directory)
+        return ExitCode.OK
+
+    execute(body)
+
+
+def _check_compatible(cluster: LocalCluster, replicas: int | None, base_port: int | None) -> None:
+    s = cluster.state
+    if base_port is not None and base_port != s.base_port:
+        fail(f"the cluster in {cluster.directory} uses base port {s.base_port}, not {base_port}: "
+             "drop --base-port, or recreate it (`sagaz dev down --purge`, then `sagaz dev up`)")
+    if replicas is None or replicas == len(s.replicas):
+        return
+    if replicas < len(s.replicas):
+        fail(f"the cluster in {cluster.directory} has {len(s.replicas)} replica(s); removing "
+             "replicas is not supported: recreate it (`sagaz dev down --purge`) with "
+             f"--replicas {replicas}")
+    highest = max(int(n.removeprefix("node")) for n in s.nodes)
+    s.nodes += [f"node{highest + 1 + i}" for i in range(replicas - len(s.replicas))]
+    cluster.save()
+
+
+def _shape(cluster: LocalCluster) -> str:
+    s = cluster.state
+    return (f"primary {s.primary} on {s.host(s.primary)}:{s.base_port}, "
+            f"{len(s.replicas)} replica(s), pgbouncer-rw :{s.rw_port}, pgbouncer-ro :{s.ro_port}")
+
+
+def _print_urls(cluster: LocalCluster, directory: Path) -> None:
+    env = cluster.env()
+    what = {"SAGAZ_STORAGE_URL": "write pool (pgbouncer-rw, transaction pooling, the primary)",
+            "SAGAZ_ANALYTICS_URL": "read pool (pgbouncer-ro, the replicas; read-only user)",
+            "SAGAZ_DATABASE_URL": "direct to the primary (migrations, `sagaz db`)"}
+    out.print("\nUse these. They contain generated passwords, kept in "
+              f"{escape(str(cluster.directory / 'secrets.json'))} (mode 0600):", soft_wrap=True)
+    for key, value in env.items():
+        out.print(f"  {key}={escape(value)}", soft_wrap=True)
+        out.print(f"    [dim]{what.get(key, '')}[/]")
+    flag = "" if directory == DEFAULT_DIR else f" --dir {shlex.quote(str(directory))}"
+    out.print(f'or: eval "$(sagaz dev env{escape(flag)})"', soft_wrap=True)
+
+
+@dev_app.command("env")
+def env_command(directory: DirOption = DEFAULT_DIR) -> None:
+    """Print `export SAGAZ_...=...` lines for the local cluster: `eval "$(sagaz dev env)"`.
+    The values contain the generated passwords."""
+
+    def body() -> int:
+        cluster = load_cluster(directory)
+        for key, value in cluster.env().items():
+            typer.echo(f"export {key}={shlex.quote(value)}")
+        return ExitCode.OK
+
+    execute(body)
+
+
+@dev_app.command("status")
+def status_command(
+    directory: DirOption = DEFAULT_DIR,
+    as_json: Annotated[bool, typer.Option(
+        "--json", envvar="SAGAZ_DEV_STATUS_JSON",
+        help="One JSON document for scripts: nodes, replication, slots, pools, partitions, "
+             "supervisor, healthy.")] = False,
+) -> None:
+    """Show each node's role (what the server says, pg_is_in_recovery) and replication lag in
+    bytes and seconds, the PgBouncer pools (SHOW POOLS / STATS / DATABASES), the replication
+    slots and the partition count per table. Exit 1 when something is down or out of place."""
+
+    def body() -> int:
+        cluster = load_cluster(directory)
+        from sagaz.ha.health import collect
+
+        health = collect(cluster)
+        if as_json:
+            typer.echo(json.dumps(health.to_dict(), indent=2, default=str))
+        else:
+            _print_health(health)
+        return ExitCode.OK if health.healthy else ExitCode.FAILED
+
+    execute(body)
+
+
+def _print_health(h: ClusterHealth) -> None:
+    lag = {r.name: r for r in h.replication}
+    grid = Table(title=f"nodes of {escape(h.directory)}", title_justify="left")
+    for column in ("node", "role", "address", "pid", "lsn", "state", "lag (bytes)",
+                   "lag (s)"):
+        grid.add_column(column, no_wrap=True,
+                        justify="right" if column.startswith(("lag", "pid")) else "left")
+    for n in h.nodes:
+        role = n.role if n.role == n.configured_role else f"{n.role} (expected {n.configured_role})"
+        style = None if n.role == n.configured_role else "bold red"
+        stat = lag.get(n.name)
+        state = stat.state if stat else (n.receiver_status or "-") if n.role == "replica" else "-"
+        lag_bytes = f"{stat.replay_lag_bytes:,}" if stat and stat.replay_lag_bytes is not None \
+            else "-"
+        seconds = stat.replay_lag_seconds if stat and stat.replay_lag_seconds is not None \
+            else n.replay_delay_seconds
+        grid.add_row(n.name, escape(role), f"{n.host}:{n.port}", str(n.pid or "-"),
+                     n.lsn or "-", escape(state or "-"), lag_bytes,
+                     "-" if seconds is None else f"{seconds:.3f}", style=style)
+    console = table_console()
+    console.print(grid)
+    names = {n.host: n.name for n in h.nodes}
+    pools = Table(title="pools", title_justify="left")
+    for column in ("pool", "port", "servers", "clients active/waiting", "servers active/idle",
+                   "transactions", "queries", "avg query"):
+        pools.add_column(column, no_wrap=True)
+    for p in h.pools.values():
+        hosts = ",".join(f"{names.get(a, a)}" for a in p.hosts) + \
+            (" (PAUSED)" if p.paused else "")
+        if not p.running or p.error:
+            pools.add_row(f"pgbouncer-{p.role}", str(p.port), "-",
+                          escape(p.error or "not running"), "", "", "", "", style="bold red")
+            continue
+        active = sum(x.get("cl_active", 0) for x in p.pools)
+        waiting = sum(x.get("cl_waiting", 0) for x in p.pools)
+        sv_active = sum(x.get("sv_active", 0) for x in p.pools)
+        sv_idle = sum(x.get("sv_idle", 0) for x in p.pools)
+        xacts = sum(x.get("total_xact_count", 0) for x in p.stats)
+        queries = sum(x.get("total_query_count", 0) for x in p.stats)
+        avg = max((x.get("avg_query_time", 0) for x in p.stats), default=0)
+        pools.add_row(f"pgbouncer-{p.role}", str(p.port), escape(hosts),
+                      f"{active}/{waiting}", f"{sv_active}/{sv_idle}", f"{xacts:,}",
+                      f"{queries:,}", f"{avg / 1000:.2f} ms")
+    console.print(pools)
+    for slot in h.slots:
+        if not slot.active:
+            print_warning(f"replication slot {slot.name} is inactive and keeps "
+                          f"{decimal(slot.retained_bytes or 0)} of WAL on {h.primary}: "
+                          f"`sagaz ha rejoin {slot.name}` (or drop the slot)")
+    partitions = ", ".join(f"{t} {c}" for t, c in h.partitions.items()) or "-"
+    out.print(f"partitions: {partitions}", soft_wrap=True)
+    out.print("supervisor: " + (f"pid {h.supervisor_pid}" if h.supervisor_pid
+                                else "not running (pgbouncer-ro keeps a dead replica)"))
+    for error in h.errors:
+        print_warning(error)
+    out.print("[bold green]healthy[/]" if h.healthy else "[bold red]degraded[/]")
+
+
+@dev_app.command("down")
+def down_command(
+    directory: DirOption = DEFAULT_DIR,
+    purge: Annotated[bool, typer.Option(
+        "--purge", envvar="SAGAZ_DEV_PURGE",
+        help="Also delete the directory: all data, logs and the generated passwords.")] = False,
+) -> None:
+    """Stop the supervisor, both pools and every server (fast shutdown: running transactions
+    are rolled back). Data stays unless --purge."""
+
+    def body() -> int:
+        if not (directory / "cluster.json").exists():
+            if purge and directory.exists() and any(directory.iterdir()):
+                fail(f"{directory} holds no sagaz cluster (no cluster.json); not deleting it")
+            out.print(f"no cluster in {escape(str(directory))}; nothing to stop", soft_wrap=True)
+            return ExitCode.OK
+        cluster = load_cluster(directory)
+        from sagaz.ha.supervisor import supervisor_pid
+
+        running = cluster.running_parts()
+        if supervisor_pid(cluster) is not None:
+            running.append("supervisor")
+        with cluster_errors():
+            cluster.down(purge=purge)
+        out.print(("stopped " + ", ".join(running)) if running else "nothing was running")
+        if purge:
+            out.print(f"deleted {escape(str(cluster.directory))} (data and passwords)",
+                      soft_wrap=True)
+        return ExitCode.OK
+
+    execute(body)
+
+
+@dev_app.command("supervise")
+def supervise_command(
+    directory: DirOption = DEFAULT_DIR,
+    interval: Annotated[float, typer.Option(
+        "--interval", min=0.1, max=3600, envvar="SAGAZ_DEV_CHECK_INTERVAL", metavar="SECONDS",
+        help="Seconds between two probes of the replicas.")] = 1.0,
+) -> None:
+    """Keep pgbouncer-ro on the replicas that answer (`dev up` runs this in the background; run
+    it in the foreground to watch it, with --log-level INFO). Stops on SIGTERM/SIGINT or when
+    the cluster directory is deleted."""
+
+    def body() -> int:
+        require_driver()
+        from sagaz.ha.supervisor import run_supervisor
+
+        with cluster_errors():
+            run_supervisor(directory, interval)
+        return ExitCode.OK
+
+    execute(body)

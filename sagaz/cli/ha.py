@@ -1,0 +1,110 @@
+"""``sagaz ha``: failover drills on the local cluster (``sagaz dev up --ha``): promote a replica,
+rejoin a node as a replica. The steps are in :mod:`sagaz.ha.failover`; this module prints them."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from .common import ExitCode, execute
+from .dev import DEFAULT_DIR, DirOption, cluster_errors, load_cluster
+from .output import out, print_warning
+
+__all__ = ["ha_app"]
+
+HA_HELP = """\
+Manual failover of the local cluster started by `sagaz dev up --ha`.
+
+`promote REPLICA` makes a replica the primary: pgbouncer-rw is paused (clients wait instead of
+failing), the old primary stopped, the replica promoted, pgbouncer-rw re-pointed and resumed;
+then the old primary is rebuilt as a replica of the new one (pg_rewind, else pg_basebackup).
+Applications keep their SAGAZ_STORAGE_URL: it names pgbouncer-rw, not a server.
+
+`rejoin NODE` makes a stopped or diverged node a streaming replica of the current primary.
+
+`sagaz dev status` shows the roles before and after.
+"""
+
+ha_app = typer.Typer(name="ha", no_args_is_help=True, help=HA_HELP, rich_markup_mode="markdown")
+
+
+class _Stages:
+    """Prints each stage with the time since the command started."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        out.print(f"  [dim]{time.monotonic() - self.started:6.2f} s[/]  {escape(text)}",
+                  soft_wrap=True)
+
+
+@ha_app.command("promote")
+def promote_command(
+    replica: Annotated[str, typer.Argument(
+        metavar="REPLICA", help="The replica to promote, e.g. node1 (see `sagaz dev status`).")],
+    directory: DirOption = DEFAULT_DIR,
+    drain_timeout: Annotated[float, typer.Option(
+        "--drain-timeout", min=0, max=600, envvar="SAGAZ_HA_DRAIN_TIMEOUT", metavar="SECONDS",
+        help="How long transactions running on the old primary may take to finish before it "
+             "is stopped (and they are rolled back).")] = 5.0,
+    rejoin_old: Annotated[bool, typer.Option(
+        "--rejoin/--no-rejoin", envvar="SAGAZ_HA_REJOIN",
+        help="Rebuild the old primary as a replica of the new one (else leave it stopped; "
+             "`sagaz ha rejoin` later).")] = True,
+) -> None:
+    """Make REPLICA the primary (manual failover) and report how long the write pool was
+    unavailable."""
+
+    def body() -> int:
+        cluster = load_cluster(directory)
+        from sagaz.ha.failover import promote
+
+        out.print(f"promoting {escape(replica)} (primary now: {cluster.state.primary})")
+        stages = _Stages()
+        with cluster_errors():
+            report = promote(cluster, replica, progress=stages, drain_timeout=drain_timeout,
+                             rejoin_old=rejoin_old)
+        stages("done")
+        for warning in report.warnings:
+            print_warning(warning)
+        out.print(f"[bold green]{report.new_primary} is the primary[/]; the write pool was "
+                  f"unavailable for [bold]{report.write_downtime:.3f} s[/]", soft_wrap=True)
+        if report.rejoin:
+            out.print(f"{report.old_primary} is a replica again ({report.rejoin})")
+        else:
+            out.print(f"{report.old_primary} is stopped; bring it back with "
+                      f"`sagaz ha rejoin {report.old_primary}`")
+        return ExitCode.OK
+
+    execute(body)
+
+
+@ha_app.command("rejoin")
+def rejoin_command(
+    node: Annotated[str, typer.Argument(
+        metavar="NODE", help="The node to make a replica of the current primary, e.g. node0.")],
+    directory: DirOption = DEFAULT_DIR,
+) -> None:
+    """Make NODE a streaming replica of the current primary: a former primary after a
+    promotion, a stopped or crashed replica. Does the least that works: nothing, re-point,
+    restart, pg_rewind, or a fresh pg_basebackup."""
+
+    def body() -> int:
+        cluster = load_cluster(directory)
+        from sagaz.ha.failover import rejoin
+        from sagaz.ha.supervisor import refresh_read_pool
+
+        stages = _Stages()
+        with cluster_errors():
+            how = rejoin(cluster, node, progress=stages)
+            refresh_read_pool(cluster)
+        stages("done")
+        out.print(f"[bold green]{escape(node)} is a replica of {cluster.state.primary}[/] "
+                  f"({how})")
+        return ExitCode.OK
+
+    execute(body)

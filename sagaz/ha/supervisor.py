@@ -1,0 +1,263 @@
+"""Keep pgbouncer-ro serving while replicas die and come back.
+
+PgBouncer 1.18 balances a database over a host list (``host=127.0.0.2,127.0.0.3``): each new
+server connection goes to the next host, round-robin. It does not skip a host that is down: a
+dead replica fails every other login, and clients of the read pool see errors for as long as it
+stays in the list. The supervisor takes it out. Once per interval (1 s) it probes every node
+(connect, ``SELECT pg_is_in_recovery()``, a 1 s budget); when the set of healthy replicas changed,
+it rewrites the [databases] host list of pgbouncer-ro to the healthy ones, or to the primary when
+there is none, and RELOADs PgBouncer. A replica that answers again is put back the same way.
+
+Why this and not something else:
+
+* **HAProxy** in front of the replicas with a health check would do the same job, and is what a
+  production deployment may prefer; locally it is one more daemon to install, configure and keep
+  alive, and a second hop for every read. The supervisor reuses the one PgBouncer and the same
+  pgbouncer.ini template as the deployments.
+* **Client-side balancing** (libpq ``load_balance_hosts=random`` with a multi-host DSN and
+  ``target_session_attrs=standby``) skips dead hosts by itself, but arrived in libpq 16; the
+  machines here have libpq 15, and it would bypass the pool (every client connects to the servers
+  itself).
+* **PgBouncer's own checks** do not cover it. ``server_check_query`` (default ``select 1``) runs
+  on a server connection that was idle longer than ``server_check_delay`` before it is handed to
+  a client: it catches connections a restart broke (the template sets the delay to 10 s; 0 would
+  check every reuse, at a round trip each), but it never steers new logins away from a dead host,
+  so it complements the supervisor rather than replacing it.
+
+Health is "accepts a login and is in recovery". Lag is not part of it: a lagging replica still
+serves, and reads that must see a write wait for its LSN (analytics read-your-writes). During a
+promotion the node being promoted stops being a replica; with no replica left, the read pool
+points at whichever node answers as a primary, so reads keep working while the old primary is
+rebuilt. The supervisor reads cluster.json on every pass (promotions change it) and compares with
+the host list in pgbouncer.ini itself, so a restart or another writer of that file (``dev up``)
+never leaves it stale. It exits when the cluster directory disappears (``dev down --purge``).
+
+It runs as ``sagaz dev supervise --dir D`` (started in the background by ``sagaz dev up``, pid in
+``D/supervisor.pid``, log in ``D/supervisor.log``, stopped by ``sagaz dev down``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from sagaz.errors import SagazError
+from sagaz.ha.health import CONNECT_TIMEOUT, IS_IN_RECOVERY
+from sagaz.ha.local import READER_USER, LocalCluster
+from sagaz.ha.osuser import process_alive
+
+__all__ = [
+    "CHECK_TIMEOUT", "DEFAULT_INTERVAL", "Probe", "ReadPoolChange", "probe_nodes",
+    "read_pool_targets", "reconcile_read_pool", "refresh_read_pool", "run_supervisor",
+    "start_supervisor", "stop_supervisor", "supervisor_pid",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 1.0
+"""Seconds between two passes."""
+CHECK_TIMEOUT = 1.0
+"""Seconds a node has to accept a login and answer: beyond it, it counts as down."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    node: str
+    in_recovery: bool | None
+    """True: a replica; False: a primary; None: did not answer (``reason`` says why)."""
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadPoolChange:
+    before: list[str]
+    after: list[str]
+    """Node names pgbouncer-ro now balances over."""
+    probes: list[Probe]
+
+
+async def probe_nodes(cluster: LocalCluster, check_timeout: float = CHECK_TIMEOUT) -> list[Probe]:
+    """Probe every node concurrently, each within ``check_timeout`` seconds."""
+    return list(await asyncio.gather(*(_probe(cluster, n, check_timeout)
+                                       for n in cluster.state.nodes)))
+
+
+async def _probe(cluster: LocalCluster, node: str, check_timeout: float) -> Probe:
+    # As the read pool's own user, to the application database: the login PgBouncer will make.
+    conninfo = cluster.node_dsn(node, user=READER_USER, dbname=cluster.state.dbname,
+                                connect_timeout=CONNECT_TIMEOUT,
+                                application_name="sagaz-supervisor")
+    try:
+        async with asyncio.timeout(check_timeout):
+            conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True,
+                                                         prepare_threshold=None)
+            async with conn:
+                row = await (await conn.execute(IS_IN_RECOVERY)).fetchone()
+    except TimeoutError:
+        return Probe(node, None, f"no answer within {check_timeout:g} s")
+    except psycopg.Error as exc:
+        return Probe(node, None, " ".join(str(exc).split()) or type(exc).__name__)
+    return Probe(node, bool(row and row[0]))
+
+
+def read_pool_targets(cluster: LocalCluster, probes: list[Probe]) -> list[str]:
+    """The nodes pgbouncer-ro should balance over: the healthy replicas; else the node that
+    answers as a primary (the configured one first); else the configured primary."""
+    replicas = [p.node for p in probes if p.in_recovery]
+    if replicas:
+        return replicas
+    primaries = sorted((p.node for p in probes if p.in_recovery is False),
+                       key=lambda n: n != cluster.state.primary)
+    return primaries[:1] or [cluster.state.primary]
+
+
+async def reconcile_read_pool(cluster: LocalCluster,
+                              check_timeout: float = CHECK_TIMEOUT) -> ReadPoolChange | None:
+    """One pass: probe, and when pgbouncer-ro's host list differs from the healthy replicas,
+    rewrite it and RELOAD. Returns the change, or None when the list was right."""
+    probes = await probe_nodes(cluster, check_timeout)
+    targets = read_pool_targets(cluster, probes)
+    bouncer = cluster.bouncer("ro", targets)
+    by_host = {cluster.state.host(n): n for n in cluster.state.nodes}
+    before = [by_host.get(h, h) for h in bouncer.configured_hosts(cluster.state.dbname)]
+    if before == targets:
+        return None
+    bouncer.reload()
+    change = ReadPoolChange(before, targets, probes)
+    down = {p.node: p.reason for p in probes if p.in_recovery is None}
+    # A node taken out is news (warning); one put back, or a promotion followed, is not.
+    log = logger.warning if set(before) - set(targets) and down else logger.info
+    log("pgbouncer-ro now balances over %s (was %s); not answering: %s",
+                   ",".join(targets), ",".join(before) or "-",
+                   "; ".join(f"{n}: {r}" for n, r in down.items()) or "none",
+                   extra={"action": "read_pool_changed", "before": before, "after": targets})
+    return change
+
+
+def refresh_read_pool(cluster: LocalCluster) -> ReadPoolChange | None:
+    """:func:`reconcile_read_pool` once, from synchronous code (promote, rejoin)."""
+    return asyncio.run(reconcile_read_pool(cluster))
+
+
+# -- the background process ------------------------------------------------------------------------
+
+
+async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
+                    stop: asyncio.Event | None = None) -> None:
+    """Reconcile the read pool every ``interval`` seconds until ``stop`` is set or the cluster
+    directory is gone."""
+    stop = stop or asyncio.Event()
+    logger.info("supervising %s every %g s", directory, interval,
+                extra={"action": "supervisor_started", "directory": str(directory)})
+    while not stop.is_set():
+        started = time.monotonic()
+        if not (directory / "cluster.json").exists():
+            logger.info("%s is gone; stopping", directory,
+                        extra={"action": "supervisor_cluster_gone"})
+            return
+        try:
+            await reconcile_read_pool(LocalCluster.load(directory))
+        except (SagazError, OSError, ValueError) as exc:
+            # One bad pass (a file being rewritten, PgBouncer restarting) must not end the
+            # supervision: the next pass tries again.
+            logger.warning("supervisor pass failed: %s", exc,
+                           extra={"action": "supervisor_pass_failed"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, interval - (time.monotonic() - started)))
+
+
+def run_supervisor(directory: Path, interval: float = DEFAULT_INTERVAL) -> None:
+    """The foreground process: claim the pid file, supervise until SIGTERM/SIGINT."""
+    directory = directory.absolute()
+    cluster = LocalCluster.load(directory)
+    other = supervisor_pid(cluster)
+    if other is not None and other != os.getpid():
+        raise SagazError(f"{directory} is already supervised by process {other}")
+    pid_path = cluster.supervisor_pid_path
+    pid_path.write_text(f"{os.getpid()}\n")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await supervise(directory, interval, stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_path.read_text().strip() == str(os.getpid()):
+                pid_path.unlink()
+
+
+def start_supervisor(cluster: LocalCluster, interval: float = DEFAULT_INTERVAL) -> int:
+    """Start ``sagaz dev supervise`` detached (own session, output to supervisor.log) unless one
+    runs already; return its pid."""
+    running = supervisor_pid(cluster)
+    if running is not None:
+        return running
+    with open(cluster.directory / "supervisor.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sagaz", "--log-level", "INFO", "dev", "supervise",
+             "--dir", str(cluster.directory), "--interval", f"{interval:g}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            cwd=cluster.directory)
+    # Written here too, so that `down` right after `up` finds it before the child is running.
+    cluster.supervisor_pid_path.write_text(f"{process.pid}\n")
+    _children.append(process)
+    return process.pid
+
+
+# Popen objects of supervisors this process started: kept so Python neither warns about a child
+# still running nor loses the chance to reap it.
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def supervisor_pid(cluster: LocalCluster) -> int | None:
+    """The pid of the cluster's running supervisor, if any (a stale pid file does not count)."""
+    try:
+        pid = int(cluster.supervisor_pid_path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _is_supervisor(pid) else None
+
+
+def stop_supervisor(cluster: LocalCluster, timeout: float = 5.0) -> bool:
+    """SIGTERM the supervisor and wait for it; True when one was running."""
+    pid = supervisor_pid(cluster)
+    if pid is None:
+        cluster.supervisor_pid_path.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _is_supervisor(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+        time.sleep(0.02)
+    cluster.supervisor_pid_path.unlink(missing_ok=True)
+    _children[:] = [p for p in _children if p.poll() is None]
+    return True
+
+
+def _is_supervisor(pid: int) -> bool:
+    """Whether ``pid`` is alive and a supervisor (a reused pid of another program is not)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False  # our child, now reaped
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return process_alive(pid)  # no /proc (macOS): trust the pid file
+    return b"supervise" in cmdline and b"dev" in cmdline

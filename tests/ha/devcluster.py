@@ -1,0 +1,132 @@
+"""Helpers for the local-cluster tests: real PostgreSQL servers and PgBouncers started by
+``sagaz dev up`` (in-process, through ``sagaz.cli.main``) in a temporary directory, on loopback
+ports nobody else holds, and always taken down again.
+
+Without the PostgreSQL server binaries or PgBouncer these tests fail under CI=true (the CI
+installs both: .ci/run) and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sagaz.cli import main
+from sagaz.errors import ConfigurationError
+from sagaz.ha.local import LocalCluster
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*argv: str) -> CliResult:
+    """``sagaz ARGV`` in-process, its output captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def require_cluster_binaries() -> None:
+    """Fail under CI=true, skip elsewhere, when this machine cannot run a local cluster."""
+    from sagaz.ha.osuser import service_user
+    from sagaz.ha.pgbouncer import find_pgbouncer
+    from sagaz.ha.postgres import find_bindir
+
+    try:
+        find_bindir()
+        find_pgbouncer()
+        service_user()
+    except ConfigurationError as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"the local-cluster tests need PostgreSQL and PgBouncer: {exc}")
+        pytest.skip(f"no local cluster possible here: {exc}")
+
+
+def free_base_port(nodes: int) -> int:
+    """A base port free on every address and port a cluster of ``nodes`` servers uses."""
+    start = random.randrange(33000, 36000)
+    for base in range(start, start + 3000, 13):
+        addresses = [(f"127.0.0.{i + 1}", base) for i in range(nodes)]
+        addresses += [("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)]
+        try:
+            for host, port in addresses:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free ports for the test cluster")
+
+
+@dataclass
+class DevCluster:
+    directory: Path
+    base_port: int
+    up: CliResult
+    """What the first `sagaz dev up` printed."""
+
+    @property
+    def cluster(self) -> LocalCluster:
+        """The cluster as cluster.json describes it now (promotions change it)."""
+        return LocalCluster.load(self.directory)
+
+    def cli(self, *argv: str) -> CliResult:
+        return run_cli(*argv, "--dir", str(self.directory))
+
+
+@contextlib.contextmanager
+def dev_cluster(replicas: int) -> Iterator[DevCluster]:
+    require_cluster_binaries()
+    parent = Path(tempfile.mkdtemp(prefix="sagaz-ha-test-"))
+    parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
+    directory = parent / "cluster"
+    base = free_base_port(replicas + 1)
+    try:
+        result = run_cli("dev", "up", "--ha", "--replicas", str(replicas), "--dir",
+                         str(directory), "--base-port", str(base))
+        assert result.code == 0, result.out + result.err
+        yield DevCluster(directory, base, result)
+    finally:
+        if (directory / "cluster.json").exists():
+            run_cli("dev", "down", "--purge", "--dir", str(directory))
+        kill_leftovers(parent)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def processes_of(directory: Path) -> list[int]:
+    """Pids whose command line names ``directory`` (our servers, pools, supervisor)."""
+    found = []
+    needle = str(directory).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_leftovers(directory: Path) -> None:
+    """SIGKILL, by pid, whatever a failed test left running in ``directory``."""
+    for pid in processes_of(directory):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
