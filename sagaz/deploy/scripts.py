@@ -3,6 +3,7 @@ mounted from the output directory (compose) or from ConfigMaps (Kubernetes)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from importlib import resources
 
 from sagaz.deploy.bundle import (
@@ -60,8 +61,4 @@ def pgbouncer_ini(role: str, hosts: list[str]) -> str:
         databases=[Backend(DATABASE, ",".join(hosts), 5432, DATABASE)],
         listen_addr="0.0.0.0", listen_port=POOL_PORTS[role], unix_socket_dir="", logfile="",
         pidfile="", auth_file=PGBOUNCER_AUTH_FILE, admin_user=PGBOUNCER_ADMIN,
-        pool_mode=settings.pool_mode, max_client_conn=settings.max_client_conn,
-        default_pool_size=settings.default_pool_size, min_pool_size=settings.min_pool_size,
-        reserve_pool_size=settings.reserve_pool_size,
-        server_login_retry=settings.server_login_retry,
-        query_wait_timeout=settings.query_wait_timeout)
+        **asdict(settings))

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sagaz.deploy.render import render
@@ -29,12 +29,16 @@ class PoolSettings:
     reserve_pool_size: int = 5
     server_login_retry: int = 1
     query_wait_timeout: int = 30
+    server_check_delay: int = 10
+    """Seconds an idle server connection may go unchecked before it is handed out again."""
 
 
 WRITE_POOL = PoolSettings("transaction", max_client_conn=200, default_pool_size=25)
 """pgbouncer-rw: short OLTP transactions to the primary (the HA design's figures)."""
-READ_POOL = PoolSettings("transaction", max_client_conn=300, default_pool_size=50)
-"""pgbouncer-ro: reads over the replicas (the HA design's figures)."""
+READ_POOL = PoolSettings("transaction", max_client_conn=300, default_pool_size=50,
+                         server_check_delay=2)
+"""pgbouncer-ro: reads over the replicas (the HA design's figures). Checked more often: a
+replica that died leaves connections that only a check (or the supervisor's RELOAD) drops."""
 
 
 @dataclass(frozen=True)
@@ -77,16 +81,12 @@ class PgBouncer:
         auth.touch(mode=0o600)
         auth.chmod(0o600)
         auth.write_text("".join(f'"{u}" "{p}"\n' for u, p in sorted(self.passwords.items())))
-        s = self.settings
         self.config_path.write_text(render(
             "pgbouncer/pgbouncer.ini.j2", role=self.role, databases=self.backends,
             listen_addr=self.listen_addr, listen_port=self.port,
             unix_socket_dir=str(self.directory), logfile=str(self.log_path),
             pidfile=str(self.directory / "pgbouncer.pid"), auth_file=str(auth),
-            admin_user=self.admin_user, pool_mode=s.pool_mode,
-            max_client_conn=s.max_client_conn, default_pool_size=s.default_pool_size,
-            min_pool_size=s.min_pool_size, reserve_pool_size=s.reserve_pool_size,
-            server_login_retry=s.server_login_retry, query_wait_timeout=s.query_wait_timeout))
+            admin_user=self.admin_user, **asdict(self.settings)))
         self.user.own(self.directory)
 
     def configured_hosts(self, database: str) -> list[str]:
