@@ -29,7 +29,6 @@ _STORAGE_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, memory://, "
     "or postgresql://user@host:port/dbname"
 )
-_BROKER_FORMS = "memory://, amqp://user:pass@host:5672/, redis://host:6379/0, nats://host:4222, kafka://host:9092"
 
 
 @dataclass
@@ -43,6 +42,8 @@ class SagaConfig:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     """How long an executor's claim on a running saga lasts without a heartbeat."""
     listeners: list[SagaListener] = field(default_factory=list)
+    lifecycle_events: bool = True
+    """Write SagaCompleted / SagaCompensated / SagaFailed to the outbox with the final status."""
 
     def __post_init__(self) -> None:
         if self.storage is None:
@@ -119,19 +120,14 @@ def storage_from_url(url: str, variable: str, *, readonly: bool = False) -> Saga
 
 
 def broker_from_url(url: str, variable: str) -> Any:
-    """The broker a URL names (only the in-process broker ships with the engine)."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "memory":
-        from sagaz.outbox.brokers.memory import InMemoryBroker
+    """The broker a URL names (see :func:`sagaz.outbox.brokers.broker_from_url`). ``variable`` is
+    named in errors so users know what to fix."""
+    from sagaz.outbox.brokers import broker_from_url as _broker_from_url
 
-        return InMemoryBroker()
-    if scheme in ("amqp", "amqps", "redis", "rediss", "nats", "kafka"):
-        raise ConfigurationError(
-            f"{variable}: the {scheme}:// broker is not available in this version of sagaz; "
-            "use memory:// for the in-process broker")
-    raise ConfigurationError(
-        f"{variable}={_redact(url)!r} has an unsupported or missing scheme; expected one of: "
-        f"{_BROKER_FORMS}")
+    try:
+        return _broker_from_url(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{variable}: {exc}") from exc
 
 
 def _redact(url: str) -> str:

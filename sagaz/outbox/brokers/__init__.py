@@ -1,1 +1,184 @@
-"""Message brokers events are published to."""
+"""Message brokers events are published to, and the one place a broker URL is turned into one.
+
+Every driver is optional (an extra of the package), so broker modules are imported only when a URL
+names them: ``import sagaz`` must work with none installed. The small helpers the broker modules
+share (URL redaction, reconnect backoff, the stop signal) live here for the same reason: this
+module imports no driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from sagaz.errors import ConfigurationError, SagazError
+
+if TYPE_CHECKING:
+    from sagaz.outbox.brokers.base import Broker
+
+__all__ = [
+    "BROKER_FORMS",
+    "BrokerConnectionError",
+    "Backoff",
+    "broker_from_url",
+    "redact_url",
+]
+
+logger = logging.getLogger(__name__)
+
+BROKER_FORMS = (
+    "memory://, amqp://user:pass@host:5672/vhost (or amqps://), redis://host:6379/0 (or "
+    "rediss://), nats://host:4222, kafka://host:9092[,host:9092]"
+)
+
+T = TypeVar("T")
+
+
+class BrokerConnectionError(SagazError, ConnectionError):
+    """The connection to the broker was lost (or could not be opened) during a call.
+
+    Nothing of the call may be assumed done: a ``publish_batch`` that raised this may be retried
+    as a whole (consumers deduplicate on ``event_id``). The broker reconnects on the next call.
+    The driver's exception is kept as ``__cause__``."""
+
+    def __init__(self, broker: str, message: str):
+        super().__init__(f"{broker}: {message}")
+        self.broker = broker
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:  # a malformed port makes urllib give up on the netloc: hide all of it
+        return f"{parts.scheme}://***" if parts.scheme else "***"
+    if not password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+class Backoff:
+    """Exponential reconnect delays with full jitter, capped at ``max_delay`` (so a consumer
+    never waits longer than that before trying again, however long the broker was away)."""
+
+    def __init__(self, initial: float = 0.1, max_delay: float = 5.0):
+        if initial <= 0 or max_delay < initial:
+            raise ConfigurationError(
+                f"reconnect delays must satisfy 0 < initial <= max_delay, got {initial!r} and "
+                f"{max_delay!r}")
+        self.initial = initial
+        self.max_delay = max_delay
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.max_delay, self.initial * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        # Jitter keeps a fleet of consumers from reconnecting in lockstep after a broker restart.
+        return random.uniform(ceiling / 2, ceiling)
+
+
+async def first_or_stop(work: Awaitable[T], stop: asyncio.Future[None]) -> tuple[bool, T | None]:
+    """Await ``work`` unless ``stop`` completes first (then ``work`` is cancelled).
+    Returns ``(True, result)`` or ``(False, None)`` when stopped."""
+    task: asyncio.Future[T] = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task.done():
+        return True, task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not stop.done():  # we were cancelled ourselves, not stopped
+            raise
+    except Exception:  # the work was abandoned: its failure no longer matters
+        pass
+    return False, None
+
+
+async def sleep_or_stop(delay: float, stop: asyncio.Future[None]) -> bool:
+    """Sleep ``delay`` seconds; False when ``stop`` completed meanwhile."""
+    ran, _ = await first_or_stop(asyncio.sleep(delay), stop)
+    return ran and not stop.done()
+
+
+def as_future(stop: Awaitable[None]) -> asyncio.Future[None]:
+    """The consumer's stop signal as a future that can be waited on many times."""
+    return asyncio.ensure_future(stop)
+
+
+def _driver_missing(scheme: str, extra: str, exc: ImportError) -> ConfigurationError:
+    return ConfigurationError(
+        f"the {scheme}:// broker needs a driver that is not installed ({exc.name or exc}); "
+        f"install it with: pip install 'sagaz[{extra}]'")
+
+
+def broker_from_url(url: str, **options: Any) -> Broker:
+    """The broker a URL names; ``options`` go to the broker's constructor.
+
+    Nothing is connected here: the broker connects on ``connect()`` or its first call.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"broker URL {redact_url(url)!r} is malformed ({exc}); expected one of: "
+            f"{BROKER_FORMS}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        from sagaz.outbox.brokers.memory import InMemoryBroker
+
+        return InMemoryBroker(**options)
+    if scheme in ("amqp", "amqps"):
+        try:
+            from sagaz.outbox.brokers.rabbitmq import RabbitMQBroker
+        except ImportError as exc:
+            raise _driver_missing(scheme, "rabbitmq", exc) from exc
+        return RabbitMQBroker(url, **options)
+    if scheme in ("redis", "rediss"):
+        try:
+            from sagaz.outbox.brokers.redis import RedisStreamsBroker
+        except ImportError as exc:
+            raise _driver_missing(scheme, "redis", exc) from exc
+        return RedisStreamsBroker(url, **options)
+    if scheme == "nats":
+        try:
+            from sagaz.outbox.brokers.nats import NATSBroker
+        except ImportError as exc:
+            raise _driver_missing(scheme, "nats", exc) from exc
+        return NATSBroker(url, **options)
+    if scheme == "kafka":
+        servers = _kafka_servers(url, parts.netloc)
+        try:
+            from sagaz.outbox.brokers.kafka import KafkaBroker
+        except ImportError as exc:
+            raise _driver_missing(scheme, "kafka", exc) from exc
+        return KafkaBroker(servers, **options)
+    raise ConfigurationError(
+        f"broker URL {redact_url(url)!r} has an unsupported or missing scheme; expected one of: "
+        f"{BROKER_FORMS}")
+
+
+def _kafka_servers(url: str, netloc: str) -> str:
+    """``kafka://h1:9092,h2:9092`` -> ``h1:9092,h2:9092`` (aiokafka's bootstrap_servers)."""
+    hosts = [h.strip() for h in netloc.rpartition("@")[2].split(",")]
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ConfigurationError(
+                f"broker URL {redact_url(url)!r}: every Kafka bootstrap server needs host:port, "
+                "e.g. kafka://127.0.0.1:9092 or kafka://k1:9092,k2:9092")
+    return ",".join(hosts)

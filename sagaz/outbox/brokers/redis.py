@@ -1,0 +1,259 @@
+"""Redis Streams through redis.asyncio: one stream, one consumer group per consumer name.
+
+Publishing is one XADD per event, all of a batch in one pipeline (one round trip). A consumer
+reads with XREADGROUP and XACKs after its handler returned; an entry whose handler raised stays in
+the group's pending list and is taken back with XAUTOCLAIM once it has been idle ``claim_idle``
+seconds (which also recovers the entries of a consumer that died). A new group starts at the
+beginning of the stream, so it sees everything the stream still holds (``maxlen`` bounds that).
+
+Durability is Redis's: an XADD reply means the entry is in memory and in the AOF as configured
+(``appendfsync``); configure Redis persistence to match what the outbox promises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from sagaz.outbox.brokers import (
+    Backoff,
+    BrokerConnectionError,
+    as_future,
+    first_or_stop,
+    redact_url,
+    sleep_or_stop,
+)
+from sagaz.outbox.brokers.base import EventHandler
+from sagaz.outbox.event import OutboxEvent
+
+__all__ = ["RedisStreamsBroker"]
+
+logger = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+class RedisStreamsBroker:
+    """Publishes to the stream ``stream`` on ``url``."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        stream: str = "sagaz.events",
+        maxlen: int | None = None,
+        *,
+        claim_idle: float = 30.0,
+        block: float = 1.0,
+        consumer_id: str | None = None,
+        client_name: str = "sagaz",
+        reconnect_max_delay: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.maxlen = maxlen
+        self.claim_idle = claim_idle
+        """Seconds an entry stays pending (its handler raised, or its consumer died) before
+        it is claimed again and redelivered."""
+        self.block = block
+        self.consumer_id = consumer_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.client_name = client_name
+        self.reconnect_max_delay = reconnect_max_delay
+        self._client: aioredis.Redis | None = None
+        self._consumer_clients: set[aioredis.Redis] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisStreamsBroker({redact_url(self.url)!r}, stream={self.stream!r})"
+
+    def _new_client(self) -> aioredis.Redis:
+        client: aioredis.Redis = aioredis.from_url(
+            self.url, decode_responses=False, client_name=self.client_name)
+        return client
+
+    async def connect(self) -> None:
+        if self._client is None:
+            self._client = self._new_client()
+        try:
+            await self._client.ping()
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(
+                "redis", f"cannot connect to {redact_url(self.url)}: {exc}") from exc
+
+    async def publish_batch(self, events: Sequence[OutboxEvent]) -> list[BaseException | None]:
+        if not events:
+            return []
+        if self._client is None:
+            await self.connect()
+        assert self._client is not None
+        # transaction=False: no MULTI/EXEC, the commands are only sent together. A failed XADD
+        # (e.g. the key holds another type) fails alone and is reported for its event.
+        pipe = self._client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.stream, _fields(event), maxlen=self.maxlen, approximate=True)
+        try:
+            # The client's pool replaces a killed connection by itself on the next call.
+            results = await pipe.execute(raise_on_error=False)
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(
+                "redis", f"connection lost while publishing: {exc}") from exc
+        outcomes: list[BaseException | None] = []
+        for result in results:
+            if isinstance(result, _CONNECTION_ERRORS):
+                raise BrokerConnectionError(
+                    "redis", f"connection lost while publishing: {result}") from result
+            outcomes.append(result if isinstance(result, BaseException) else None)
+        return outcomes
+
+    async def consume(
+        self, consumer_name: str, handler: EventHandler, *, stop: Awaitable[None],
+        prefetch: int = 100,
+    ) -> None:
+        stopped = as_future(stop)
+        backoff = Backoff(max_delay=self.reconnect_max_delay)
+        client = self._new_client()
+        self._consumer_clients.add(client)
+        try:
+            while not stopped.done():
+                try:
+                    await self._consume_loop(client, consumer_name, handler, stopped, prefetch,
+                                             backoff)
+                except _CONNECTION_ERRORS as exc:
+                    delay = backoff.next_delay()
+                    logger.warning(
+                        "Redis consumer %s lost its connection (%s); reconnecting in %.2fs",
+                        consumer_name, exc, delay,
+                        extra={"action": "broker.consumer_reconnect", "broker": "redis",
+                               "consumer": consumer_name, "attempt": backoff.attempt})
+                    if not await sleep_or_stop(delay, stopped):
+                        break
+        finally:
+            self._consumer_clients.discard(client)
+            await client.aclose()
+
+    async def _ensure_group(self, client: aioredis.Redis, group: str) -> None:
+        try:
+            # "0": a new group starts with what the stream holds, not only what comes next.
+            await client.xgroup_create(self.stream, group, id="0", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _consume_loop(
+        self, client: aioredis.Redis, group: str, handler: EventHandler,
+        stopped: Any, prefetch: int, backoff: Backoff,
+    ) -> None:
+        await self._ensure_group(client, group)
+        backoff.reset()
+        claim_every = max(0.05, min(self.claim_idle / 2, 5.0))
+        block_ms = max(1, int(min(self.block, claim_every) * 1000))
+        next_claim = 0.0
+        while not stopped.done():
+            if time.monotonic() >= next_claim:
+                await self._claim_and_handle(client, group, handler, prefetch)
+                next_claim = time.monotonic() + claim_every
+            try:
+                got, reply = await first_or_stop(client.xreadgroup(
+                    group, self.consumer_id, {self.stream: ">"}, count=prefetch,
+                    block=block_ms), stopped)
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost it)
+                    await self._ensure_group(client, group)
+                    continue
+                raise
+            if not got:
+                return
+            # reply: [[stream, [(entry_id, fields), ...]]] (RESP2), or None after BLOCK.
+            for stream_reply in reply or []:
+                await self._handle_all(client, group, handler, cast(list[Entry], stream_reply[1]))
+
+    async def _claim_and_handle(
+        self, client: aioredis.Redis, group: str, handler: EventHandler, prefetch: int
+    ) -> None:
+        cursor: bytes | str = "0-0"
+        while True:
+            reply = await client.xautoclaim(
+                self.stream, group, self.consumer_id, int(self.claim_idle * 1000),
+                start_id=cursor, count=prefetch)
+            cursor, entries = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            if deleted:
+                logger.error(
+                    "%d pending entries of %s were trimmed from stream %s before being handled",
+                    len(deleted), group, self.stream,
+                    extra={"action": "broker.pending_trimmed", "broker": "redis",
+                           "consumer": group, "count": len(deleted)})
+            await self._handle_all(client, group, handler, entries)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    async def _handle_all(
+        self, client: aioredis.Redis, group: str, handler: EventHandler,
+        entries: list[Entry],
+    ) -> None:
+        for entry_id, fields in entries:
+            if not fields:  # deleted while pending (older Redis): nothing left to deliver
+                await client.xack(self.stream, group, entry_id)
+                continue
+            try:
+                event = _event(fields)
+            except (KeyError, ValueError) as exc:
+                # It can never be handled: acknowledging it is the only way to stop retrying.
+                logger.error("Redis consumer %s drops malformed entry %s: %s", group,
+                             entry_id.decode(), exc,
+                             extra={"action": "broker.malformed_message", "broker": "redis",
+                                    "consumer": group})
+                await client.xack(self.stream, group, entry_id)
+                continue
+            try:
+                await handler(event)
+            except Exception as exc:
+                logger.warning(
+                    "handler of %s failed for event %s (%s); it will be delivered again after "
+                    "%gs", group, event.event_id, exc, self.claim_idle,
+                    extra={"action": "broker.handler_failed", "broker": "redis",
+                           "consumer": group, "event_id": event.event_id})
+                continue
+            await client.xack(self.stream, group, entry_id)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        for consumer_client in list(self._consumer_clients):
+            await consumer_client.aclose()
+
+
+def _fields(event: OutboxEvent) -> dict[Any, Any]:
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "key": event.key or "",
+        "saga_id": event.saga_id or "",
+        "headers": json.dumps(event.message_headers(), separators=(",", ":")),
+        "body": event.body(),
+    }
+
+
+def _event(fields: dict[bytes, bytes]) -> OutboxEvent:
+    # The headers field is the whole envelope (message_headers() carries identity, key and saga);
+    # the flat fields are there for people reading the stream with redis-cli.
+    headers: dict[str, str] = json.loads(fields[b"headers"])
+    headers.setdefault("event_id", fields[b"event_id"].decode())
+    headers.setdefault("event_type", fields[b"event_type"].decode())
+    return OutboxEvent.from_message(fields[b"body"], headers)
