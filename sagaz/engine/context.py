@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sagaz.outbox.event import OutboxEvent
 
 __all__ = ["SagaContext"]
 
@@ -13,10 +16,10 @@ class SagaContext(dict[str, Any]):
 
     Each attempt gets its own copy: a failed attempt's changes are thrown away, a successful one's
     changes (and its returned dict) are merged into the saga's context and persisted with the
-    step's completion.
+    step's completion. The same holds for the events it emits (:meth:`emit`).
     """
 
-    __slots__ = ("attempt", "saga_id", "saga_name", "step")
+    __slots__ = ("attempt", "events", "saga_id", "saga_name", "step")
 
     def __init__(
         self, data: dict[str, Any], saga_id: str, saga_name: str, step: str, attempt: int
@@ -26,6 +29,22 @@ class SagaContext(dict[str, Any]):
         self.saga_name = saga_name
         self.step = step
         self.attempt = attempt
+        self.events: list[OutboxEvent] = []
+
+    def emit(
+        self, event_type: str, payload: dict[str, Any] | None = None, *, key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> OutboxEvent:
+        """Publish an event if and only if this step completes: it is written to the outbox in
+        the same transaction that records the step as completed (a failed or retried attempt
+        emits nothing), then relayed to the broker by the outbox worker. ``key`` orders events:
+        those of one key are published in commit order."""
+        from sagaz.outbox.event import OutboxEvent
+
+        event = OutboxEvent(event_type, dict(payload or {}), key=key, saga_id=self.saga_id,
+                            headers=dict(headers or {}))
+        self.events.append(event)
+        return event
 
     def changes_from(self, base: dict[str, Any]) -> dict[str, Any]:
         """Keys this copy added or rebound compared with ``base`` (identity, not equality: cheap,

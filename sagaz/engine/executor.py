@@ -39,6 +39,7 @@ from sagaz.errors import (
     SagaTimeoutError,
     StepTimeoutError,
 )
+from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.base import SagaStorage, UnitOfWork
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["SagaExecution", "failure_error", "run_saga"]
 
 logger = logging.getLogger(__name__)
+
+_LIFECYCLE = {SagaStatus.COMPLETED: "SagaCompleted", SagaStatus.COMPENSATED: "SagaCompensated",
+              SagaStatus.FAILED: "SagaFailed"}
 
 # Namespace for ids derived from idempotency keys: uuid5(namespace, "<saga name>\0<key>").
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5a6a2f1e-7c1b-4b8e-9a51-3d1f0c2b9e77")
@@ -192,6 +196,7 @@ class SagaExecution:
         self.storage = config.write_storage
         self.lease_seconds = config.lease_seconds
         self.listeners = config.listeners
+        self.lifecycle_events = config.lifecycle_events
         self.state = state
         self.owner = owner
         self.recovering = recovering
@@ -350,6 +355,7 @@ class SagaExecution:
                     returned = await _call(spec.action, spec.is_async, step_ctx, spec.timeout,
                                            name, lambda: name in self._cancelled)
                     changes = _changes(name, step_ctx, base, returned)
+                    events = step_ctx.events
                     break
                 except asyncio.CancelledError:
                     if name not in self._cancelled:
@@ -385,18 +391,31 @@ class SagaExecution:
         finished = time.time()
         step = StepState(name, StepStatus.COMPLETED, changes or None, None, attempt, started,
                          finished)
-        work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step])
+        work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step],
+                          events=events)
         if self.failure is None and self._completes_saga(name):
             # The last step's completion and the saga's COMPLETED status commit together: one
             # durable write fewer per saga, and recovery sees the same thing either way (before
             # this commit the step had not completed, after it the saga is done).
             work.status, work.release_lease = SagaStatus.COMPLETED, True
+            work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
         await self.storage.commit(work, self.lease_seconds)
         self.state.steps[name] = step
         self._completed_with_last_step = work.status is SagaStatus.COMPLETED
         if self.listeners:
             self._notify("step_completed", self.saga.name, self.state.saga_id, name,
                          finished - started)
+
+    def _lifecycle_events(self, status: SagaStatus) -> list[OutboxEvent]:
+        """SagaCompleted / SagaCompensated / SagaFailed, written with the final status."""
+        if not self.lifecycle_events:
+            return []
+        state = self.state
+        return [OutboxEvent(
+            _LIFECYCLE[status], {"saga_id": state.saga_id, "saga_name": self.saga.name,
+                                 "status": status.value, "failed_step": state.failed_step,
+                                 "error": state.error},
+            key=state.saga_id, saga_id=state.saga_id)]
 
     def _completes_saga(self, name: str) -> bool:
         """Whether ``name`` completing now completes every step of the saga."""
@@ -464,6 +483,7 @@ class SagaExecution:
         error: BaseException | None = None
         base = self.ctx
         changes: dict[str, Any] = {}
+        events: list[OutboxEvent] = []
         while True:
             attempt += 1
             step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
@@ -471,6 +491,7 @@ class SagaExecution:
                 returned = await _call(spec.compensation, spec.compensation_is_async, step_ctx,
                                        spec.timeout, name, lambda: False)
                 changes = _changes(name, step_ctx, base, returned)
+                events = step_ctx.events
                 break
             except Exception as exc:
                 if attempt > spec.max_retries or isinstance(exc, _BadResult):
@@ -489,7 +510,8 @@ class SagaExecution:
         if changes:
             self.ctx = {**self.ctx, **changes}
         await self.storage.commit(
-            UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step]),
+            UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step],
+                       events=events),
             self.lease_seconds,
         )
         self.state.steps[name] = step
@@ -501,7 +523,7 @@ class SagaExecution:
         if not (status is SagaStatus.COMPLETED and self._completed_with_last_step):
             await self.storage.commit(
                 UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
-                           release_lease=True),
+                           release_lease=True, events=self._lifecycle_events(status)),
                 self.lease_seconds,
             )
         self.state.status = status

@@ -134,6 +134,7 @@ class SQLiteSagaStorage:
     async def commit(self, work: UnitOfWork, lease_seconds: float) -> None:
         context = None if work.context is None else json.dumps(work.context)
         steps = [_step_params(work.saga_id, s) for s in work.steps]
+        events = [_event_params(e) for e in work.events]
 
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
@@ -149,6 +150,10 @@ class SQLiteSagaStorage:
                 raise SagaNotFoundError(work.saga_id)
             if steps:
                 conn.executemany(Q["upsert_step"], steps)
+            if events:
+                for params in events:
+                    params["now"] = now
+                conn.executemany(Q["insert_event"], events)
 
         await self._write(op)
 
@@ -200,6 +205,12 @@ class SQLiteSagaStorage:
 
         conn, self._conn = self._conn, None
         await asyncio.get_running_loop().run_in_executor(self._thread, shut, conn)
+
+
+def _event_params(event: Any) -> dict[str, Any]:
+    return {"event_id": event.event_id, "saga_id": event.saga_id, "event_type": event.event_type,
+            "key": event.key, "payload": json.dumps(event.payload),
+            "headers": json.dumps(event.headers)}
 
 
 def _write_batch(conn: sqlite3.Connection, ops: list[_Op]) -> list[Any]:

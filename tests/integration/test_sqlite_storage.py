@@ -81,6 +81,9 @@ def run_together(barrier: Path, argv_list: list[list[str]]) -> list[Any]:
 # -- migrations ---------------------------------------------------------------------------------
 
 
+MIGRATIONS = [(1, "initial"), (2, "outbox")]
+
+
 async def test_migrations_are_applied_once_and_reopening_is_idempotent(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -92,10 +95,10 @@ async def test_migrations_are_applied_once_and_reopening_is_idempotent(
     state = new_state()
     await first.create(state, LEASE)
     await first.close()
-    assert query(db, "SELECT version, name FROM sagaz_migrations") == [(1, "initial")]
+    assert query(db, "SELECT version, name FROM sagaz_migrations") == MIGRATIONS
     schema = query(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     applied = [r for r in caplog.records if getattr(r, "action", None) == "migration_applied"]
-    assert len(applied) == 1
+    assert len(applied) == 2
 
     caplog.clear()
     for _ in range(2):
@@ -103,7 +106,7 @@ async def test_migrations_are_applied_once_and_reopening_is_idempotent(
         assert await again.load(state.saga_id) is not None
         await again.close()
     assert [r for r in caplog.records if getattr(r, "action", None) == "migration_applied"] == []
-    assert query(db, "SELECT version, name FROM sagaz_migrations") == [(1, "initial")]
+    assert query(db, "SELECT version, name FROM sagaz_migrations") == MIGRATIONS
     assert query(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
 
 
@@ -114,7 +117,7 @@ def test_processes_opening_one_fresh_file_at_once_all_succeed(tmp_path: Path, at
     db, barrier = tmp_path / "sagas.db", tmp_path / "barrier"
     outputs = run_together(barrier, [["open", str(db), str(barrier)]] * 4)
     assert outputs == [{"created": True}] * 4
-    assert query(db, "SELECT version FROM sagaz_migrations") == [(1,)]
+    assert query(db, "SELECT version FROM sagaz_migrations") == [(1,), (2,)]
     assert query(db, "SELECT count(*) FROM saga_executions") == [(4,)]
 
 

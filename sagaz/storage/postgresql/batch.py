@@ -162,11 +162,17 @@ def build_batch(
         times = [created.get(sid) for sid in ids]
         # A second of slack: the times went through float8 epochs, which may round.
         known = None if None in times else [t for t in times if t is not None]
+        events = [{"event_id": e.event_id, "saga_id": w.saga_id, "event_type": e.event_type,
+                   "key": e.key, "payload": e.payload, "headers": e.headers}
+                  for _, w in queued.commits for e in w.events]
         queued.update_at = len(statements)
         statements.append(mogrify(Q["commit_units"], {
             "ids": ids, "units": json.dumps(units), "steps": json.dumps(steps),
+            "events": json.dumps(events),
             "created_from": min(known) - 1 if known else None,
             "created_to": max(known) + 1 if known else None}))
+        if events:
+            statements.append(Q["notify_outbox"])
     statements.append("COMMIT")
     queued.script = ";\n".join(statements).encode("utf-8")
     return queued

@@ -78,6 +78,14 @@ WITH u AS (
            started_at = excluded.started_at,
            finished_at = excluded.finished_at,
            compensation_error = excluded.compensation_error
+), events AS (
+    -- The events the units emitted, in the same transaction and fenced the same way.
+    INSERT INTO saga_outbox (event_id, saga_id, event_type, aggregate_id, payload, headers)
+    SELECT e.event_id, e.saga_id, e.event_type, e.key, e.payload, e.headers
+      FROM json_to_recordset(%(events)s::json)
+           AS e(event_id uuid, saga_id uuid, event_type text, key text, payload jsonb,
+                headers jsonb)
+     WHERE e.saga_id IN (SELECT saga_id FROM updated)
 )
 SELECT saga_id::text FROM updated;
 
@@ -131,6 +139,11 @@ SELECT saga_id::text, saga_name, status, context::text, failed_step, error, idem
 -- name: count_by_status
 SELECT status, count(*) FROM saga_executions GROUP BY status;
 
+-- name: notify_outbox
+-- Wakes outbox workers listening on a direct connection; delivered at commit, and only if the
+-- transaction commits. Several in one transaction are folded into one notification.
+SELECT pg_notify('sagaz_outbox', '');
+
 -- name: current_lsn
 -- On a primary: past every commit acknowledged so far. On a replica: how far it has replayed.
 SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
@@ -168,3 +181,90 @@ SELECT table_name, partition_name,
 
 -- name: cleanup_consumer_inbox
 SELECT cleanup_consumer_inbox(%(days)s::integer);
+
+-- Outbox relay (sagaz.outbox.worker), consumer inbox
+
+-- name: outbox_claim
+-- Due events, oldest first, skipping rows other workers hold (SKIP LOCKED), plus events whose
+-- claim expired (their worker died between publish and mark-sent: they are published again).
+-- Per-key order: an event is taken only when no earlier event of its key is unsent, so at most
+-- one event per key is in flight and a key's events leave in order. attempts counts claims.
+UPDATE saga_outbox AS o
+   SET status = 'CLAIMED', claimed_by = %(worker)s,
+       claimed_until = now() + make_interval(secs => %(claim_seconds)s),
+       attempts = o.attempts + 1
+  FROM (SELECT c.event_id, c.created_at
+          FROM saga_outbox AS c
+         WHERE ((c.status IN ('PENDING', 'FAILED') AND c.next_attempt_at <= now())
+                OR (c.status = 'CLAIMED' AND c.claimed_until < now()))
+           AND (c.aggregate_id IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM saga_outbox AS e
+                   WHERE e.aggregate_id = c.aggregate_id AND e.seq < c.seq
+                     AND e.status IN ('PENDING', 'FAILED', 'CLAIMED')))
+         ORDER BY c.seq
+         LIMIT %(limit)s
+           FOR UPDATE SKIP LOCKED) AS picked
+ WHERE o.event_id = picked.event_id AND o.created_at = picked.created_at
+RETURNING o.event_id::text, o.event_type, o.aggregate_id, o.saga_id::text, o.payload::text,
+          o.headers::text, extract(epoch FROM o.created_at)::float8, o.attempts, o.seq;
+
+-- name: outbox_mark_sent
+-- Fenced by the claim: a worker whose claim expired and was taken over marks nothing.
+UPDATE saga_outbox
+   SET status = 'SENT', sent_at = now(), claimed_by = NULL, claimed_until = NULL,
+       last_error = NULL
+ WHERE event_id = ANY(%(ids)s::uuid[]) AND status = 'CLAIMED' AND claimed_by = %(worker)s;
+
+-- name: outbox_mark_failed
+-- Exponential backoff per event (not per poll): base * 2^(attempts-1), capped; DEAD_LETTER
+-- once attempts reached max_attempts.
+UPDATE saga_outbox AS o
+   SET status = CASE WHEN o.attempts >= %(max_attempts)s THEN 'DEAD_LETTER' ELSE 'FAILED' END,
+       last_error = f.error, claimed_by = NULL, claimed_until = NULL,
+       next_attempt_at = now() + make_interval(secs => least(
+           %(max_backoff)s::float8, %(base_backoff)s::float8 * power(2, o.attempts - 1)))
+  FROM unnest(%(ids)s::uuid[], %(errors)s::text[]) AS f(event_id, error)
+ WHERE o.event_id = f.event_id AND o.status = 'CLAIMED' AND o.claimed_by = %(worker)s
+RETURNING o.event_id::text, o.status;
+
+-- name: outbox_release
+-- Give claims back untouched (the broker connection was lost before publishing): no attempt
+-- is counted against the events.
+UPDATE saga_outbox
+   SET status = 'PENDING', claimed_by = NULL, claimed_until = NULL,
+       attempts = greatest(attempts - 1, 0)
+ WHERE event_id = ANY(%(ids)s::uuid[]) AND status = 'CLAIMED' AND claimed_by = %(worker)s;
+
+-- name: outbox_insert
+INSERT INTO saga_outbox (event_id, saga_id, event_type, aggregate_id, payload, headers)
+SELECT e.event_id, e.saga_id, e.event_type, e.key, e.payload, e.headers
+  FROM json_to_recordset(%(events)s::json)
+       AS e(event_id uuid, saga_id uuid, event_type text, key text, payload jsonb,
+            headers jsonb);
+
+-- name: outbox_dead_letters
+SELECT event_id::text, event_type, aggregate_id, saga_id::text, attempts, last_error,
+       extract(epoch FROM created_at)::float8
+  FROM saga_outbox
+ WHERE status = 'DEAD_LETTER'
+ ORDER BY seq
+ LIMIT %(limit)s;
+
+-- name: outbox_retry_dead
+UPDATE saga_outbox
+   SET status = 'PENDING', attempts = 0, next_attempt_at = now(), last_error = NULL
+ WHERE status = 'DEAD_LETTER' AND (%(ids)s::uuid[] IS NULL OR event_id = ANY(%(ids)s::uuid[]));
+
+-- name: outbox_purge_dead
+DELETE FROM saga_outbox
+ WHERE status = 'DEAD_LETTER' AND (%(ids)s::uuid[] IS NULL OR event_id = ANY(%(ids)s::uuid[]));
+
+-- name: outbox_counts
+SELECT status, count(*) FROM saga_outbox GROUP BY status;
+
+-- name: inbox_record
+-- The consumer's dedup row, in the transaction of the handler's own writes: it commits with
+-- them or not at all. No row returned: this consumer processed the event already.
+INSERT INTO consumer_inbox (consumer_name, event_id) VALUES (%(consumer)s, %(event_id)s)
+ON CONFLICT DO NOTHING
+RETURNING 1;

@@ -84,3 +84,8 @@ SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key,
 
 -- name: count_by_status
 SELECT status, count(*) FROM saga_executions GROUP BY status;
+
+-- name: insert_event
+INSERT INTO saga_outbox (event_id, saga_id, event_type, aggregate_id, payload, headers,
+                         next_attempt_at, created_at)
+VALUES (:event_id, :saga_id, :event_type, :key, :payload, :headers, :now, :now);

@@ -1,0 +1,81 @@
+"""The consumer inbox: each consumer processes each event once in effect.
+
+A broker delivers at least once (a relay that died between publish and mark-sent publishes
+again; a consumer that died before its ack gets the message again). The inbox records
+``(consumer_name, event_id)`` in the SAME transaction as the handler's own writes, so the
+handler's effect and the "processed" mark commit together or not at all:
+
+    async def reserve_stock(event, connection):     # the inbox's connection: one transaction
+        await connection.execute("UPDATE stock SET ...", ...)
+
+    inbox = ConsumerInbox(storage, "stock-service")
+    await inbox.process(event.event_id, reserve_stock, event)
+
+A handler that raises leaves no inbox row, so the redelivery runs it again. A handler without a
+``connection`` parameter runs too, but outside the inbox's transaction: its effects are then only
+at least once. Old rows are deleted by ``cleanup_consumer_inbox(days)`` (``sagaz worker`` runs it
+daily); keep that longer than any redelivery window.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from sagaz.outbox.brokers.base import Broker
+from sagaz.outbox.event import OutboxEvent
+
+if TYPE_CHECKING:
+    from sagaz.storage.postgresql import PostgreSQLSagaStorage
+
+__all__ = ["ConsumerInbox", "consume"]
+
+
+class ConsumerInbox:
+    def __init__(self, storage: PostgreSQLSagaStorage, consumer_name: str):
+        if not consumer_name:
+            raise ValueError("consumer_name must name the consumer, e.g. 'stock-service'")
+        from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
+
+        self.consumer_name = consumer_name
+        self._outbox = PostgreSQLOutbox(storage)
+        self.processed = 0
+        self.duplicates = 0
+
+    async def process(
+        self, event_id: str, handler: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> bool:
+        """Run ``handler(*args, **kwargs)`` unless this consumer processed ``event_id`` before;
+        True when it ran. A handler with a ``connection`` parameter gets the inbox's connection:
+        its writes commit atomically with the inbox row."""
+        takes_connection = "connection" in inspect.signature(handler).parameters
+
+        async def run(conn: Any) -> Any:
+            if takes_connection:
+                return await handler(*args, connection=conn, **kwargs)
+            return await handler(*args, **kwargs)
+
+        ran, _ = await self._outbox.process_once(self.consumer_name, event_id, run)
+        if ran:
+            self.processed += 1
+        else:
+            self.duplicates += 1
+        return ran
+
+
+async def consume(
+    broker: Broker, consumer_name: str, handler: Callable[..., Awaitable[Any]], *,
+    stop: Awaitable[None], inbox: ConsumerInbox | None = None, prefetch: int = 100,
+) -> None:
+    """Deliver events to ``handler(event[, connection=...])`` as the durable consumer
+    ``consumer_name`` until ``stop`` completes. With an ``inbox``, duplicates are dropped and the
+    broker's ack follows the inbox commit; without, the handler sees every delivery."""
+
+    async def on_event(event: OutboxEvent) -> None:
+        if inbox is not None:
+            await inbox.process(event.event_id, handler, event)
+        else:
+            await handler(event)
+
+    await broker.consume(consumer_name, on_event, stop=stop, prefetch=prefetch)

@@ -1,0 +1,176 @@
+"""The outbox relay: claims committed events, publishes them with the broker's acknowledgement,
+marks them sent.
+
+Guarantees and costs:
+- **At least once on the wire.** A row is marked SENT only after the broker acknowledged it. A
+  worker that dies between publish and mark leaves the row CLAIMED; when its claim expires
+  (``claim_seconds``) another worker publishes it again. Consumers deduplicate on ``event_id``
+  (the consumer inbox), which makes the effect exactly once.
+- **No row published by two workers at once.** Claims take rows with ``FOR UPDATE SKIP
+  LOCKED``; marks are fenced by the claim (a worker whose claim was taken over marks nothing).
+- **Per-key order.** An event is claimed only when no earlier event of its key is unsent, so a
+  key has at most one event in flight: keys are published in order, different keys in parallel.
+  The cost: the events of one key leave at most one per round trip (claim, publish, mark).
+- **Failures.** A broker refusal of an event counts an attempt; it is retried with exponential
+  backoff per event (``base_backoff`` * 2^(attempts-1), at most ``max_backoff``), and after
+  ``max_attempts`` goes to DEAD_LETTER with its last error (``sagaz outbox dlq``). A lost broker
+  connection counts no attempt: the claims are given back and the worker reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sagaz.outbox.brokers.base import Broker
+from sagaz.outbox.event import OutboxEvent
+
+__all__ = ["OutboxStore", "OutboxWorker"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Claimed(Protocol):
+    @property
+    def event(self) -> OutboxEvent: ...
+
+
+class OutboxStore(Protocol):
+    """What the relay needs from the outbox table (see the PostgreSQL implementation)."""
+
+    async def claim(
+        self, worker: str, limit: int, claim_seconds: float
+    ) -> Sequence[_Claimed]: ...
+
+    async def mark_sent(self, worker: str, event_ids: list[str]) -> None: ...
+
+    async def mark_failed(
+        self, worker: str, failures: list[tuple[str, str]], *, max_attempts: int,
+        base_backoff: float, max_backoff: float,
+    ) -> list[str]: ...
+
+    async def release(self, worker: str, event_ids: list[str]) -> None: ...
+
+    async def wait(self, seconds: float) -> None: ...
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
+
+
+@dataclass
+class OutboxWorker:
+    outbox: OutboxStore
+    broker: Broker
+    worker_id: str = field(default_factory=_worker_id)
+    batch_size: int = 500
+    concurrency: int = 2
+    """Relay loops in flight: one publishes while another claims or marks."""
+    claim_seconds: float = 30.0
+    poll_interval: float = 1.0
+    """Longest sleep when idle; a NOTIFY (LISTEN on a direct DSN) wakes the worker earlier."""
+    max_attempts: int = 10
+    base_backoff: float = 1.0
+    max_backoff: float = 300.0
+    listeners: list[Callable[[Sequence[OutboxEvent]], None]] = field(default_factory=list)
+    """Called with the events the broker acknowledged, right after the acknowledgement (metrics,
+    tracing, benchmarks); a listener that raises is logged and ignored."""
+    relayed: int = 0
+    dead_lettered: int = 0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set; the batches in flight finish first."""
+        try:
+            await self.broker.connect()
+        except Exception as exc:
+            # Not fatal: every publish reconnects, and the loops back off until it works.
+            logger.warning("broker not reachable yet (%s); will keep trying", exc,
+                           extra={"action": "outbox_broker_down"})
+        waiter = asyncio.create_task(self._listen(stop))
+        try:
+            await asyncio.gather(*(self._loop(stop) for _ in range(self.concurrency)))
+        finally:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        # One waiter for all loops: a LISTEN connection serves one reader at a time.
+        while not stop.is_set():
+            await self.outbox.wait(self.poll_interval)
+            self._wake.set()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                count = await self.relay_once()
+                delay = 0.1
+            except _BrokerDown:
+                await _sleep_or_stop(stop, delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            except Exception:
+                # Database trouble: the storage already retried; keep the worker alive.
+                logger.exception("outbox relay pass failed; retrying in %.1fs", delay,
+                                 extra={"action": "outbox_pass_failed"})
+                await _sleep_or_stop(stop, delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if count == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def relay_once(self) -> int:
+        """Claim one batch, publish it, mark the outcome; returns how many events were claimed."""
+        claimed = await self.outbox.claim(self.worker_id, self.batch_size, self.claim_seconds)
+        if not claimed:
+            return 0
+        events = [c.event for c in claimed]
+        try:
+            outcomes = await self.broker.publish_batch(events)
+        except Exception as exc:
+            logger.warning("broker unavailable (%s); %d claimed events given back", exc,
+                           len(events), extra={"action": "outbox_broker_down"})
+            await self.outbox.release(self.worker_id, [e.event_id for e in events])
+            raise _BrokerDown from exc
+        acked = [e for e, o in zip(events, outcomes, strict=True) if o is None]
+        for listener in self.listeners:
+            try:
+                listener(acked)
+            except Exception:
+                logger.exception("outbox listener %r failed", listener,
+                                 extra={"action": "outbox_listener_failed"})
+        sent = [e.event_id for e in acked]
+        failed = [(e.event_id, f"{type(o).__name__}: {o}")
+                  for e, o in zip(events, outcomes, strict=True) if o is not None]
+        await self.outbox.mark_sent(self.worker_id, sent)
+        if failed:
+            dead = await self.outbox.mark_failed(
+                self.worker_id, failed, max_attempts=self.max_attempts,
+                base_backoff=self.base_backoff, max_backoff=self.max_backoff)
+            self.dead_lettered += len(dead)
+            for event_id in dead:
+                logger.error("event %s moved to DEAD_LETTER after %d attempts", event_id,
+                             self.max_attempts,
+                             extra={"action": "outbox_dead_letter", "event_id": event_id})
+        self.relayed += len(sent)
+        return len(claimed)
+
+
+class _BrokerDown(Exception):
+    """The broker connection failed during a publish; the claims were given back."""
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
