@@ -18,6 +18,7 @@ from .demo import demo
 from .dev import dev_app
 from .ha import ha_app
 from .init import init
+from .outbox import outbox_app
 from .running import run as run_command
 from .running import show
 from .sagas import sagas_app
@@ -112,6 +113,7 @@ app.command("show")(show)
 app.command("worker")(worker)
 app.add_typer(sagas_app, name="sagas")
 app.add_typer(db_app, name="db")
+app.add_typer(outbox_app, name="outbox")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(dev_app, name="dev")
 app.add_typer(ha_app, name="ha")

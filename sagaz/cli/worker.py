@@ -27,6 +27,7 @@ from sagaz.errors import StorageError
 from .common import ExitCode, Storages, execute, run_async
 from .loading import import_module, split_module_names
 from .output import out, print_error, print_warning
+from .relay import relay_for
 from .scheduled import MaintenanceSchedule
 
 __all__ = ["worker"]
@@ -91,8 +92,14 @@ async def _work(
     config = storages.config()
     # Resolved before the first pass, so a bad --maintenance-dsn is a usage error at once.
     maintenance = schedule.bind(config.write_storage)
+    relay = relay_for(config, schedule.dsn)
     if once:
         report = await _pass(config, set())
+        if relay is not None:
+            await relay.broker.connect()
+            while await relay.relay_once():
+                pass
+            out.print(f"relayed {relay.relayed} event(s)")
         if maintenance is not None:
             # Recovery decides the exit code; a maintenance failure is only logged (as in the
             # loop), so a cron job running --once is not flagged for a busy table.
@@ -107,10 +114,12 @@ async def _work(
     where = escape(repr(config.write_storage))
     loaded = ", ".join(modules) or "none"
     every = (f"; maintenance every {schedule.interval:g}s" if maintenance is not None else "")
+    every += "; outbox relay on" if relay is not None else ""
     out.print(f"worker started on {where} (modules: {escape(loaded)}; every {interval:g}s"
               f"{every}); Ctrl-C to stop", soft_wrap=True)
     warned: set[str] = set()
     maintaining: asyncio.Task[None] | None = None
+    relaying: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
             try:
@@ -128,6 +137,8 @@ async def _work(
                 # Started after the first pass: that pass opened the storage, which applies the
                 # migrations maintenance needs. Its own task, so a slow run never delays recovery.
                 maintaining = asyncio.create_task(maintenance.run_forever(stop))
+            if relay is not None and relaying is None:
+                relaying = asyncio.create_task(relay.run(stop))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
     finally:
@@ -136,6 +147,10 @@ async def _work(
             maintaining.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintaining
+        if relaying is not None:
+            # run() returns once stop is set and its batches in flight are marked.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(relaying, 30)
     out.print("worker stopped")
     return ExitCode.OK
 
