@@ -27,7 +27,7 @@ import random
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
@@ -130,11 +130,43 @@ class OutboxWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
+    def send_optimistically(self, storage: Any) -> None:
+        """Publish the events ``storage`` (a PostgreSQL storage) commits right after their
+        commit, in a task of their own, instead of waiting for the next claim. Only an
+        optimisation: an event this send could not claim or publish stays in the outbox and
+        the relay loop sends it (the guarantee stays with the loop)."""
+        tasks: set[asyncio.Task[None]] = set()
+
+        def committed(event_ids: list[str]) -> None:
+            task = asyncio.get_running_loop().create_task(self._send_now(event_ids))
+            tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(tasks.discard)
+
+        storage.committed_event_hooks.append(committed)
+
+    async def _send_now(self, event_ids: list[str]) -> None:
+        claim_ids = getattr(self.outbox, "claim_ids", None)
+        if claim_ids is None:
+            return
+        try:
+            claimed = await claim_ids(self.worker_id, event_ids, self.claim_seconds)
+            if claimed:
+                await self._publish(claimed)
+        except Exception as exc:
+            # The loop sends them; say so once at debug level, this path is best effort.
+            logger.debug("optimistic send of %d events failed: %s", len(event_ids), exc,
+                         extra={"action": "outbox_optimistic_failed"})
+
     async def relay_once(self) -> int:
         """Claim one batch, publish it, mark the outcome; returns how many events were claimed."""
         claimed = await self.outbox.claim(self.worker_id, self.batch_size, self.claim_seconds)
         if not claimed:
             return 0
+        await self._publish(claimed)
+        return len(claimed)
+
+    async def _publish(self, claimed: Sequence[_Claimed]) -> None:
+        """Publish claimed events and mark the outcome of each."""
         events = [c.event for c in claimed]
         try:
             outcomes = await self.broker.publish_batch(events)
@@ -164,7 +196,6 @@ class OutboxWorker:
                              self.max_attempts,
                              extra={"action": "outbox_dead_letter", "event_id": event_id})
         self.relayed += len(sent)
-        return len(claimed)
 
 
 class _BrokerDown(Exception):

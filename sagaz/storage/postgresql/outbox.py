@@ -65,9 +65,19 @@ class PostgreSQLOutbox:
     # -- relay -----------------------------------------------------------------------------------
 
     async def claim(self, worker: str, limit: int, claim_seconds: float) -> list[ClaimedEvent]:
+        return await self._claim(Q["outbox_claim"], {
+            "worker": worker, "limit": limit, "claim_seconds": claim_seconds})
+
+    async def claim_ids(
+        self, worker: str, event_ids: Sequence[str], claim_seconds: float
+    ) -> list[ClaimedEvent]:
+        """Claim exactly these events if they are still PENDING (the optimistic send)."""
+        return await self._claim(Q["outbox_claim_ids"], {
+            "worker": worker, "ids": list(event_ids), "claim_seconds": claim_seconds})
+
+    async def _claim(self, query: str, params: dict[str, Any]) -> list[ClaimedEvent]:
         async def op(conn: _Conn) -> list[ClaimedEvent]:
-            cur = await conn.execute(Q["outbox_claim"], {
-                "worker": worker, "limit": limit, "claim_seconds": claim_seconds})
+            cur = await conn.execute(query, params)
             rows = sorted(await cur.fetchall(), key=lambda r: r[8])  # seq: publication order
             return [ClaimedEvent(OutboxEvent.restore(
                 r[1], json.loads(r[4]), r[2], r[3], json.loads(r[5]), r[0], r[6]), r[7])
@@ -135,10 +145,13 @@ class PostgreSQLOutbox:
     # -- producing outside sagas -----------------------------------------------------------------
 
     async def publish(
-        self, events: Sequence[OutboxEvent], connection: _Conn | None = None
+        self, events: OutboxEvent | Sequence[OutboxEvent], connection: _Conn | None = None
     ) -> None:
-        """Write ``events`` to the outbox: in the caller's transaction when ``connection`` is
-        given (they commit or roll back with the caller's own writes), else in one of ours."""
+        """Write an event (or several) to the outbox: in the caller's transaction when
+        ``connection`` is given (it commits or rolls back with the caller's own writes), else
+        in one of ours."""
+        if isinstance(events, OutboxEvent):
+            events = [events]
         params = {"events": json.dumps([
             {"event_id": e.event_id, "saga_id": e.saga_id, "event_type": e.event_type,
              "key": e.key, "payload": e.payload, "headers": e.headers} for e in events])}

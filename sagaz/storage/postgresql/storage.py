@@ -96,6 +96,9 @@ class PostgreSQLSagaStorage:
         # Creation times of the sagas this storage created or loaded, by id: they let a commit
         # touch only the partitions of its sagas. Bounded; a missing entry only costs pruning.
         self._created: dict[str, float] = {}
+        self.committed_event_hooks: list[Callable[[list[str]], None]] = []
+        """Called with the ids of outbox events right after the batch holding them committed
+        (the optimistic send of :class:`~sagaz.outbox.worker.OutboxWorker`)."""
 
     def __repr__(self) -> str:
         return f"PostgreSQLSagaStorage({redact_dsn(self.dsn)!r}, readonly={self.readonly})"
@@ -224,10 +227,23 @@ class PostgreSQLSagaStorage:
         else:
             self._remember_created(batch, outcomes)
             settle([future for _, future in entries], outcomes)
+            if self.committed_event_hooks:
+                self._announce_events(batch, outcomes)
         finally:
             self._inflight -= 1
             self._inflight_ids.difference_update(item.saga_id for item in batch)
             self._start_batches()
+
+    def _announce_events(self, batch: list[Pending], outcomes: list[Any]) -> None:
+        ids = [e.event_id for item, outcome in zip(batch, outcomes, strict=True)
+               if item.kind == "commit" and outcome is None for e in item.payload.events]
+        if ids:
+            for hook in self.committed_event_hooks:
+                try:
+                    hook(ids)
+                except Exception:
+                    logger.exception("committed-event hook %r failed", hook,
+                                     extra={"action": "pg_event_hook_failed"})
 
     def _remember_created(self, batch: list[Pending], outcomes: list[Any]) -> None:
         for item, outcome in zip(batch, outcomes, strict=True):

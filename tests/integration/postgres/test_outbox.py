@@ -225,3 +225,56 @@ async def test_listen_notify_wakes_the_worker(outbox: PostgreSQLOutbox) -> None:
     await asyncio.sleep(0.2)
     await outbox.publish([OutboxEvent("Wake", {})])
     await asyncio.wait_for(waiting, 5)
+
+
+async def _eventually_counts(outbox: PostgreSQLOutbox, expected: dict[str, int]) -> None:
+    for _ in range(100):
+        if await outbox.counts() == expected:
+            return
+        await asyncio.sleep(0.02)
+    assert await outbox.counts() == expected
+
+
+async def test_optimistic_send_publishes_right_after_the_commit(
+    pg: PostgreSQLSagaStorage, outbox: PostgreSQLOutbox
+) -> None:
+    broker = InMemoryBroker()
+    await broker.connect()
+    worker = OutboxWorker(outbox, broker)  # its relay loop is not running: only the hook
+    worker.send_optimistically(pg)
+
+    async def step(ctx: Any) -> None:
+        ctx.emit("Shipped", {"to": "A1"}, key="A1")
+
+    saga = Saga(name="optimistic", config=SagaConfig(storage=pg))
+    saga.add_step("ship", step)
+    await saga.run({})
+    await _eventually_counts(outbox, {"SENT": 2})
+    assert worker.relayed == 2
+
+
+class _DownBroker(InMemoryBroker):
+    """The subject is the fallback: a broker whose connection is gone."""
+
+    async def publish_batch(self, events: Sequence[OutboxEvent]) -> list[BaseException | None]:
+        raise ConnectionError("broker unreachable")
+
+
+async def test_a_failed_optimistic_send_leaves_the_events_to_the_relay(
+    pg: PostgreSQLSagaStorage, outbox: PostgreSQLOutbox
+) -> None:
+    OutboxWorker(outbox, _DownBroker()).send_optimistically(pg)
+
+    async def step(ctx: Any) -> None:
+        ctx.emit("Shipped", {}, key="B2")
+
+    saga = Saga(name="optimistic-down", config=SagaConfig(storage=pg))
+    saga.add_step("ship", step)
+    await saga.run({})
+    relay = OutboxWorker(outbox, InMemoryBroker())
+    for _ in range(100):  # the optimistic attempt may still hold them for a moment
+        await relay.relay_once()
+        if relay.relayed == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert await outbox.counts() == {"SENT": 2}

@@ -268,3 +268,18 @@ SELECT status, count(*) FROM saga_outbox GROUP BY status;
 INSERT INTO consumer_inbox (consumer_name, event_id) VALUES (%(consumer)s, %(event_id)s)
 ON CONFLICT DO NOTHING
 RETURNING 1;
+
+-- name: outbox_claim_ids
+-- The optimistic send: claim exactly these just-committed events, if no worker took them yet and
+-- no earlier event of their key is unsent (else the relay sends them, in order).
+UPDATE saga_outbox AS o
+   SET status = 'CLAIMED', claimed_by = %(worker)s,
+       claimed_until = now() + make_interval(secs => %(claim_seconds)s),
+       attempts = o.attempts + 1
+ WHERE o.event_id = ANY(%(ids)s::uuid[]) AND o.status = 'PENDING'
+   AND (o.aggregate_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM saga_outbox AS e
+           WHERE e.aggregate_id = o.aggregate_id AND e.seq < o.seq
+             AND e.status IN ('PENDING', 'FAILED', 'CLAIMED')))
+RETURNING o.event_id::text, o.event_type, o.aggregate_id, o.saga_id::text, o.payload::text,
+          o.headers::text, extract(epoch FROM o.created_at)::float8, o.attempts, o.seq;
