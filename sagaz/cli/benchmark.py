@@ -26,6 +26,9 @@ machine, so run them where you deploy.
   bytes and WAL per saga; direct and through a PgBouncer it starts (transaction mode).
 * `replication`: replication lag (commit to replayed on a replica) under a saga load, on a local
   cluster (primary, replica, PgBouncer) it starts in a temporary directory and removes.
+* `outbox`: the outbox end to end per broker (relay throughput, commit-to-broker-ack latency at
+  5,000 events/s with LISTEN/NOTIFY) and the consumer inbox; needs the brokers on loopback.
+* `brokers`: raw publish throughput of each broker client, without the database.
 * `partitioning`: one-month queries on monthly partitions against an unpartitioned copy, and
   retention by DROP against DELETE (5M rows by default: about 2 minutes).
 
@@ -129,6 +132,48 @@ def replication(
         return ExitCode.OK
 
     _with_psycopg(body)
+
+
+@benchmark_app.command()
+def outbox(
+    dsn: DsnOption = None,
+    broker: Annotated[list[str] | None, typer.Option(
+        "--broker", help="redis, nats or rabbitmq (repeatable; default: all three).")] = None,
+    events: Annotated[int, typer.Option("--events", min=100)] = 20_000,
+    runs: RunsOption = 3,
+    rate: Annotated[float, typer.Option("--rate", min=1)] = 5_000.0,
+) -> None:
+    """The outbox relay per broker, and the consumer inbox."""
+
+    def body() -> int:
+        from sagaz.benchmarks.outbox import BROKERS, format_report, run_outbox_benchmark
+
+        unknown = sorted(set(broker or ()) - set(BROKERS))
+        if unknown:
+            fail(f"unknown broker(s) {unknown}; choose from {sorted(BROKERS)}")
+        result = run_outbox_benchmark(dsn, brokers=broker or tuple(BROKERS), events=events,
+                                      runs=runs, rate=rate)
+        out.print(format_report(result), soft_wrap=True, highlight=False)
+        return ExitCode.OK
+
+    _with_psycopg(body)
+
+
+@benchmark_app.command()
+def brokers(
+    events: Annotated[int, typer.Option("--events", min=100)] = 20_000,
+    runs: RunsOption = 3,
+) -> None:
+    """Raw publish throughput of each broker client (batches of 100 and 500)."""
+
+    def body() -> int:
+        from sagaz.benchmarks.brokers import format_report, run_broker_benchmark
+
+        out.print(format_report(run_broker_benchmark(events=events, runs=runs)),
+                  soft_wrap=True, highlight=False)
+        return ExitCode.OK
+
+    execute(body)
 
 
 def _with_psycopg(body: Callable[[], int]) -> None:
