@@ -19,6 +19,7 @@ daily); keep that longer than any redelivery window.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -33,13 +34,26 @@ __all__ = ["ConsumerInbox", "consume"]
 
 
 class ConsumerInbox:
-    def __init__(self, storage: PostgreSQLSagaStorage, consumer_name: str):
+    """Exactly-once effects for the consumer ``consumer_name``.
+
+    Concurrent :meth:`process` calls are group-committed: while one transaction runs, the next
+    calls queue, then one transaction records all their inbox rows and runs their handlers one
+    after the other (a handler that raises rolls that transaction back, and its events are
+    then processed one by one, so only the failing event fails). Each call still returns only
+    after its own commit.
+    """
+
+    def __init__(self, storage: PostgreSQLSagaStorage, consumer_name: str, *,
+                 max_batch: int = 200):
         if not consumer_name:
             raise ValueError("consumer_name must name the consumer, e.g. 'stock-service'")
         from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
 
         self.consumer_name = consumer_name
+        self.max_batch = max_batch
         self._outbox = PostgreSQLOutbox(storage)
+        self._pending: list[tuple[str, Callable[[Any], Awaitable[Any]], asyncio.Future[bool]]] = []
+        self._flushing = False
         self.processed = 0
         self.duplicates = 0
 
@@ -56,12 +70,56 @@ class ConsumerInbox:
                 return await handler(*args, connection=conn, **kwargs)
             return await handler(*args, **kwargs)
 
-        ran, _ = await self._outbox.process_once(self.consumer_name, event_id, run)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((event_id, run, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        ran = await future
         if ran:
             self.processed += 1
         else:
             self.duplicates += 1
         return ran
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                try:
+                    outcomes = await self._outbox.process_many(
+                        self.consumer_name, [(event_id, run) for event_id, run, _ in batch])
+                except Exception as exc:
+                    if len(batch) == 1:
+                        if not batch[0][2].done():
+                            batch[0][2].set_exception(exc)
+                        continue
+                    # One handler failed (or the database did): process the batch one by one,
+                    # so that only the failing events fail. (The failing handler thus runs a
+                    # second time at once; its first run's writes were rolled back.)
+                    await asyncio.gather(*(self._one(item) for item in batch))
+                    continue
+                for (_, _, future), ran in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(ran)
+        finally:
+            self._flushing = False
+
+    async def _one(
+        self, item: tuple[str, Callable[[Any], Awaitable[Any]], asyncio.Future[bool]]
+    ) -> None:
+        event_id, run, future = item
+        try:
+            ran, _ = await self._outbox.process_once(self.consumer_name, event_id, run)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not future.done():
+                future.set_result(ran)
 
 
 async def consume(

@@ -219,6 +219,40 @@ class PostgreSQLOutbox:
 
         return await self.storage._retrying(op)
 
+    async def process_many(
+        self, consumer: str, items: Sequence[tuple[str, Callable[[_Conn], Awaitable[Any]]]],
+    ) -> list[bool]:
+        """:meth:`process_once` for several events in ONE transaction (the inbox's group
+        commit): the new ones' handlers run one after the other on its connection. Returns, per
+        item, whether its handler ran. If any handler raises, the whole transaction is rolled
+        back and the exception propagates: the caller retries the items one by one."""
+        params = {"consumer": consumer, "event_ids": [event_id for event_id, _ in items]}
+
+        async def op(conn: _Conn, _: int) -> list[bool]:
+            script = "BEGIN;\n" + psycopg.AsyncClientCursor(conn).mogrify(
+                Q["inbox_record_many"], params)
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(script.encode())
+                    cur.nextset()
+                    fresh = {row[0] for row in await cur.fetchall()}
+                ran = []
+                for event_id, handler in items:
+                    first = event_id in fresh
+                    fresh.discard(event_id)  # a second delivery in the same batch is a duplicate
+                    if first:
+                        await handler(conn)
+                    ran.append(first)
+                await conn.execute("COMMIT")
+            except BaseException:
+                if not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                raise
+            return ran
+
+        return await self.storage._retrying(op)
+
     async def close(self) -> None:
         await self._close_listener()
 

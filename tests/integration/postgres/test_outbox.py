@@ -278,3 +278,26 @@ async def test_a_failed_optimistic_send_leaves_the_events_to_the_relay(
             break
         await asyncio.sleep(0.02)
     assert await outbox.counts() == {"SENT": 2}
+
+
+async def test_concurrent_inbox_calls_share_transactions_and_one_failure_stays_alone(
+    pg: PostgreSQLSagaStorage, pg_dsn: str
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE hits (n int)")
+    inbox = ConsumerInbox(pg, "batched")
+    ids = [OutboxEvent("X", {}).event_id for _ in range(100)]
+
+    async def handler(n: int, connection: Any) -> None:
+        if n == 37:
+            raise ValueError("poison")
+        await connection.execute("INSERT INTO hits VALUES (%s)", (n,))
+
+    outcomes = await asyncio.gather(*(inbox.process(i, handler, n) for n, i in enumerate(ids)),
+                                    return_exceptions=True)
+    failed = [n for n, o in enumerate(outcomes) if isinstance(o, BaseException)]
+    assert failed == [37] and isinstance(outcomes[37], ValueError)
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT n) FROM hits").fetchone() == (99, 99)
+        inbox_rows = conn.execute("SELECT count(*) FROM consumer_inbox").fetchone()
+    assert inbox_rows == (99,)

@@ -283,3 +283,10 @@ UPDATE saga_outbox AS o
              AND e.status IN ('PENDING', 'FAILED', 'CLAIMED')))
 RETURNING o.event_id::text, o.event_type, o.aggregate_id, o.saga_id::text, o.payload::text,
           o.headers::text, extract(epoch FROM o.created_at)::float8, o.attempts, o.seq;
+
+-- name: inbox_record_many
+-- The group-committed form of inbox_record: the ids this consumer sees for the first time.
+INSERT INTO consumer_inbox (consumer_name, event_id)
+SELECT %(consumer)s, id FROM unnest(%(event_ids)s::uuid[]) AS id
+ON CONFLICT DO NOTHING
+RETURNING event_id::text;
