@@ -83,6 +83,9 @@ class LeaseKeeper:
             logger.warning("lease renewal failed", extra={"action": "lease_renew_failed"},
                            exc_info=True)
             return
+        # A saga that finished while the renewal was on its way has released its lease: it is
+        # done, not lost, and has left the active set by now.
+        lost = [saga_id for saga_id in lost if saga_id in self.active]
         if lost:
             # The executors find out on their next commit, which the storage then refuses.
             logger.warning("leases lost to recovery: %s", lost, extra={"action": "lease_lost"})
