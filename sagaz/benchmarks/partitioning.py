@@ -189,6 +189,7 @@ _UNPARTITIONED_DDL = [
     f"ALTER TABLE {UNPARTITIONED} ADD CONSTRAINT {UNPARTITIONED}_pkey "
     "PRIMARY KEY (saga_id, created_at)",
     f"CREATE INDEX {UNPARTITIONED}_status_created_at ON {UNPARTITIONED} (status, created_at)",
+    f"CREATE INDEX {UNPARTITIONED}_created_at ON {UNPARTITIONED} (created_at)",
     f"CREATE INDEX {UNPARTITIONED}_lease_expires_at ON {UNPARTITIONED} (lease_expires_at) "
     "WHERE lease_expires_at IS NOT NULL",
     f"CREATE INDEX {UNPARTITIONED}_idempotency_key ON {UNPARTITIONED} (idempotency_key) "
