@@ -84,7 +84,9 @@ class OutboxWorker:
     tracing, benchmarks); a listener that raises is logged and ignored."""
     relayed: int = 0
     dead_lettered: int = 0
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Wake-up tokens for idle loops (at most one pending): each token lets ONE loop claim, so
+    # an idle worker costs one claim query per poll interval, not one per loop.
+    _tokens: asyncio.Queue[None] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; the batches in flight finish first."""
@@ -106,7 +108,20 @@ class OutboxWorker:
         # One waiter for all loops: a LISTEN connection serves one reader at a time.
         while not stop.is_set():
             await self.outbox.wait(self.poll_interval)
-            self._wake.set()
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._tokens.put_nowait(None)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait for a wake-up token (a NOTIFY, the poll interval, or a busy sibling)."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._tokens.get(), self.poll_interval)
+                return
+            except TimeoutError:
+                continue  # only to notice stop: no query
 
     async def _loop(self, stop: asyncio.Event) -> None:
         delay = 0.1
@@ -126,9 +141,9 @@ class OutboxWorker:
                 delay = min(delay * 2, 10.0)
                 continue
             if count == 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await self._idle(stop)
+            elif count >= self.batch_size:
+                self._wake_one()  # a full batch: there may be more, recruit an idle sibling
 
     def send_optimistically(self, storage: Any) -> None:
         """Publish the events ``storage`` (a PostgreSQL storage) commits right after their

@@ -301,3 +301,33 @@ async def test_concurrent_inbox_calls_share_transactions_and_one_failure_stays_a
         assert conn.execute("SELECT count(*), count(DISTINCT n) FROM hits").fetchone() == (99, 99)
         inbox_rows = conn.execute("SELECT count(*) FROM consumer_inbox").fetchone()
     assert inbox_rows == (99,)
+
+
+async def test_an_idle_worker_costs_one_claim_per_interval_and_a_notify_wakes_it(
+    outbox: PostgreSQLOutbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims = 0
+    real_claim = outbox.claim
+
+    async def counting_claim(*args: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return await real_claim(*args)
+
+    monkeypatch.setattr(outbox, "claim", counting_claim)
+    broker = InMemoryBroker()
+    worker = OutboxWorker(outbox, broker, concurrency=3, poll_interval=0.25)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(1.3)
+    idle_claims = claims
+    # One claim per loop at start, then one per interval for the whole worker (not per loop).
+    assert idle_claims <= 3 + 6, idle_claims
+    await outbox.publish(OutboxEvent("Late", {}))  # its NOTIFY wakes one loop before the poll
+    for _ in range(100):
+        if worker.relayed:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    assert worker.relayed == 1
