@@ -8,9 +8,9 @@ import pytest
 import sagaz
 from sagaz import SagaConfig
 
-# The PostgreSQL fixtures (pg_dsn, pg_empty_dsn, ...): used by tests/integration/postgres and the
-# acceptance tests of `sagaz db`. A plugin rather than this file, which stays small and generic.
-pytest_plugins = ["pg_fixtures"]
+# The PostgreSQL fixtures (pg_dsn, pg_empty_dsn, ...) and the local cluster (local_cluster):
+# plugins rather than this file, which stays small and generic.
+pytest_plugins = ["pg_fixtures", "cluster_fixtures"]
 
 
 @pytest.fixture

@@ -425,32 +425,10 @@ def test_generated_pgbouncer_ini_runs_in_a_real_pgbouncer(
 
 # -- the generated scripts and SQL against a real PostgreSQL ---------------------------------------
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A local primary (no replica): the server the generated scripts run against."""
-    from sagaz.ha.local import LocalCluster
-
-    directory = Path(tempfile.mkdtemp(prefix="sagaz-test-init-cluster-"))
-    directory.chmod(0o755)  # the server runs as an unprivileged user when the tests run as root
-    cluster = LocalCluster.new(directory / "cluster", replicas=0, base_port=_port_base())
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        cluster.down()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _port_base() -> int:
-    for base in range(29100, 31000, 7):
-        try:
-            for port in (base, base + 1000, base + 1001):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the test cluster")
+@pytest.fixture
+def cluster(local_cluster: Any) -> Any:
+    """The session's local cluster: the server the generated scripts run against."""
+    return local_cluster
 
 
 def _run(script: Path, shell: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import random
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cluster_fixtures import free_base_port
 
 from sagaz.cli import main
 from sagaz.errors import ConfigurationError
@@ -56,22 +55,6 @@ def require_cluster_binaries() -> None:
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(f"the local-cluster tests need PostgreSQL and PgBouncer: {exc}")
         pytest.skip(f"no local cluster possible here: {exc}")
-
-
-def free_base_port(nodes: int) -> int:
-    """A base port free on every address and port a cluster of ``nodes`` servers uses."""
-    start = random.randrange(33000, 36000)
-    for base in range(start, start + 3000, 13):
-        addresses = [(f"127.0.0.{i + 1}", base) for i in range(nodes)]
-        addresses += [("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)]
-        try:
-            for host, port in addresses:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the test cluster")
 
 
 @dataclass

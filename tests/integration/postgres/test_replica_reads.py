@@ -3,10 +3,7 @@ pgbouncer-ro): the read-only storage, and read-your-writes when the replica lags
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -17,33 +14,9 @@ from sagaz.ha.local import SUPERUSER, LocalCluster
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    directory = Path(tempfile.mkdtemp(prefix="sagaz-test-cluster-"))
-    directory.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
-    cluster = LocalCluster.new(directory / "cluster", replicas=1, base_port=_port_base())
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        cluster.down()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _port_base() -> int:
-    """A base port free on every loopback address the cluster uses (ports are per address)."""
-    import socket
-
-    for base in range(27000, 29000, 7):
-        try:
-            for host, port in (("127.0.0.1", base), ("127.0.0.2", base),
-                               ("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)):
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the test cluster")
+@pytest.fixture
+def cluster(local_cluster: LocalCluster) -> LocalCluster:
+    return local_cluster
 
 
 @pytest.fixture

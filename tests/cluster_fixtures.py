@@ -1,0 +1,59 @@
+"""A local PostgreSQL cluster for tests (primary, streaming replica, pgbouncer-rw/ro), started
+from the machine's binaries in a temporary directory on free loopback ports and always taken
+down. Session-scoped ``local_cluster`` is shared by the tests that only read and write through
+it; tests that kill or promote servers start their own (tests/ha/devcluster.py)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from sagaz.ha.local import LocalCluster
+
+
+def free_base_port(nodes: int) -> int:
+    """A base port free on every address and port a cluster of ``nodes`` servers uses."""
+    start = random.randrange(33000, 36000)
+    for base in range(start, start + 3000, 13):
+        addresses = [(f"127.0.0.{i + 1}", base) for i in range(nodes)]
+        addresses += [("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)]
+        try:
+            for host, port in addresses:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free ports for the test cluster")
+
+
+@contextmanager
+def temporary_cluster(replicas: int) -> Iterator[LocalCluster]:
+    from sagaz.ha.local import LocalCluster
+
+    parent = Path(tempfile.mkdtemp(prefix="sagaz-test-cluster-"))
+    parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
+    cluster = LocalCluster.new(parent / "cluster", replicas=replicas,
+                               base_port=free_base_port(replicas + 1))
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """A primary with one streaming replica, shared by the whole session."""
+    with temporary_cluster(replicas=1) as cluster:
+        yield cluster
