@@ -10,7 +10,6 @@ afterwards. The figure is the median of ``runs`` runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sagaz.outbox.brokers import DestroyableBroker
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
 
@@ -63,17 +63,17 @@ async def _publish_rate(broker: Broker, events: Sequence[OutboxEvent], batch_siz
 
 
 class _Namespace:
-    """A broker on throw-away names, and how to delete them afterwards."""
+    """A broker on throw-away names (its ``destroy()`` deletes them afterwards)."""
 
     def __init__(self, kind: str, url: str):
         self.kind, self.url, self.tag = kind, url, uuid.uuid4().hex[:10]
 
-    def broker(self) -> Broker:
+    def broker(self) -> DestroyableBroker:
         if self.kind == "rabbitmq":
             from sagaz.outbox.brokers.rabbitmq import RabbitMQBroker
 
-            # A bound durable queue, so persistent messages are really written (unroutable ones
-            # would be confirmed without touching a disk).
+            # A bound durable queue, as a deployment has (without one every event would be
+            # routed to the "<exchange>.unrouted" queue instead).
             return RabbitMQBroker(self.url, f"sagaz.bench.{self.tag}", queues=("bench",))
         if self.kind == "redis":
             from sagaz.outbox.brokers.redis import RedisStreamsBroker
@@ -89,39 +89,6 @@ class _Namespace:
             return KafkaBroker(self.url, f"sagaz.bench.{self.tag}")
         raise ValueError(f"unknown broker {self.kind!r}")
 
-    async def delete(self) -> None:
-        if self.kind == "rabbitmq":
-            import aio_pika
-
-            connection = await aio_pika.connect(self.url)
-            async with connection:
-                channel = await connection.channel()
-                await channel.queue_delete(f"sagaz.bench.{self.tag}.bench")
-                await channel.exchange_delete(f"sagaz.bench.{self.tag}")
-        elif self.kind == "redis":
-            import redis.asyncio as aioredis
-
-            client = aioredis.from_url(self.url)
-            await client.delete(f"sagaz:bench:{self.tag}")
-            await client.aclose()
-        elif self.kind == "nats":
-            import nats
-            import nats.js.errors
-
-            nc = await nats.connect(self.url)
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await nc.jetstream().delete_stream(f"SAGAZ_BENCH_{self.tag}")
-            await nc.close()
-        elif self.kind == "kafka":
-            from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
-
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.url)
-            await admin.start()
-            try:
-                await admin.delete_topics([f"sagaz.bench.{self.tag}"])
-            finally:
-                await admin.close()
-
 
 async def _measure(kind: str, url: str, batch_size: int, events: int, runs: int) -> list[float]:
     prepared = _events(events)
@@ -135,7 +102,7 @@ async def _measure(kind: str, url: str, batch_size: int, events: int, runs: int)
             rates.append(await _publish_rate(broker, prepared, batch_size))
         finally:
             await broker.close()
-            await namespace.delete()
+            await broker.destroy()
     return rates
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from sagaz.benchmarks.scratch import default_dsn, describe_server, scratch_database
-from sagaz.outbox.brokers import broker_from_url
+from sagaz.outbox.brokers import DestroyableBroker, broker_from_url
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
 from sagaz.outbox.inbox import ConsumerInbox
@@ -64,27 +64,10 @@ def _options(name: str, run: str) -> dict[str, Any]:
     return {"stream": f"BENCH_{run}", "subject_prefix": f"bench.{run}"}
 
 
-async def _remove(name: str, url: str, options: dict[str, Any]) -> None:
-    if name == "redis":
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(url)
-        await client.delete(options["stream"])
-        await client.aclose()
-    elif name == "rabbitmq":
-        import aio_pika
-
-        connection = await aio_pika.connect(url)
-        async with connection:
-            channel = await connection.channel()
-            await channel.queue_delete(f"{options['exchange']}.bench")
-            await channel.exchange_delete(options["exchange"])
-    else:
-        import nats
-
-        nc = await nats.connect(url)
-        await nc.jetstream().delete_stream(options["stream"])
-        await nc.close()
+async def _remove(url: str, options: dict[str, Any]) -> None:
+    broker = broker_from_url(url, **options)
+    assert isinstance(broker, DestroyableBroker)
+    await broker.destroy()
 
 
 async def _relay_rate(dsn: str, broker: Broker, events: int) -> float:
@@ -203,7 +186,7 @@ def run_outbox_benchmark(
                     result.p50_ms.append(p50)
                     result.p99_ms.append(p99)
             finally:
-                asyncio.run(_remove(name, url, options))
+                asyncio.run(_remove(url, options))
         results.append(result)
     inbox = []
     with scratch_database(base, migrated=True) as db:

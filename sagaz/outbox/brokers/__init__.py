@@ -4,26 +4,35 @@ Every driver is optional (an extra of the package), so broker modules are import
 names them: ``import sagaz`` must work with none installed. The small helpers the broker modules
 share (URL redaction, reconnect backoff, the stop signal) live here for the same reason: this
 module imports no driver.
+
+Every broker class also has ``destroy(consumer_names=())`` (``DestroyableBroker``), an
+admin/teardown operation outside the ``Broker`` protocol: it deletes what the broker declared on
+the server (exchange and queues, stream, topic) and so the events it holds. For tests, benchmarks
+and decommissioning only: the outbox and its consumers never call it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from sagaz.errors import ConfigurationError, SagazError
+from sagaz.outbox.brokers.base import Broker
 
 if TYPE_CHECKING:
-    from sagaz.outbox.brokers.base import Broker
+    from sagaz.outbox.brokers.base import EventHandler
+    from sagaz.outbox.event import OutboxEvent
 
 __all__ = [
     "BROKER_FORMS",
     "BrokerConnectionError",
     "Backoff",
+    "DestroyableBroker",
     "broker_from_url",
     "redact_url",
 ]
@@ -37,6 +46,15 @@ BROKER_FORMS = (
 
 T = TypeVar("T")
 
+# How the log messages name each broker (keys: the broker names of log records and errors).
+_TITLES = {"rabbitmq": "RabbitMQ", "redis": "Redis", "nats": "NATS", "kafka": "Kafka"}
+
+
+def _logger(broker: str) -> logging.Logger:
+    # The records of the shared helpers keep the logger of the broker's module (named after the
+    # broker), as when each module logged them itself: logging configuration can rely on it.
+    return logging.getLogger(f"{__name__}.{broker}")
+
 
 class BrokerConnectionError(SagazError, ConnectionError):
     """The connection to the broker was lost (or could not be opened) during a call.
@@ -48,6 +66,17 @@ class BrokerConnectionError(SagazError, ConnectionError):
     def __init__(self, broker: str, message: str):
         super().__init__(f"{broker}: {message}")
         self.broker = broker
+
+
+@runtime_checkable
+class DestroyableBroker(Broker, Protocol):
+    """A broker with its admin/teardown operation (every broker class here is one)."""
+
+    async def destroy(self, consumer_names: Sequence[str] = ()) -> None:
+        """Delete what the broker declared on the server (exchange and the queues of
+        ``consumer_names``, stream, topic), and so the events it holds. It uses a connection of
+        its own; stop the consumers first."""
+        ...
 
 
 def redact_url(url: str) -> str:
@@ -118,6 +147,80 @@ async def sleep_or_stop(delay: float, stop: asyncio.Future[None]) -> bool:
 def as_future(stop: Awaitable[None]) -> asyncio.Future[None]:
     """The consumer's stop signal as a future that can be waited on many times."""
     return asyncio.ensure_future(stop)
+
+
+async def consume_with_reconnect(
+    broker: str, consumer_name: str,
+    consume_once: Callable[[asyncio.Future[None], Backoff], Awaitable[None]],
+    connection_errors: tuple[type[BaseException], ...], *, stop: Awaitable[None],
+    max_delay: float,
+) -> None:
+    """Consume as ``consumer_name`` until ``stop`` completes, over as many connections as it takes.
+
+    ``consume_once(stopped, backoff)`` consumes over one new connection and returns once
+    ``stopped`` completed; it resets ``backoff`` when its connection is up. When it raises one of
+    ``connection_errors`` (the connection was lost), it runs again after a backoff delay; any
+    other exception propagates."""
+    stopped = as_future(stop)
+    backoff = Backoff(max_delay=max_delay)
+    while not stopped.done():
+        try:
+            await consume_once(stopped, backoff)
+        except connection_errors as exc:
+            delay = backoff.next_delay()
+            _logger(broker).warning(
+                "%s consumer %s lost its connection (%s); reconnecting in %.2fs",
+                _TITLES[broker], consumer_name, exc, delay,
+                extra={"action": "broker.consumer_reconnect", "broker": broker,
+                       "consumer": consumer_name, "attempt": backoff.attempt})
+            if not await sleep_or_stop(delay, stopped):
+                break
+
+
+async def gather_unless_lost(
+    publishes: Iterable[Awaitable[T]], lost: asyncio.Event
+) -> list[T | BaseException] | None:
+    """The results of ``publishes`` (their exceptions included), or None when ``lost`` is set
+    first: the acknowledgements of a closed connection never come, so nobody waits for them."""
+    acks = asyncio.gather(*publishes, return_exceptions=True)
+    dropped = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait((acks, dropped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        dropped.cancel()
+    if not acks.done():
+        acks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acks
+        return None
+    return acks.result()
+
+
+def log_malformed(broker: str, consumer_name: str, what: str, exc: Exception) -> None:
+    """Log a message that can never become an event; ``what`` says what the consumer does with
+    it (e.g. "rejects a malformed message <id>")."""
+    _logger(broker).error("%s consumer %s %s: %s", _TITLES[broker], consumer_name, what, exc,
+                          extra={"action": "broker.malformed_message", "broker": broker,
+                                 "consumer": consumer_name})
+
+
+async def run_handler(
+    broker: str, consumer_name: str, handler: EventHandler, event: OutboxEvent, *,
+    again: str = "",
+) -> bool:
+    """Call ``handler`` on ``event``: True when it returned (acknowledge the message), False when
+    it raised (logged; the caller leaves the message to be delivered again, ``again`` says when,
+    e.g. " in 1s")."""
+    try:
+        await handler(event)
+    except Exception as exc:
+        _logger(broker).warning(
+            "handler of %s failed for event %s (%s); it will be delivered again%s",
+            consumer_name, event.event_id, exc, again,
+            extra={"action": "broker.handler_failed", "broker": broker,
+                   "consumer": consumer_name, "event_id": event.event_id})
+        return False
+    return True
 
 
 def _driver_missing(scheme: str, extra: str, exc: ImportError) -> ConfigurationError:

@@ -31,7 +31,14 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     TopicAlreadyExistsError,
 )
 
-from sagaz.outbox.brokers import Backoff, BrokerConnectionError, as_future, first_or_stop
+from sagaz.outbox.brokers import (
+    Backoff,
+    BrokerConnectionError,
+    consume_with_reconnect,
+    first_or_stop,
+    log_malformed,
+    run_handler,
+)
 from sagaz.outbox.brokers.base import EventHandler
 from sagaz.outbox.event import OutboxEvent
 
@@ -156,19 +163,11 @@ class KafkaBroker:
         self, consumer_name: str, handler: EventHandler, *, stop: Awaitable[None],
         prefetch: int = 100,
     ) -> None:
-        stopped = as_future(stop)
-        backoff = Backoff(max_delay=self.reconnect_max_delay)
-        while not stopped.done():
-            try:
-                await self._consume_once(consumer_name, handler, stopped, prefetch, backoff)
-            except _CONNECTION_ERRORS as exc:
-                delay = backoff.next_delay()
-                logger.warning(
-                    "Kafka consumer %s lost its connection (%s); reconnecting in %.2fs",
-                    consumer_name, exc, delay,
-                    extra={"action": "broker.consumer_reconnect", "broker": "kafka",
-                           "consumer": consumer_name, "attempt": backoff.attempt})
-                await first_or_stop(asyncio.sleep(delay), stopped)
+        await consume_with_reconnect(
+            "kafka", consumer_name,
+            lambda stopped, backoff: self._consume_once(
+                consumer_name, handler, stopped, prefetch, backoff),
+            _CONNECTION_ERRORS, stop=stop, max_delay=self.reconnect_max_delay)
 
     async def _consume_once(
         self, consumer_name: str, handler: EventHandler, stopped: asyncio.Future[None],
@@ -211,23 +210,25 @@ class KafkaBroker:
         try:
             event = OutboxEvent.from_message(record.value, headers)
         except (KeyError, ValueError) as exc:
-            logger.error("Kafka consumer %s skips a malformed record at offset %s: %s",
-                         consumer_name, record.offset, exc,
-                         extra={"action": "broker.malformed_message", "broker": "kafka",
-                                "consumer": consumer_name})
+            log_malformed("kafka", consumer_name,
+                          f"skips a malformed record at offset {record.offset}", exc)
             return True  # it can never be handled: committing past it is the only way on
-        try:
-            await handler(event)
-        except Exception as exc:
-            logger.warning(
-                "handler of %s failed for event %s (%s); it will be delivered again",
-                consumer_name, event.event_id, exc,
-                extra={"action": "broker.handler_failed", "broker": "kafka",
-                       "consumer": consumer_name, "event_id": event.event_id})
-            return False
-        return True
+        return await run_handler("kafka", consumer_name, handler, event)
 
     async def close(self) -> None:
         await self._drop_producer()
         for consumer in list(self._consumers):
             await consumer.stop()
+
+    async def destroy(self, consumer_names: Sequence[str] = ()) -> None:
+        """Admin/teardown operation, not part of the ``Broker`` protocol: deletes the topic
+        through aiokafka's admin client, so the events it holds (the cluster must allow it:
+        ``delete.topic.enable``, true by default; a missing topic is no error). The consumer
+        groups ``consumer_names`` are not deleted: aiokafka's admin client cannot delete groups,
+        and their committed offsets expire by themselves (``offsets.retention.minutes``)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.delete_topics([self.topic])
+        finally:
+            await admin.close()

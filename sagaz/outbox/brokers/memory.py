@@ -9,18 +9,15 @@ the publishing task). Whatever is published through either reaches both kinds of
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sagaz.outbox.brokers import as_future, first_or_stop
+from sagaz.outbox.brokers import as_future, first_or_stop, run_handler
 from sagaz.outbox.brokers.base import EventHandler
 from sagaz.outbox.event import OutboxEvent
 
 __all__ = ["InMemoryBroker"]
-
-logger = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any], dict[str, str]], Awaitable[None] | None]
 
@@ -108,20 +105,24 @@ class InMemoryBroker:
             got, event = await first_or_stop(queue.get(), stopped)
             if not got or event is None:
                 return
-            try:
-                await handler(event)
-            except Exception as exc:
-                logger.warning(
-                    "handler of %s failed for event %s (%s); it will be delivered again",
-                    consumer_name, event.event_id, exc,
-                    extra={"action": "broker.handler_failed", "broker": "memory",
-                           "consumer": consumer_name, "event_id": event.event_id})
+            if not await run_handler("memory", consumer_name, handler, event):
                 # Back of the queue after a pause, as a real broker redelivers "later".
                 asyncio.get_running_loop().call_later(
                     self.redelivery_delay, queue.put_nowait, event)
 
     async def close(self) -> None:
         self._handlers.clear()
+
+    async def destroy(self, consumer_names: Sequence[str] = ()) -> None:
+        """Admin/teardown operation, not part of the ``Broker`` protocol: deletes the events it
+        holds (what was published so far and every consumer's undelivered events). Subscribers
+        and running consumers stay; ``consumer_names`` need not be given (all queues are
+        emptied)."""
+        self._log.clear()
+        self.published.clear()
+        for queue in self._queues.values():
+            while not queue.empty():
+                queue.get_nowait()
 
 
 def _event_from_topic(topic: str, payload: dict[str, Any], headers: dict[str, str]) -> OutboxEvent:

@@ -36,10 +36,12 @@ from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers import (
     Backoff,
     BrokerConnectionError,
-    as_future,
+    consume_with_reconnect,
     first_or_stop,
+    gather_unless_lost,
+    log_malformed,
     redact_url,
-    sleep_or_stop,
+    run_handler,
 )
 from sagaz.outbox.brokers.base import EventHandler
 from sagaz.outbox.event import OutboxEvent
@@ -194,18 +196,9 @@ class NATSBroker:
                         continue
                     pending[i] = await js.publish_async(
                         subject, event.body(), headers=_nats_headers(event))
-                acks = asyncio.gather(*pending.values(), return_exceptions=True)
-                dropped = asyncio.ensure_future(lost.wait())
-                try:
-                    await asyncio.wait((acks, dropped), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    dropped.cancel()
-                if not acks.done():
-                    acks.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await acks
+                results = await gather_unless_lost(pending.values(), lost)
+                if results is None:
                     raise nats.errors.ConnectionClosedError
-                results = acks.result()
         except _PUBLISH_LOST as exc:
             for future in pending.values():
                 future.cancel()
@@ -231,20 +224,11 @@ class NATSBroker:
             raise ConfigurationError(
                 f"consumer name {consumer_name!r} cannot name a JetStream durable consumer: use "
                 "letters, digits, '-' and '_'")
-        stopped = as_future(stop)
-        backoff = Backoff(max_delay=self.reconnect_max_delay)
-        while not stopped.done():
-            try:
-                await self._consume_once(consumer_name, handler, stopped, prefetch, backoff)
-            except _CONSUMER_LOST as exc:
-                delay = backoff.next_delay()
-                logger.warning(
-                    "NATS consumer %s lost its connection (%s); reconnecting in %.2fs",
-                    consumer_name, exc, delay,
-                    extra={"action": "broker.consumer_reconnect", "broker": "nats",
-                           "consumer": consumer_name, "attempt": backoff.attempt})
-                if not await sleep_or_stop(delay, stopped):
-                    break
+        await consume_with_reconnect(
+            "nats", consumer_name,
+            lambda stopped, backoff: self._consume_once(
+                consumer_name, handler, stopped, prefetch, backoff),
+            _CONSUMER_LOST, stop=stop, max_delay=self.reconnect_max_delay)
 
     async def _consume_once(
         self, consumer_name: str, handler: EventHandler, stopped: asyncio.Future[None],
@@ -286,23 +270,15 @@ class NATSBroker:
             event = OutboxEvent.from_message(message.data, _envelope_headers(message.headers))
         except (KeyError, ValueError) as exc:
             # It can never be handled: terminate it rather than redeliver it forever.
-            logger.error("NATS consumer %s terminates a malformed message on %s: %s",
-                         consumer_name, message.subject, exc,
-                         extra={"action": "broker.malformed_message", "broker": "nats",
-                                "consumer": consumer_name})
+            log_malformed("nats", consumer_name,
+                          f"terminates a malformed message on {message.subject}", exc)
             await message.term()
             return
-        try:
-            await handler(event)
-        except Exception as exc:
-            logger.warning(
-                "handler of %s failed for event %s (%s); it will be delivered again in %gs",
-                consumer_name, event.event_id, exc, self.nak_delay,
-                extra={"action": "broker.handler_failed", "broker": "nats",
-                       "consumer": consumer_name, "event_id": event.event_id})
+        if await run_handler("nats", consumer_name, handler, event,
+                             again=f" in {self.nak_delay:g}s"):
+            await message.ack()
+        else:
             await message.nak(delay=self.nak_delay)
-            return
-        await message.ack()
 
     async def close(self) -> None:
         async with self._lock:
@@ -310,6 +286,18 @@ class NATSBroker:
         for nc in list(self._consumer_clients):
             if not nc.is_closed:
                 await nc.close()
+
+    async def destroy(self, consumer_names: Sequence[str] = ()) -> None:
+        """Admin/teardown operation, not part of the ``Broker`` protocol: deletes the JetStream
+        stream, so the events it holds and every durable consumer on it (``consumer_names``
+        need not be given: the consumers go with the stream). A missing stream is skipped.
+        Uses a connection of its own."""
+        nc = await self._open("admin")
+        try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await nc.jetstream().delete_stream(self.stream)
+        finally:
+            await nc.close()
 
 
 def _nats_headers(event: OutboxEvent) -> dict[str, str]:

@@ -3,7 +3,9 @@
 Routing key = event type. Each consumer name owns a durable queue ``<exchange>.<consumer_name>``
 bound to the exchange. RabbitMQ keeps a message only for the queues that exist when it is
 published, so name the consumers in ``queues=`` when events must wait for a consumer that has
-not started yet (the relay usually knows them); ``consume`` declares its own queue too.
+not started yet (the relay usually knows them); ``consume`` declares its own queue too. An event
+no queue is bound for goes to the durable queue ``<exchange>.unrouted`` (the exchange's
+alternate exchange), not nowhere.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from aio_pika.abc import (
 from sagaz.outbox.brokers import (
     Backoff,
     BrokerConnectionError,
-    as_future,
+    consume_with_reconnect,
     first_or_stop,
+    gather_unless_lost,
+    log_malformed,
     redact_url,
-    sleep_or_stop,
+    run_handler,
 )
 from sagaz.outbox.brokers.base import EventHandler
 from sagaz.outbox.event import OutboxEvent
@@ -48,7 +52,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelClosed,
     ConnectionError,
     OSError,
-
 )
 
 
@@ -87,6 +90,11 @@ class RabbitMQBroker:
     def queue_name(self, consumer_name: str) -> str:
         return f"{self.exchange_name}.{consumer_name}"
 
+    @property
+    def unrouted_name(self) -> str:
+        """The alternate exchange and its queue, which keep the events no queue was bound for."""
+        return f"{self.exchange_name}.unrouted"
+
     async def connect(self) -> None:
         await self._publisher_exchange()
 
@@ -122,8 +130,16 @@ class RabbitMQBroker:
         lost.set()
 
     async def _declare(self, channel: AbstractChannel) -> AbstractExchange:
+        # An event no consumer queue is bound for is not dropped: the exchange's alternate
+        # exchange routes it to the durable queue "<exchange>.unrouted" (to inspect, or to
+        # shovel once the consumer exists). The outbox promised the event would leave.
+        spare = await channel.declare_exchange(self.unrouted_name, aio_pika.ExchangeType.FANOUT,
+                                               durable=True)
+        queue = await channel.declare_queue(self.unrouted_name, durable=True)
+        await queue.bind(spare)
         return await channel.declare_exchange(
-            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True,
+            arguments={"alternate-exchange": self.unrouted_name})
 
     async def _declare_queue(
         self, channel: AbstractChannel, exchange: AbstractExchange, consumer_name: str
@@ -149,7 +165,7 @@ class RabbitMQBroker:
         # together (RabbitMQ batches its fsyncs), so a batch costs about one round trip.
         # The publishing is CPU-bound in the client, so it goes straight to aiormq's channel
         # with prebuilt properties (aio-pika's Message/Exchange.publish layer costs ~10% more).
-        # mandatory=False: an event no queue is bound for is dropped, as in any pub/sub topic.
+        # mandatory=False: an event no queue is bound for goes to the alternate exchange.
         try:
             channel = await self._channel.get_underlay_channel()
         except _CONNECTION_ERRORS as exc:
@@ -164,19 +180,10 @@ class RabbitMQBroker:
         lost = self._lost
         try:
             async with asyncio.timeout(self.publish_timeout):
-                confirms = asyncio.gather(*publishes, return_exceptions=True)
-                closed = asyncio.ensure_future(lost.wait())
-                try:
-                    await asyncio.wait((confirms, closed), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    closed.cancel()
-                if not confirms.done():
-                    # Confirms of a closed connection never come: do not wait for the timeout.
-                    confirms.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await confirms
+                # Confirms of a closed connection never come: do not wait for the timeout.
+                results = await gather_unless_lost(publishes, lost)
+                if results is None:
                     raise aiormq.exceptions.ConnectionClosed(0, "closed while publishing")
-                results = confirms.result()
         except aiormq.exceptions.ConnectionClosed as exc:
             await self._drop_publisher()
             raise BrokerConnectionError(
@@ -201,20 +208,11 @@ class RabbitMQBroker:
         self, consumer_name: str, handler: EventHandler, *, stop: Awaitable[None],
         prefetch: int = 100,
     ) -> None:
-        stopped = as_future(stop)
-        backoff = Backoff(max_delay=self.reconnect_max_delay)
-        while not stopped.done():
-            try:
-                await self._consume_once(consumer_name, handler, stopped, prefetch, backoff)
-            except _CONNECTION_ERRORS as exc:
-                delay = backoff.next_delay()
-                logger.warning(
-                    "RabbitMQ consumer %s lost its connection (%s); reconnecting in %.2fs",
-                    consumer_name, exc, delay,
-                    extra={"action": "broker.consumer_reconnect", "broker": "rabbitmq",
-                           "consumer": consumer_name, "attempt": backoff.attempt})
-                if not await sleep_or_stop(delay, stopped):
-                    break
+        await consume_with_reconnect(
+            "rabbitmq", consumer_name,
+            lambda stopped, backoff: self._consume_once(
+                consumer_name, handler, stopped, prefetch, backoff),
+            _CONNECTION_ERRORS, stop=stop, max_delay=self.reconnect_max_delay)
 
     async def _consume_once(
         self, consumer_name: str, handler: EventHandler, stopped: asyncio.Future[None],
@@ -258,32 +256,37 @@ class RabbitMQBroker:
         except (KeyError, ValueError) as exc:
             # It can never be handled; requeueing would loop forever. A dead-letter exchange
             # configured on the queue (policy) receives it.
-            logger.error("RabbitMQ consumer %s rejects a malformed message %s: %s",
-                         consumer_name, message.message_id, exc,
-                         extra={"action": "broker.malformed_message", "broker": "rabbitmq",
-                                "consumer": consumer_name})
+            log_malformed("rabbitmq", consumer_name,
+                          f"rejects a malformed message {message.message_id}", exc)
             await message.reject(requeue=False)
             return
-        try:
-            await handler(event)
-        except Exception as exc:
-            logger.warning(
-                "handler of %s failed for event %s (%s); it will be delivered again",
-                consumer_name, event.event_id, exc,
-                extra={"action": "broker.handler_failed", "broker": "rabbitmq",
-                       "consumer": consumer_name, "event_id": event.event_id})
+        if await run_handler("rabbitmq", consumer_name, handler, event):
+            await message.ack()
+        else:
             # A requeued message comes straight back: the pause keeps a failing handler from
             # spinning on it.
             await asyncio.sleep(self.redelivery_delay)
             await message.nack(requeue=True)
-            return
-        await message.ack()
 
     async def close(self) -> None:
         async with self._lock:
             await self._drop_publisher()
         for connection in list(self._consumer_connections):
             await connection.close()
+
+    async def destroy(self, consumer_names: Sequence[str] = ()) -> None:
+        """Admin/teardown operation, not part of the ``Broker`` protocol: deletes the exchange,
+        the ``<exchange>.unrouted`` exchange and queue, and the queues ``<exchange>.<consumer>``
+        of ``queues`` and ``consumer_names``, so it deletes the events they hold. What does not
+        exist is skipped. Uses a connection of its own; consumers should be stopped first."""
+        connection = await aio_pika.connect(self.url)
+        async with connection:
+            channel = await connection.channel()
+            for consumer_name in dict.fromkeys((*self.queues, *consumer_names)):
+                await channel.queue_delete(self.queue_name(consumer_name))
+            await channel.exchange_delete(self.exchange_name)
+            await channel.queue_delete(self.unrouted_name)
+            await channel.exchange_delete(self.unrouted_name)
 
 
 async def _next(

@@ -27,10 +27,11 @@ import redis.exceptions as redis_errors
 from sagaz.outbox.brokers import (
     Backoff,
     BrokerConnectionError,
-    as_future,
+    consume_with_reconnect,
     first_or_stop,
+    log_malformed,
     redact_url,
-    sleep_or_stop,
+    run_handler,
 )
 from sagaz.outbox.brokers.base import EventHandler
 from sagaz.outbox.event import OutboxEvent
@@ -133,24 +134,15 @@ class RedisStreamsBroker:
         self, consumer_name: str, handler: EventHandler, *, stop: Awaitable[None],
         prefetch: int = 100,
     ) -> None:
-        stopped = as_future(stop)
-        backoff = Backoff(max_delay=self.reconnect_max_delay)
         client = self._new_client()
         self._consumer_clients.add(client)
         try:
-            while not stopped.done():
-                try:
-                    await self._consume_loop(client, consumer_name, handler, stopped, prefetch,
-                                             backoff)
-                except _CONNECTION_ERRORS as exc:
-                    delay = backoff.next_delay()
-                    logger.warning(
-                        "Redis consumer %s lost its connection (%s); reconnecting in %.2fs",
-                        consumer_name, exc, delay,
-                        extra={"action": "broker.consumer_reconnect", "broker": "redis",
-                               "consumer": consumer_name, "attempt": backoff.attempt})
-                    if not await sleep_or_stop(delay, stopped):
-                        break
+            # One client throughout: redis-py reconnects it on its next command.
+            await consume_with_reconnect(
+                "redis", consumer_name,
+                lambda stopped, backoff: self._consume_loop(
+                    client, consumer_name, handler, stopped, prefetch, backoff),
+                _CONNECTION_ERRORS, stop=stop, max_delay=self.reconnect_max_delay)
         finally:
             self._consumer_clients.discard(client)
             await client.aclose()
@@ -223,22 +215,13 @@ class RedisStreamsBroker:
                 event = _event(fields)
             except (KeyError, ValueError) as exc:
                 # It can never be handled: acknowledging it is the only way to stop retrying.
-                logger.error("Redis consumer %s drops malformed entry %s: %s", group,
-                             entry_id.decode(), exc,
-                             extra={"action": "broker.malformed_message", "broker": "redis",
-                                    "consumer": group})
+                log_malformed("redis", group, f"drops malformed entry {entry_id.decode()}", exc)
                 await client.xack(self.stream, group, entry_id)
                 continue
-            try:
-                await handler(event)
-            except Exception as exc:
-                logger.warning(
-                    "handler of %s failed for event %s (%s); it will be delivered again after "
-                    "%gs", group, event.event_id, exc, self.claim_idle,
-                    extra={"action": "broker.handler_failed", "broker": "redis",
-                           "consumer": group, "event_id": event.event_id})
-                continue
-            await client.xack(self.stream, group, entry_id)
+            # A failed entry stays pending until _claim_and_handle takes it back.
+            if await run_handler("redis", group, handler, event,
+                                 again=f" after {self.claim_idle:g}s"):
+                await client.xack(self.stream, group, entry_id)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -246,6 +229,16 @@ class RedisStreamsBroker:
             await client.aclose()
         for consumer_client in list(self._consumer_clients):
             await consumer_client.aclose()
+
+    async def destroy(self, consumer_names: Sequence[str] = ()) -> None:
+        """Admin/teardown operation, not part of the ``Broker`` protocol: deletes the stream,
+        so the events it holds and every consumer group on it (``consumer_names`` need not be
+        given: the groups go with the stream). Uses a client of its own."""
+        client = self._new_client()
+        try:
+            await client.delete(self.stream)
+        finally:
+            await client.aclose()
 
 
 # XADD of every (event_id, headers, body) triple of ARGV after the first, which is MAXLEN

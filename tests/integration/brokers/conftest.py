@@ -7,7 +7,6 @@ never see each other's messages. A service that cannot be reached FAILS the test
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import uuid
@@ -81,13 +80,12 @@ async def memory_kit() -> AsyncIterator[BrokerKit]:
     shared = InMemoryBroker()  # in-process: publisher and consumers must share the object
     yield BrokerKit("memory", lambda: shared, None)
     await shared.close()
+    await shared.destroy()
 
 
 @pytest.fixture
 async def rabbitmq_kit(unique: str) -> AsyncIterator[BrokerKit]:
     require_service("rabbitmq", RABBITMQ_URL, 5672)
-    import aio_pika
-
     from sagaz.outbox.brokers.rabbitmq import RabbitMQBroker
 
     exchange = f"sagaz.test.{unique}"
@@ -103,12 +101,7 @@ async def rabbitmq_kit(unique: str) -> AsyncIterator[BrokerKit]:
         RABBITMQ_URL, exchange, queues=CONSUMERS, redelivery_delay=0.1,
         reconnect_max_delay=0.5)), break_connections)
     await made.close()
-    connection = await aio_pika.connect(RABBITMQ_URL)
-    async with connection:
-        channel = await connection.channel()
-        for consumer in CONSUMERS:
-            await channel.queue_delete(f"{exchange}.{consumer}")
-        await channel.exchange_delete(exchange)
+    await RabbitMQBroker(RABBITMQ_URL, exchange).destroy(CONSUMERS)
 
 
 @pytest.fixture
@@ -132,15 +125,13 @@ async def redis_kit(unique: str) -> AsyncIterator[BrokerKit]:
         REDIS_URL, stream, claim_idle=0.3, client_name=client_name, reconnect_max_delay=0.5)),
         break_connections)
     await made.close()
-    await admin.delete(stream)
     await admin.aclose()
+    await RedisStreamsBroker(REDIS_URL, stream).destroy()
 
 
 @pytest.fixture
 async def nats_kit(unique: str) -> AsyncIterator[BrokerKit]:
     require_service("nats", NATS_URL, 4222)
-    import nats
-
     from sagaz.outbox.brokers.nats import NATSBroker
 
     stream, prefix = f"SAGAZ_TEST_{unique}", f"sagaz.test.{unique}"
@@ -156,10 +147,7 @@ async def nats_kit(unique: str) -> AsyncIterator[BrokerKit]:
         NATS_URL, stream, prefix, nak_delay=0.1, ack_wait=5, fetch_timeout=0.3,
         reconnect_max_delay=0.5)), break_connections)
     await made.close()
-    nc = await nats.connect(NATS_URL)
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await nc.jetstream().delete_stream(stream)
-    await nc.close()
+    await NATSBroker(NATS_URL, stream, prefix).destroy()
 
 
 @pytest.fixture(params=["memory", "rabbitmq", "redis", "nats"])

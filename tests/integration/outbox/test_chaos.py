@@ -6,7 +6,6 @@ unsent."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import socket
@@ -21,7 +20,7 @@ import psycopg
 import pytest
 from tcp_proxy import TcpProxy
 
-from sagaz.outbox.brokers import broker_from_url
+from sagaz.outbox.brokers import DestroyableBroker, broker_from_url
 from sagaz.outbox.event import OutboxEvent
 from sagaz.outbox.inbox import ConsumerInbox, consume
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
@@ -37,19 +36,26 @@ CHILD = Path(__file__).with_name("relay_child.py")
 pytestmark = pytest.mark.slow
 
 
+def _url(kind: str, port: int) -> str:
+    if kind == "redis":
+        return f"redis://127.0.0.1:{port}/0"
+    if kind == "rabbitmq":
+        return f"amqp://guest:guest@127.0.0.1:{port}/"
+    return f"nats://127.0.0.1:{port}"
+
+
 def _broker(kind: str, port: int) -> tuple[str, dict[str, Any]]:
     """URL (through the proxy port) and options with names of this run only."""
     run = uuid.uuid4().hex[:8]
     if kind == "redis":
-        return f"redis://127.0.0.1:{port}/0", {"stream": f"chaos.{run}", "claim_idle": 2.0}
+        return _url(kind, port), {"stream": f"chaos.{run}", "claim_idle": 2.0}
     if kind == "rabbitmq":
         # The consumer's queue is declared with the exchange: nothing published before the
         # consumer starts is dropped.
-        return (f"amqp://guest:guest@127.0.0.1:{port}/",
-                {"exchange": f"chaos.{run}", "queues": [f"chaos-{kind}"],
-                 "redelivery_delay": 0.2})
-    return f"nats://127.0.0.1:{port}", {"stream": f"CHAOS_{run}",
-                                         "subject_prefix": f"chaos.{run}", "ack_wait": 5.0}
+        return _url(kind, port), {"exchange": f"chaos.{run}", "queues": [f"chaos-{kind}"],
+                                  "redelivery_delay": 0.2}
+    return _url(kind, port), {"stream": f"CHAOS_{run}", "subject_prefix": f"chaos.{run}",
+                              "ack_wait": 5.0}
 
 
 TARGETS = {"redis": 6379, "rabbitmq": 5672, "nats": 4222}
@@ -80,29 +86,11 @@ async def test_killed_workers_and_cut_connections_lose_and_duplicate_nothing(
 
 
 async def _remove(kind: str, options: dict[str, Any]) -> None:
-    """Delete what the run left on the broker (10,000 messages each time otherwise)."""
-    if kind == "redis":
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url("redis://127.0.0.1:6379/0")
-        await client.delete(options["stream"])
-        await client.aclose()
-    elif kind == "rabbitmq":
-        import aio_pika
-
-        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
-        async with connection:
-            channel = await connection.channel()
-            for queue in options["queues"]:
-                await channel.queue_delete(f"{options['exchange']}.{queue}")
-            await channel.exchange_delete(options["exchange"])
-    else:
-        import nats
-
-        nc = await nats.connect("nats://127.0.0.1:4222")
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await nc.jetstream().delete_stream(options["stream"])
-        await nc.close()
+    """Delete what the run left on the broker (10,000 messages each time otherwise), connected
+    to the broker itself: the proxy may be gone or cut by now."""
+    broker = broker_from_url(_url(kind, TARGETS[kind]), **options)
+    assert isinstance(broker, DestroyableBroker)
+    await broker.destroy(options.get("queues", ()))
 
 
 async def _run_chaos(
