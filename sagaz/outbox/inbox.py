@@ -54,6 +54,7 @@ class ConsumerInbox:
         self._outbox = PostgreSQLOutbox(storage)
         self._pending: list[tuple[str, Callable[[Any], Awaitable[Any]], asyncio.Future[bool]]] = []
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None  # referenced: never collected mid-run
         self.processed = 0
         self.duplicates = 0
 
@@ -74,7 +75,7 @@ class ConsumerInbox:
         self._pending.append((event_id, run, future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
         ran = await future
         if ran:
             self.processed += 1

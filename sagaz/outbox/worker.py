@@ -107,7 +107,13 @@ class OutboxWorker:
     async def _listen(self, stop: asyncio.Event) -> None:
         # One waiter for all loops: a LISTEN connection serves one reader at a time.
         while not stop.is_set():
-            await self.outbox.wait(self.poll_interval)
+            try:
+                await self.outbox.wait(self.poll_interval)
+            except Exception:
+                # Never let the waiter die: without it no loop would claim again. Poll instead.
+                logger.exception("outbox wake-up wait failed; polling",
+                                 extra={"action": "outbox_wait_failed"})
+                await _sleep_or_stop(stop, self.poll_interval)
             self._wake_one()
 
     def _wake_one(self) -> None:

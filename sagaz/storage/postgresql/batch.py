@@ -46,6 +46,12 @@ class Pending:
     def saga_id(self) -> str:
         return str(self.payload.saga_id)
 
+    @property
+    def owner(self) -> str | None:
+        """The lease holder making the write."""
+        owner = self.payload.lease_owner if self.kind == "create" else self.payload.owner
+        return None if owner is None else str(owner)
+
 
 @dataclass
 class QueuedBatch:
@@ -149,7 +155,9 @@ def build_batch(
         else:
             queued.commits.append((index, item.payload))
             leases[item.payload.saga_id] = item.lease_seconds
-    statements = ["BEGIN"]
+    # READ COMMITTED whatever the server's default: the insert must see the sagas committed
+    # while it waited for the advisory locks, which a REPEATABLE READ snapshot would hide.
+    statements = ["BEGIN ISOLATION LEVEL READ COMMITTED"]
     if queued.creates:
         ids = list(queued.first_create)
         rows = [_create_row(batch[queued.first_create[sid]].payload, leases[sid]) for sid in ids]
@@ -168,7 +176,7 @@ def build_batch(
         queued.update_at = len(statements)
         statements.append(mogrify(Q["commit_units"], {
             "ids": ids, "units": json.dumps(units), "steps": json.dumps(steps),
-            "events": json.dumps(events),
+            "events": json.dumps(events), "dedupe_events": retried,
             "created_from": min(known) - 1 if known else None,
             "created_to": max(known) + 1 if known else None}))
         if events:

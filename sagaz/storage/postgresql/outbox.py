@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
+from sagaz.errors import StorageError
 from sagaz.outbox.event import OutboxEvent
-from sagaz.storage.postgresql.storage import PostgreSQLSagaStorage, redact_dsn
+from sagaz.storage.postgresql.storage import PostgreSQLSagaStorage, _check_dsn, redact_dsn
 from sagaz.storage.sql import queries
 
 __all__ = ["ClaimedEvent", "DeadLetter", "PostgreSQLOutbox"]
@@ -55,6 +57,8 @@ class PostgreSQLOutbox:
     """``saga_outbox`` and ``consumer_inbox`` of ``storage``'s database."""
 
     def __init__(self, storage: PostgreSQLSagaStorage, *, listen_dsn: str | None = None):
+        if listen_dsn is not None:
+            _check_dsn(listen_dsn)
         self.storage = storage
         self.listen_dsn = listen_dsn
         self._listener: _Conn | None = None
@@ -209,6 +213,7 @@ class PostgreSQLOutbox:
                     cur.nextset()
                     first = await cur.fetchone() is not None
                 result = await handler(conn) if first else None
+                _require_open_transaction(conn)
                 await conn.execute("COMMIT")
             except BaseException:
                 if not conn.closed:
@@ -243,6 +248,7 @@ class PostgreSQLOutbox:
                     if first:
                         await handler(conn)
                     ran.append(first)
+                _require_open_transaction(conn)
                 await conn.execute("COMMIT")
             except BaseException:
                 if not conn.closed:
@@ -268,3 +274,18 @@ class PostgreSQLOutbox:
             return cur.rowcount
 
         return await self.storage._run(op)
+
+
+def _require_open_transaction(conn: _Conn) -> None:
+    """A handler that caught a database error leaves the transaction aborted, and COMMIT would
+    then silently roll back its effects and the inbox row while the caller acks the message:
+    fail instead, so the message is delivered again."""
+    if conn.info.transaction_status == TransactionStatus.INERROR:
+        raise InboxHandlerError(
+            "the handler's transaction failed (a database error inside the handler was "
+            "caught): its writes and the inbox row were rolled back; the event stays "
+            "unprocessed")
+
+
+class InboxHandlerError(StorageError):
+    """A consumer handler left its transaction aborted."""

@@ -32,7 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from sagaz.engine.types import SagaState, SagaStatus
-from sagaz.errors import StorageError
+from sagaz.errors import ConfigurationError, StorageError
 from sagaz.storage.base import UnitOfWork, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
@@ -71,6 +71,7 @@ class PostgreSQLSagaStorage:
         read_your_writes: bool = False,
         replica_wait: float = 2.0,
     ):
+        _check_dsn(dsn)
         if read_your_writes and primary is None:
             raise StorageError(
                 "read_your_writes=True needs primary=<storage on the primary>: it asks the "
@@ -112,6 +113,9 @@ class PostgreSQLSagaStorage:
         # write batch's script), so the driver never sends a BEGIN of its own first.
         await conn.set_read_only(self.readonly)
         await conn.set_autocommit(True)
+        # Written into each BEGIN: the storage's reads rely on READ COMMITTED (a later statement
+        # of a transaction sees what an earlier one waited for), whatever the server default.
+        await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
 
     async def _get_pool(self) -> AsyncConnectionPool:
         loop = asyncio.get_running_loop()
@@ -123,9 +127,14 @@ class PostgreSQLSagaStorage:
                 configure=self._configure, name="sagaz-ro" if self.readonly else "sagaz-rw",
             )
             await pool.open()
-            self._pool, self._pool_loop = pool, loop
             if self.auto_migrate and not self._migrated:
-                await self._migrate_with(pool)
+                try:
+                    await self._migrate_with(pool)
+                except BaseException:
+                    # Not kept: the next call opens a pool and tries the migration again.
+                    await pool.close()
+                    raise
+            self._pool, self._pool_loop = pool, loop
         return self._pool
 
     async def migrate(self) -> list[int]:
@@ -205,34 +214,59 @@ class PostgreSQLSagaStorage:
         and batches on two connections may reach the server in either order."""
         taken: list[tuple[Pending, asyncio.Future[Any]]] = []
         kept: list[tuple[Pending, asyncio.Future[Any]]] = []
+        # One writer per saga per batch: the units of a saga merge into one fenced update, so
+        # a unit of another owner (a recovery in this process taking over) waits for the next.
+        owners: dict[str, str | None] = {}
+        held = {item.saga_id for item, _ in kept}
         for entry in self._pending:
-            if len(taken) < self.max_batch and entry[0].saga_id not in self._inflight_ids:
+            item = entry[0]
+            sid = item.saga_id
+            if (len(taken) < self.max_batch and sid not in self._inflight_ids
+                    and sid not in held and owners.setdefault(sid, item.owner) == item.owner):
                 taken.append(entry)
             else:
                 kept.append(entry)
+                held.add(sid)  # later writes of this saga keep their order behind it
         self._pending = kept
         self._inflight_ids.update(item.saga_id for item, _ in taken)
         return taken
 
     async def _flush(self, entries: list[tuple[Pending, asyncio.Future[Any]]]) -> None:
         batch = [item for item, _ in entries]
+        futures = [future for _, future in entries]
         try:
-            outcomes = await self._retrying(
-                functools.partial(_write_batch, batch=batch, created=self._created))
+            try:
+                outcomes = await self._write(batch)
+            except StorageError as exc:
+                if len(batch) == 1 or isinstance(exc.__cause__, psycopg.OperationalError):
+                    raise
+                # The database refused the batch (say, a value PostgreSQL cannot store): apply
+                # its writes one by one, so that only the faulty one fails.
+                outcomes = []
+                for item in batch:
+                    try:
+                        outcomes += await self._write([item])
+                    except StorageError as one:
+                        outcomes.append(one)
         except BaseException as exc:
-            settle([future for _, future in entries], [exc] * len(entries))
+            settle(futures, [exc] * len(futures))
             if not isinstance(exc, Exception):
                 raise
-            return
         else:
             self._remember_created(batch, outcomes)
-            settle([future for _, future in entries], outcomes)
+            settle(futures, outcomes)
             if self.committed_event_hooks:
                 self._announce_events(batch, outcomes)
         finally:
             self._inflight -= 1
             self._inflight_ids.difference_update(item.saga_id for item in batch)
             self._start_batches()
+
+    async def _write(self, batch: list[Pending]) -> list[Any]:
+        # `sent` survives the retries: only an attempt after one that reached the server may
+        # find its own earlier COMMIT (see batch.QueuedBatch._is_our_lost_commit).
+        return await self._retrying(functools.partial(
+            _write_batch, batch=batch, created=self._created, sent=[False]))
 
     def _announce_events(self, batch: list[Pending], outcomes: list[Any]) -> None:
         ids = [e.event_id for item, outcome in zip(batch, outcomes, strict=True)
@@ -372,12 +406,14 @@ class PostgreSQLSagaStorage:
 
 
 async def _write_batch(
-    conn: _Conn, attempt: int, *, batch: list[Pending], created: dict[str, float]
+    conn: _Conn, attempt: int, *, batch: list[Pending], created: dict[str, float],
+    sent: list[bool],
 ) -> list[Any]:
     """The batch's transaction as one message (see :mod:`.batch`), then the outcomes."""
-    queued = build_batch(batch, retried=attempt > 1, created=created,
+    queued = build_batch(batch, retried=sent[0], created=created,
                          mogrify=psycopg.AsyncClientCursor(conn).mogrify)
     async with conn.cursor() as cur:
+        sent[0] = True
         await cur.execute(queued.script)
         await queued.read(cur)
     return await queued.outcomes(conn)
@@ -393,6 +429,19 @@ async def _load_if_replayed(
     # Same transaction, later snapshot: replay only moves forward, so this sees the write.
     found = await load_sagas(conn, [saga_id])
     return True, found.get(saga_id)
+
+
+def _check_dsn(dsn: str) -> None:
+    """Refuse a malformed DSN at once, with a message that cannot contain its password: libpq
+    quotes the offending part, which may be the password itself, and the pool would log that on
+    every reconnection."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise ConfigurationError(
+            f"the PostgreSQL DSN {redact_dsn(dsn)!r} is malformed; expected "
+            "postgresql://user:password@host:5432/dbname (percent-encode special characters "
+            "of the password, e.g. % as %25) or libpq key=value pairs") from None
 
 
 def redact_dsn(dsn: str) -> str:

@@ -5,13 +5,14 @@ the consumer inbox makes effects exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
 import pytest
 
-from sagaz import Saga, SagaConfig, SagaStatus
+from sagaz import ConfigurationError, Saga, SagaConfig, SagaStatus, StorageError
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.event import OutboxEvent
 from sagaz.outbox.inbox import ConsumerInbox, consume
@@ -331,3 +332,29 @@ async def test_an_idle_worker_costs_one_claim_per_interval_and_a_notify_wakes_it
     stop.set()
     await running
     assert worker.relayed == 1
+
+
+async def test_a_handler_that_swallows_a_database_error_is_not_acknowledged(
+    pg: PostgreSQLSagaStorage, pg_dsn: str
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE hits (n int)")
+    inbox = ConsumerInbox(pg, "careless")
+
+    async def handler(connection: Any) -> None:
+        await connection.execute("INSERT INTO hits VALUES (1)")
+        # The transaction is aborted after this: its COMMIT would silently roll back.
+        with contextlib.suppress(psycopg.Error):
+            await connection.execute("SELECT 1 / 0")
+
+    with pytest.raises(StorageError, match="rolled back"):
+        await inbox.process(OutboxEvent("X", {}).event_id, handler)
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM hits").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM consumer_inbox").fetchone() == (0,)
+
+
+def test_a_malformed_dsn_is_refused_without_showing_its_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        PostgreSQLSagaStorage("postgresql://app:se%zzcret@db:5432/app")
+    assert "se%zzcret" not in str(caught.value) and "zzcret" not in str(caught.value)

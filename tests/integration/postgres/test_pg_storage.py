@@ -156,3 +156,35 @@ async def test_a_killed_backend_is_survived(pg: PostgreSQLSagaStorage, pg_dsn: s
 def test_dsn_passwords_are_redacted() -> None:
     assert "s3cret" not in redact_dsn("postgresql://app:s3cret@db:6432/sagaz")
     assert "s3cret" not in repr(PostgreSQLSagaStorage("postgresql://app:s3cret@db/sagaz"))
+
+
+async def test_a_fenced_out_writer_in_the_same_batch_changes_nothing(
+    pg: PostgreSQLSagaStorage,
+) -> None:
+    """Writes of two owners to one saga never merge into one update: the lease holder's commit
+    applies, the stale executor's is refused, whatever their order."""
+    for first in ("stale", "holder"):
+        state = SagaState(str(uuid.uuid4()), "x", SagaStatus.RUNNING, {}, lease_owner="holder")
+        await pg.create(state, 30)
+        stale = pg.commit(UnitOfWork(state.saga_id, "stale", context={"by": "stale"}), 30)
+        holder = pg.commit(UnitOfWork(state.saga_id, "holder", context={"by": "holder"}), 30)
+        pair = (stale, holder) if first == "stale" else (holder, stale)
+        outcomes = await asyncio.gather(*pair, return_exceptions=True)
+        by_owner = dict(zip((first, "holder" if first == "stale" else "stale"), outcomes,
+                            strict=True))
+        assert by_owner["holder"] is None
+        assert isinstance(by_owner["stale"], LeaseLostError)
+        stored = await pg.load(state.saga_id)
+        assert stored is not None and stored.context == {"by": "holder"}
+
+
+async def test_a_write_postgresql_cannot_store_fails_alone(pg: PostgreSQLSagaStorage) -> None:
+    states = [SagaState(str(uuid.uuid4()), "x", SagaStatus.RUNNING, {}, lease_owner="me")
+              for _ in range(4)]
+    await asyncio.gather(*(pg.create(s, 30) for s in states))
+    contexts = [{"ok": i} for i in range(3)] + [{"bad": "nul \u0000 byte"}]
+    outcomes = await asyncio.gather(
+        *(pg.commit(UnitOfWork(s.saga_id, "me", context=c), 30)
+          for s, c in zip(states, contexts, strict=True)), return_exceptions=True)
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], StorageError)

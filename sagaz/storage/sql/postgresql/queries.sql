@@ -86,6 +86,11 @@ WITH u AS (
            AS e(event_id uuid, saga_id uuid, event_type text, key text, payload jsonb,
                 headers jsonb)
      WHERE e.saga_id IN (SELECT saga_id FROM updated)
+       -- A batch sent again after a lost COMMIT outcome must not insert its events twice (the
+       -- key includes created_at, so the primary key would not stop it). Checked only then:
+       -- the probe costs an index lookup per partition.
+       AND (NOT %(dedupe_events)s OR NOT EXISTS (
+              SELECT 1 FROM saga_outbox AS o WHERE o.event_id = e.event_id))
 )
 SELECT saga_id::text FROM updated;
 
@@ -145,9 +150,11 @@ SELECT status, count(*) FROM saga_executions GROUP BY status;
 SELECT pg_notify('sagaz_outbox', '');
 
 -- name: current_lsn
--- On a primary: past every commit acknowledged so far. On a replica: how far it has replayed.
+-- On a primary: past every commit acknowledged so far (the insert position: with
+-- synchronous_commit off the write position may still be behind an acknowledged commit). On a
+-- replica: how far it has replayed.
 SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-             ELSE pg_current_wal_lsn() END)::text;
+             ELSE pg_current_wal_insert_lsn() END)::text;
 
 -- name: replayed_past
 -- True on a primary (it has everything), or on a replica that has replayed past %(lsn)s.
@@ -236,11 +243,13 @@ UPDATE saga_outbox
  WHERE event_id = ANY(%(ids)s::uuid[]) AND status = 'CLAIMED' AND claimed_by = %(worker)s;
 
 -- name: outbox_insert
+-- Retried after a lost COMMIT outcome, the insert must not add the events twice.
 INSERT INTO saga_outbox (event_id, saga_id, event_type, aggregate_id, payload, headers)
 SELECT e.event_id, e.saga_id, e.event_type, e.key, e.payload, e.headers
   FROM json_to_recordset(%(events)s::json)
        AS e(event_id uuid, saga_id uuid, event_type text, key text, payload jsonb,
-            headers jsonb);
+            headers jsonb)
+ WHERE NOT EXISTS (SELECT 1 FROM saga_outbox AS o WHERE o.event_id = e.event_id);
 
 -- name: outbox_dead_letters
 SELECT event_id::text, event_type, aggregate_id, saga_id::text, attempts, last_error,
