@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from sagaz.engine.listeners import SagaListener
 from sagaz.errors import ConfigurationError
+from sagaz.redact import redact_url
 from sagaz.storage.base import SagaStorage
 
 __all__ = ["SagaConfig", "configure", "get_config", "storage_from_url"]
@@ -115,7 +116,7 @@ def storage_from_url(url: str, variable: str, *, readonly: bool = False) -> Saga
         storage: SagaStorage = PostgreSQLSagaStorage(dsn=url, readonly=readonly)
         return storage
     raise ConfigurationError(
-        f"{variable}={_redact(url)!r} has an unsupported or missing scheme; expected one of: "
+        f"{variable}={redact_url(url)!r} has an unsupported or missing scheme; expected one of: "
         f"{_STORAGE_FORMS}")
 
 
@@ -128,15 +129,6 @@ def broker_from_url(url: str, variable: str) -> Any:
         return _broker_from_url(url)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{variable}: {exc}") from exc
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
 
 
 _config: SagaConfig | None = None

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from sagaz.errors import ConfigurationError, SagazError
 from sagaz.outbox.brokers.base import Broker
+from sagaz.redact import redact_url
 
 if TYPE_CHECKING:
     from sagaz.outbox.brokers.base import EventHandler
@@ -77,20 +78,6 @@ class DestroyableBroker(Broker, Protocol):
         ``consumer_names``, stream, topic), and so the events it holds. It uses a connection of
         its own; stop the consumers first."""
         ...
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, fit for messages and logs."""
-    parts = urlsplit(url)
-    try:
-        password = parts.password
-    except ValueError:  # a malformed port makes urllib give up on the netloc: hide all of it
-        return f"{parts.scheme}://***" if parts.scheme else "***"
-    if not password:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
 
 
 class Backoff:

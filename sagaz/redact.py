@@ -1,0 +1,28 @@
+"""Keeping secrets out of messages and logs: URLs are shown without their passwords."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+__all__ = ["redact_url"]
+
+_SECRET_PARAMETERS = ("password", "passwd", "secret", "token", "sslpassword")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info and of secret query parameters (such as
+    ``?password=``) replaced by ``***``."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:  # a malformed port makes urllib give up on the netloc: hide all of it
+        return f"{parts.scheme}://***" if parts.scheme else "***"
+    if password:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{hostinfo}")
+    if parts.query:
+        query = [(k, "***" if k.lower() in _SECRET_PARAMETERS else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
