@@ -112,7 +112,7 @@ class ConsumerInbox:
     ) -> None:
         event_id, run, future = item
         try:
-            ran, _ = await self._outbox.process_once(self.consumer_name, event_id, run)
+            [ran] = await self._outbox.process_many(self.consumer_name, [(event_id, run)])
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)

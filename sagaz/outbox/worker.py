@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sagaz.errors import StorageError
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
 
@@ -173,10 +174,14 @@ class OutboxWorker:
             claimed = await claim_ids(self.worker_id, event_ids, self.claim_seconds)
             if claimed:
                 await self._publish(claimed)
-        except Exception as exc:
-            # The loop sends them; say so once at debug level, this path is best effort.
+        except (_BrokerDown, StorageError) as exc:
+            # Expected when the broker or the database is away: the loop sends them later.
             logger.debug("optimistic send of %d events failed: %s", len(event_ids), exc,
                          extra={"action": "outbox_optimistic_failed"})
+        except Exception:
+            # Anything else is a bug; the loop still sends the events, but say so loudly.
+            logger.exception("optimistic send of %d events failed", len(event_ids),
+                             extra={"action": "outbox_optimistic_failed"})
 
     async def relay_once(self) -> int:
         """Claim one batch, publish it, mark the outcome; returns how many events were claimed."""

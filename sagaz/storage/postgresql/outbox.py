@@ -193,47 +193,19 @@ class PostgreSQLOutbox:
 
     # -- consumer inbox --------------------------------------------------------------------------
 
-    async def process_once(
-        self, consumer: str, event_id: str, handler: Callable[[_Conn], Awaitable[T]],
-    ) -> tuple[bool, T | None]:
-        """Run ``handler(connection)`` and record ``(consumer, event_id)`` in ONE transaction.
-        Returns (False, None) without calling it when this consumer processed the event before;
-        a handler that raises leaves no inbox row (the redelivery runs it again)."""
-
-        params = {"consumer": consumer, "event_id": event_id}
-
-        async def op(conn: _Conn, _: int) -> tuple[bool, T | None]:
-            # BEGIN and the inbox row leave in one message (client-side bound): one round trip
-            # fewer per event than a transaction block, which matters at thousands of events/s.
-            script = "BEGIN;\n" + psycopg.AsyncClientCursor(conn).mogrify(
-                Q["inbox_record"], params)
-            try:
-                async with conn.cursor() as cur:
-                    await cur.execute(script.encode())
-                    cur.nextset()
-                    first = await cur.fetchone() is not None
-                result = await handler(conn) if first else None
-                _require_open_transaction(conn)
-                await conn.execute("COMMIT")
-            except BaseException:
-                if not conn.closed:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
-                raise
-            return first, result
-
-        return await self.storage._retrying(op)
-
     async def process_many(
         self, consumer: str, items: Sequence[tuple[str, Callable[[_Conn], Awaitable[Any]]]],
     ) -> list[bool]:
-        """:meth:`process_once` for several events in ONE transaction (the inbox's group
-        commit): the new ones' handlers run one after the other on its connection. Returns, per
-        item, whether its handler ran. If any handler raises, the whole transaction is rolled
-        back and the exception propagates: the caller retries the items one by one."""
+        """Run each handler and record ``(consumer, event_id)`` in ONE transaction (the inbox's
+        group commit): the handlers of events this consumer has not processed before run one
+        after the other on its connection, the others are skipped. Returns, per item, whether
+        its handler ran. If any handler raises, the whole transaction is rolled back (no inbox
+        row: a redelivery runs it again) and the exception propagates."""
         params = {"consumer": consumer, "event_ids": [event_id for event_id, _ in items]}
 
         async def op(conn: _Conn, _: int) -> list[bool]:
+            # BEGIN and the inbox rows leave in one message (client-side bound): one round trip
+            # fewer than a transaction block, which matters at thousands of events/s.
             script = "BEGIN;\n" + psycopg.AsyncClientCursor(conn).mogrify(
                 Q["inbox_record_many"], params)
             try:

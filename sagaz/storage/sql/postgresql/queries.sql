@@ -271,13 +271,6 @@ DELETE FROM saga_outbox
 -- name: outbox_counts
 SELECT status, count(*) FROM saga_outbox GROUP BY status;
 
--- name: inbox_record
--- The consumer's dedup row, in the transaction of the handler's own writes: it commits with
--- them or not at all. No row returned: this consumer processed the event already.
-INSERT INTO consumer_inbox (consumer_name, event_id) VALUES (%(consumer)s, %(event_id)s)
-ON CONFLICT DO NOTHING
-RETURNING 1;
-
 -- name: outbox_claim_ids
 -- The optimistic send: claim exactly these just-committed events, if no worker took them yet and
 -- no earlier event of their key is unsent (else the relay sends them, in order).
@@ -294,7 +287,8 @@ RETURNING o.event_id::text, o.event_type, o.aggregate_id, o.saga_id::text, o.pay
           o.headers::text, extract(epoch FROM o.created_at)::float8, o.attempts, o.seq;
 
 -- name: inbox_record_many
--- The group-committed form of inbox_record: the ids this consumer sees for the first time.
+-- The consumer's dedup rows, in the transaction of the handlers' own writes: they commit with
+-- them or not at all. Returns the ids this consumer sees for the first time.
 INSERT INTO consumer_inbox (consumer_name, event_id)
 SELECT %(consumer)s, id FROM unnest(%(event_ids)s::uuid[]) AS id
 ON CONFLICT DO NOTHING
