@@ -9,8 +9,6 @@ microseconds, most of it the storage commit.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import json
 import logging
 import os
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sagaz.config import SagaConfig, get_config
 from sagaz.engine import plan
 from sagaz.engine.context import SagaContext
+from sagaz.engine.invoke import BadResult, call_step, changes_of
 from sagaz.engine.lease import keeper_for, process_owner
 from sagaz.engine.types import (
     FailureStrategy,
@@ -37,13 +36,12 @@ from sagaz.errors import (
     SagaFailedError,
     SagaNotFoundError,
     SagaTimeoutError,
-    StepTimeoutError,
 )
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.base import SagaStorage, UnitOfWork
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from sagaz.engine.definition import Saga
 
@@ -352,9 +350,9 @@ class SagaExecution:
                     self._notify("step_started", self.saga.name, self.state.saga_id, name, attempt)
                 step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
                 try:
-                    returned = await _call(spec.action, spec.is_async, step_ctx, spec.timeout,
+                    returned = await call_step(spec.action, spec.is_async, step_ctx, spec.timeout,
                                            name, lambda: name in self._cancelled)
-                    changes = _changes(name, step_ctx, base, returned)
+                    changes = changes_of(name, step_ctx, base, returned)
                     events = step_ctx.events
                     break
                 except asyncio.CancelledError:
@@ -363,7 +361,7 @@ class SagaExecution:
                     me.uncancel()
                     self._stop(name, StepStatus.CANCELLED, None, attempt, started)
                     return
-                except _BadResult as exc:
+                except BadResult as exc:
                     # The action ran, so its effects may exist: compensate it like an unknown.
                     self._stop(name, StepStatus.UNKNOWN, exc, attempt, started)
                     return
@@ -488,13 +486,13 @@ class SagaExecution:
             attempt += 1
             step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
             try:
-                returned = await _call(spec.compensation, spec.compensation_is_async, step_ctx,
+                returned = await call_step(spec.compensation, spec.compensation_is_async, step_ctx,
                                        spec.timeout, name, lambda: False)
-                changes = _changes(name, step_ctx, base, returned)
+                changes = changes_of(name, step_ctx, base, returned)
                 events = step_ctx.events
                 break
             except Exception as exc:
-                if attempt > spec.max_retries or isinstance(exc, _BadResult):
+                if attempt > spec.max_retries or isinstance(exc, BadResult):
                     error = exc
                     break
                 await asyncio.sleep(policy.delay(attempt))
@@ -562,60 +560,3 @@ class SagaExecution:
             except Exception:
                 logger.exception("listener %r failed in %s", listener, method,
                                   extra={"action": "listener_failed"})
-
-
-class _BadResult(TypeError):
-    """An action returned something that cannot be merged into the persisted context."""
-
-
-def _changes(
-    name: str, step_ctx: SagaContext, base: dict[str, Any], returned: Any
-) -> dict[str, Any]:
-    changes = step_ctx.changes_from(base)
-    if returned is not None:
-        if not isinstance(returned, dict):
-            raise _BadResult(
-                f"step {name!r} returned {type(returned).__name__}; return a dict (merged into "
-                "the context) or None")
-        changes.update(returned)
-    if changes:
-        try:
-            json.dumps(changes, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise _BadResult(
-                f"step {name!r} produced a context update that is not JSON-serialisable "
-                f"({exc}); the context is persisted, so use plain JSON values") from exc
-    return changes
-
-
-async def _call(
-    fn: Callable[..., Any], is_async: bool, ctx: SagaContext, step_timeout: float | None,
-    step: str, drain: Callable[[], bool],
-) -> Any:
-    """Call an action or compensation, applying the step timeout."""
-    if step_timeout is None:
-        return await (fn(ctx) if is_async else _in_thread(fn, ctx, drain))
-    try:
-        async with asyncio.timeout(step_timeout):
-            # On timeout a thread cannot be interrupted: the step counts as failed, but the
-            # function keeps running in its thread until it returns.
-            return await (fn(ctx) if is_async else _in_thread(fn, ctx, drain))
-    except TimeoutError as exc:
-        raise StepTimeoutError(step, step_timeout) from exc
-
-
-async def _in_thread(fn: Callable[..., Any], ctx: SagaContext, drain: Callable[[], bool]) -> Any:
-    """Run a plain function in a thread. If the saga cancels the step (failure strategy, saga
-    timeout) while the thread runs, wait for the thread: it cannot be stopped, so its outcome
-    must be known, and a step that did complete must be recorded so it gets compensated."""
-    loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, fn, ctx))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        if not drain():
-            raise
-        task = asyncio.current_task()
-        assert task is not None
-        task.uncancel()
-        return await future
