@@ -72,7 +72,9 @@ def worker(
 ) -> None:
     """Recover sagas whose executor died (its lease expired): compensate them, or resume those
     defined with recovery="resume". Runs until SIGINT/SIGTERM, finishing the current pass. On a
-    PostgreSQL storage it also maintains the database (partitions, inbox) daily."""
+    PostgreSQL storage it also maintains the database (partitions, inbox) daily and, with
+    SAGAZ_BROKER_URL, relays the outbox's events to the broker (woken by NOTIFY when
+    SAGAZ_DATABASE_URL gives a direct connection)."""
 
     def body() -> int:
         modules = split_module_names(imports or [])
