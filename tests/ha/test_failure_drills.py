@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -34,21 +34,32 @@ def _primary_dsn(dev: DevCluster) -> str:
     return dev.cluster.env()["SAGAZ_DATABASE_URL"]
 
 
-def _load(dev: DevCluster) -> SteadyLoad:
-    return SteadyLoad(dev.cluster.env()["SAGAZ_STORAGE_URL"], rate=RATE)
-
-
-def _report(name: str, gap: float, completed: int, errors: list[str]) -> None:
-    print(f"\n[drill] {name}: {completed} sagas completed, longest gap {gap:.2f} s, "
-          f"{len(errors)} errors")
+def _drill(dev: DevCluster, name: str, disrupt: Callable[[], Any], *, settle: float = 2.0,
+           url: str | None = None) -> float:
+    """Run ``disrupt()`` one second into a steady saga load (through pgbouncer-rw, or ``url``),
+    let the load go on for ``settle`` seconds, then prove that no saga failed, every one
+    acknowledged is on the primary, completed, with no step run twice. Returns the gap: the
+    longest time without a completed saga from the disruption on."""
+    with SteadyLoad(url or dev.cluster.env()["SAGAZ_STORAGE_URL"], rate=RATE) as load:
+        time.sleep(1.0)
+        started = time.perf_counter()
+        disrupt()
+        time.sleep(settle)
+        report = load.stop()
+    gap = report.longest_gap(after=started - 1)
+    print(f"\n[drill] {name}: {len(report.completed)} sagas completed, longest gap {gap:.2f} s, "
+          f"{len(report.errors)} errors")
+    assert report.errors == []
+    verify_on_primary(_primary_dsn(dev), report)
+    return gap
 
 
 def test_replica_killed_writes_never_fail_and_reads_continue(dev: DevCluster) -> None:
     ro_url = dev.cluster.env()["SAGAZ_ANALYTICS_URL"]
     replica = dev.cluster.replicas[0]
     read_failures: list[float] = []
-    with _load(dev) as load:
-        time.sleep(1.0)
+
+    def kill_replica_and_keep_reading() -> None:
         pid = replica.pid
         assert pid is not None
         killed_at = time.monotonic()
@@ -62,10 +73,8 @@ def test_replica_killed_writes_never_fail_and_reads_continue(dev: DevCluster) ->
             except psycopg.Error:
                 read_failures.append(time.monotonic() - killed_at)
             time.sleep(0.1)
-        report = load.stop()
-    _report("replica SIGKILL", report.longest_gap(), len(report.completed), report.errors)
-    assert report.errors == []
-    verify_on_primary(_primary_dsn(dev), report)
+
+    _drill(dev, "replica SIGKILL", kill_replica_and_keep_reading, settle=0)
     assert all(t < 3.0 for t in read_failures), f"reads failed late: {read_failures}"
     with psycopg.connect(ro_url, connect_timeout=2) as conn:
         conn.execute("SELECT 1")
@@ -75,33 +84,18 @@ def test_replica_killed_writes_never_fail_and_reads_continue(dev: DevCluster) ->
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_primary_restart_clients_recover_within_5_seconds(dev: DevCluster, mode: str) -> None:
-    with _load(dev) as load:
-        time.sleep(1.0)
-        restarted = time.perf_counter()
-        dev.cluster.primary.restart(mode)
-        time.sleep(2.0)
-        report = load.stop()
-    gap = report.longest_gap(after=restarted - 1)
-    _report(f"primary restart ({mode})", gap, len(report.completed), report.errors)
-    assert report.errors == []
-    verify_on_primary(_primary_dsn(dev), report)
+    gap = _drill(dev, f"primary restart ({mode})", lambda: dev.cluster.primary.restart(mode))
     assert gap < 5.0
 
 
 def test_pgbouncer_restart_loses_no_saga(dev: DevCluster) -> None:
     bouncer = dev.cluster.bouncer("rw")
-    with _load(dev) as load:
-        time.sleep(1.0)
-        restarted = time.perf_counter()
+
+    def restart() -> None:
         bouncer.stop(signal.SIGKILL)
         bouncer.start()
-        time.sleep(2.0)
-        report = load.stop()
-    gap = report.longest_gap(after=restarted - 1)
-    _report("pgbouncer-rw SIGKILL + start", gap, len(report.completed), report.errors)
-    assert report.errors == []
-    verify_on_primary(_primary_dsn(dev), report)
-    assert gap < 5.0
+
+    assert _drill(dev, "pgbouncer-rw SIGKILL + start", restart) < 5.0
 
 
 def test_partition_maintenance_under_load_drops_old_partitions(dev: DevCluster) -> None:
@@ -111,36 +105,29 @@ def test_partition_maintenance_under_load_drops_old_partitions(dev: DevCluster) 
             "SELECT create_saga_executions_partition((now() - interval '14 months')::date)"
         ).fetchone()
         assert old is not None
-    with _load(dev) as load:
-        time.sleep(1.0)
+    actions: list[Any] = []
+
+    def maintain() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '5s'")
-            actions: list[Any] = conn.execute(
-                "SELECT action, partition_name FROM maintain_all_partitions()").fetchall()
-        time.sleep(1.0)
-        report = load.stop()
-    _report("maintenance", report.longest_gap(), len(report.completed), report.errors)
+            actions.extend(conn.execute(
+                "SELECT action, partition_name FROM maintain_all_partitions()").fetchall())
+
+    _drill(dev, "maintenance", maintain, settle=1.0)
     assert ("dropped", old[0]) in actions
-    assert report.errors == []
-    verify_on_primary(dsn, report)
+
+
+def _promote(dev: DevCluster, target: str) -> None:
+    result = dev.cli("ha", "promote", target)
+    assert result.code == 0, result.out + result.err
 
 
 def test_manual_failover_under_load_keeps_every_acknowledged_saga(dev: DevCluster) -> None:
     before = dev.cluster.state.primary
     target = dev.cluster.state.replicas[0]
-    with _load(dev) as load:
-        time.sleep(1.0)
-        promoted = time.perf_counter()
-        result = dev.cli("ha", "promote", target)
-        assert result.code == 0, result.out + result.err
-        time.sleep(2.0)
-        report = load.stop()
+    _drill(dev, "sagaz ha promote", lambda: _promote(dev, target))
     cluster = dev.cluster
     assert cluster.state.primary == target and before in cluster.state.replicas
-    gap = report.longest_gap(after=promoted - 1)
-    _report("sagaz ha promote", gap, len(report.completed), report.errors)
-    assert report.errors == []
-    verify_on_primary(_primary_dsn(dev), report)
     with psycopg.connect(cluster.env()["SAGAZ_DATABASE_URL"], autocommit=True) as conn:
         standby = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()
     assert standby is not None and standby[0] == 1, "the old primary did not rejoin"
@@ -155,15 +142,5 @@ def test_a_multi_host_dsn_follows_the_primary_without_pgbouncer(dev: DevCluster)
     password = cluster.passwords["sagaz"]
     url = (f"postgresql://sagaz:{password}@{hosts}/{state.dbname}"
            "?target_session_attrs=read-write&connect_timeout=2")
-    target = state.replicas[0]
-    with SteadyLoad(url, rate=RATE) as load:
-        time.sleep(1.0)
-        promoted = time.perf_counter()
-        result = dev.cli("ha", "promote", target)
-        assert result.code == 0, result.out + result.err
-        time.sleep(2.0)
-        report = load.stop()
-    gap = report.longest_gap(after=promoted - 1)
-    _report("multi-host DSN across promote", gap, len(report.completed), report.errors)
-    assert report.errors == []
-    verify_on_primary(_primary_dsn(dev), report)
+    _drill(dev, "multi-host DSN across promote", lambda: _promote(dev, state.replicas[0]),
+           url=url)
