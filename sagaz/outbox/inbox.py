@@ -20,6 +20,7 @@ daily); keep that longer than any redelivery window.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,7 @@ class ConsumerInbox:
         """Run ``handler(*args, **kwargs)`` unless this consumer processed ``event_id`` before;
         True when it ran. A handler with a ``connection`` parameter gets the inbox's connection:
         its writes commit atomically with the inbox row."""
-        takes_connection = "connection" in inspect.signature(handler).parameters
+        takes_connection = _takes_connection(handler)
 
         async def run(conn: Any) -> Any:
             if takes_connection:
@@ -121,6 +122,13 @@ class ConsumerInbox:
         else:
             if not future.done():
                 future.set_result(ran)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_connection(handler: Callable[..., Any]) -> bool:
+    """Whether ``handler`` has a ``connection`` parameter (looked up once per handler: the inbox
+    runs thousands of events per second through the same few handlers)."""
+    return "connection" in inspect.signature(handler).parameters
 
 
 async def consume(
