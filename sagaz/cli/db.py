@@ -146,13 +146,14 @@ def maintain_command(
         for column in ("table", "action", "partition", "detail"):
             grid.add_column(column)
         for action in report.actions:
-            style = "yellow" if action.action in ("moved", "dropped") else None
+            style = {"moved": "yellow", "dropped": "yellow", "kept": "red"}.get(action.action)
             grid.add_row(action.table_name, action.action, escape(action.partition_name or "-"),
                          escape(action.detail or ""), style=style)
         if report.actions:
             table_console().print(grid)
         out.print(f"{report.count('created')} created, {report.count('moved')} moved out of "
-                  f"DEFAULT, {report.count('dropped')} dropped")
+                  f"DEFAULT, {report.count('dropped')} dropped, {report.count('kept')} kept past "
+                  "retention (live sagas or undelivered events)")
         for name, why in report.failures.items():
             print_error(f"{name} was skipped: {why}; nothing was changed in it. Run again later, "
                         "or raise --lock-timeout")

@@ -534,7 +534,7 @@ def test_kubernetes_carries_the_compose_files(capsys: pytest.CaptureFixture[str]
                for d in documents(tmp_path / "k8s" / name) if d["kind"] == "ConfigMap"}
     for key in ("init-primary.sh", "replica-bootstrap.sh"):
         assert configs["postgresql-scripts"][key] == (tmp_path / key).read_text()
-    schema = [tmp_path / "init-schema.sh", *sorted((tmp_path / "partitioning").glob("*.sql"))]
+    schema = [tmp_path / "init-schema.sh", *sorted((tmp_path / "partitioning").rglob("*.sql"))]
     assert configs["sagaz-schema"] == {p.name: p.read_text() for p in schema}
     assert configs["pgbouncer-config"]["pgbouncer-start.sh"] == (
         tmp_path / "pgbouncer" / "pgbouncer-start.sh").read_text()

@@ -62,7 +62,9 @@ class PartitionAction:
 
     table_name: str
     action: str
-    """created, moved (rows out of DEFAULT), analyzed, or dropped (past retention)."""
+    """created, moved (rows out of DEFAULT), analyzed, dropped (past retention), or kept (past
+    retention, but holding sagas still running or events not yet delivered; ``detail`` counts
+    them by status)."""
     partition_name: str | None
     detail: str | None
 
@@ -225,7 +227,15 @@ def _maintain(
         for row in rows:
             action = PartitionAction(*row)
             report.actions.append(action)
-            if action.action != "analyzed":
+            if action.action == "kept":
+                # Not an error, but worth an operator's look: a saga running (or an event
+                # undelivered) for longer than the table's retention is usually stuck.
+                logger.warning(
+                    "partition %s of %s is past retention but was not dropped: %s",
+                    action.partition_name, name, action.detail,
+                    extra={"action": "partition_kept", "table": name,
+                           "partition": action.partition_name})
+            elif action.action != "analyzed":
                 logger.info("partition %s of %s: %s %s", action.partition_name, name,
                             action.action, action.detail or "",
                             extra={"action": "partition_maintenance", "table": name,

@@ -9,8 +9,9 @@ existing schema of ``search_path``), where ``sagaz_migrations`` is kept too.
 Use a direct connection (not PgBouncer in transaction mode): the migrations contain multi-statement
 scripts and DDL that must not be split across server connections.
 
-Before a migration runs, every table, index, type or function it creates is looked up: if one
-exists already, it was not made by sagaz (or its migration would be recorded), so :func:`migrate`
+Before a migration runs, every table, index, type or function it creates that no earlier migration
+made is looked up: if one exists already, it was not made by sagaz (or its migration would be
+recorded), so :func:`migrate`
 stops with a :class:`~sagaz.errors.StorageError` naming the objects instead of failing half-way
 or silently adopting a table of another shape.
 """
@@ -179,8 +180,20 @@ async def migrate_async(conn: psycopg.AsyncConnection[Any]) -> list[int]:
 
 
 def _created_params(migration: Migration) -> dict[str, list[str]]:
+    """The objects ``migration`` creates that no earlier sagaz migration made: those, if found,
+    belong to someone else. What an earlier migration made (applied before this one: they run in
+    order) a later one may replace, e.g. with CREATE OR REPLACE FUNCTION."""
     relations, functions = created_objects(migration.sql)
-    return {"relations": relations, "functions": functions}
+    ours_relations: set[str] = set()
+    ours_functions: set[str] = set()
+    for earlier in migrations(DIALECT):
+        if earlier.version >= migration.version:
+            break
+        made_relations, made_functions = created_objects(earlier.sql)
+        ours_relations.update(made_relations)
+        ours_functions.update(made_functions)
+    return {"relations": [r for r in relations if r not in ours_relations],
+            "functions": [f for f in functions if f not in ours_functions]}
 
 
 def _failed(migration: Migration, exc: psycopg.Error) -> StorageError:

@@ -14,112 +14,53 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.rows import TupleRow
+from partition_helpers import (
+    PARTITIONED,
+    REFERENCE_TIMES,
+    Conn,
+    add_audit,
+    add_event,
+    add_saga,
+    changes,
+    count,
+    day_name,
+    drop_dated_partitions,
+    exists,
+    maintain,
+    month_name,
+    months_ago,
+    partitions,
+    ranges,
+    where_rows_are,
+)
 
-Conn = psycopg.Connection[TupleRow]
-
-PARTITIONED = ("saga_audit_log", "saga_executions", "saga_outbox")
 SAGA_LOCK_CLASS = 1935763297  # the class id sagaz_lock_partitioned_table() locks under
 Wait = Callable[[Conn, int], None]
 
 
-def now(conn: Conn) -> datetime:
-    (value,) = conn.execute("SELECT now()").fetchone() or (None,)
+@pytest.fixture(params=REFERENCE_TIMES, ids=lambda at: f"{at:%Y-%m-%dT%H%M}")
+def today(request: pytest.FixtureRequest) -> datetime:
+    """The "now" maintenance runs as of (maintain_all_partitions' reference_time)."""
+    value = request.param
     assert isinstance(value, datetime)
     return value
 
 
-def months_ago(moment: datetime, months: int) -> datetime:
-    """The same day of the month (at most the 28th), ``months`` months earlier (< 0: later)."""
-    index = moment.year * 12 + moment.month - 1 - months
-    return moment.replace(year=index // 12, month=index % 12 + 1, day=min(moment.day, 28))
-
-
-def add_saga(conn: Conn, created_at: datetime, *, steps: int = 0) -> uuid.UUID:
-    saga_id = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO saga_executions (saga_id, saga_name, status, created_at) "
-        "VALUES (%s, 'order', 'COMPLETED', %s)",
-        (saga_id, created_at),
-    )
-    for n in range(steps):
-        conn.execute(
-            "INSERT INTO saga_steps (saga_id, step_name, status) VALUES (%s, %s, 'COMPLETED')",
-            (saga_id, f"step{n}"),
-        )
-    return saga_id
-
-
-def add_event(conn: Conn, created_at: datetime) -> uuid.UUID:
-    event_id = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO saga_outbox (event_id, event_type, payload, created_at) "
-        "VALUES (%s, 'order.created', %s, %s)",
-        (event_id, json.dumps({"n": 1}), created_at),
-    )
-    return event_id
-
-
-def add_audit(conn: Conn, created_at: datetime) -> int:
-    row = conn.execute(
-        "INSERT INTO saga_audit_log (event, created_at) VALUES ('started', %s) RETURNING id",
-        (created_at,),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def where_rows_are(conn: Conn, table: str, key: str) -> dict[Any, str]:
-    """Primary key value (without created_at) -> partition holding the row."""
-    query = sql.SQL("SELECT {}, tableoid::regclass::text FROM {}").format(
-        sql.Identifier(key), sql.Identifier(table)
-    )
-    return dict(conn.execute(query).fetchall())
-
-
-def maintain(conn: Conn) -> list[tuple[str, str, str | None, str | None]]:
-    return conn.execute("SELECT * FROM maintain_all_partitions()").fetchall()
-
-
-def changes(summary: list[tuple[str, str, str | None, str | None]]) -> list[tuple[Any, ...]]:
-    return [row[:3] for row in summary if row[1] != "analyzed"]
-
-
-def partitions(conn: Conn) -> list[tuple[Any, ...]]:
-    return conn.execute(
-        """
-        SELECT i.inhparent::regclass::text, c.relname, pg_get_expr(c.relpartbound, c.oid)
-        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE c.relkind = 'r' ORDER BY 1, 2
-        """
-    ).fetchall()
-
-
-def count(conn: Conn, relation: str) -> int:
-    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(relation))
-    (value,) = conn.execute(query).fetchone() or (0,)
-    return int(value)
-
-
-def exists(conn: Conn, relation: str) -> bool:
-    (oid,) = conn.execute("SELECT to_regclass(%s)", (relation,)).fetchone() or (None,)
-    return oid is not None
-
-
-def month_name(table: str, moment: datetime) -> str:
-    return f"{table}_p{moment.astimezone(UTC):%Y_%m}"
-
-
-def day_name(table: str, moment: datetime) -> str:
-    return f"{table}_p{moment.astimezone(UTC):%Y_%m_%d}"
+@pytest.fixture
+def pg_conn(pg_conn: Conn) -> Conn:
+    """The plugin's connection, on a database with no dated partitions yet (see
+    drop_dated_partitions): each test builds those of its own reference time."""
+    drop_dated_partitions(pg_conn)
+    return pg_conn
 
 
 # --- rows in DEFAULT ----------------------------------------------------------------------------
 
 
-def test_stray_rows_land_in_default_and_maintenance_moves_them_out(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_stray_rows_land_in_default_and_maintenance_moves_them_out(
+    pg_conn: Conn, today: datetime
+) -> None:
+    t = today
     sagas = {add_saga(pg_conn, months_ago(t, 5)): months_ago(t, 5),
              add_saga(pg_conn, months_ago(t, 5) + timedelta(hours=1)): months_ago(t, 5),
              add_saga(pg_conn, months_ago(t, -36)): months_ago(t, -36)}
@@ -130,7 +71,7 @@ def test_stray_rows_land_in_default_and_maintenance_moves_them_out(pg_conn: Conn
     assert count(pg_conn, "saga_outbox_default") == 2
     assert count(pg_conn, "saga_audit_log_default") == 1
 
-    summary = maintain(pg_conn)
+    summary = maintain(pg_conn, t)
 
     for table in PARTITIONED:
         assert count(pg_conn, f"{table}_default") == 0, table
@@ -154,27 +95,27 @@ def test_stray_rows_land_in_default_and_maintenance_moves_them_out(pg_conn: Conn
     assert next_id not in audits
 
 
-def test_maintenance_is_idempotent(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_maintenance_is_idempotent(pg_conn: Conn, today: datetime) -> None:
+    t = today
     add_saga(pg_conn, months_ago(t, 4))
     add_event(pg_conn, t - timedelta(days=3))
-    first = maintain(pg_conn)
+    first = maintain(pg_conn, t)
     assert changes(first)
     before = partitions(pg_conn)
 
-    second = maintain(pg_conn)
+    second = maintain(pg_conn, t)
 
     assert changes(second) == []
     assert sorted(row[0] for row in second) == list(PARTITIONED)  # one 'analyzed' per table
     assert partitions(pg_conn) == before
 
 
-def test_maintenance_of_one_table(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_maintenance_of_one_table(pg_conn: Conn, today: datetime) -> None:
+    t = today
     add_saga(pg_conn, months_ago(t, 4))
     add_event(pg_conn, t - timedelta(days=3))
 
-    summary = pg_conn.execute("SELECT * FROM maintain_all_partitions('saga_outbox')").fetchall()
+    summary = maintain(pg_conn, t, "saga_outbox")
 
     assert {table for table, *_ in summary} == {"saga_outbox"}
     assert count(pg_conn, "saga_outbox_default") == 0
@@ -184,14 +125,16 @@ def test_maintenance_of_one_table(pg_conn: Conn) -> None:
 
 
 def test_concurrent_maintenance_runs_both_succeed_without_duplicates(
-    pg_dsn: str, wait_for_lock_waiters: Wait
+    pg_dsn: str, wait_for_lock_waiters: Wait, today: datetime
 ) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as gate:
-        t = now(gate)
+        t = today
+        drop_dated_partitions(gate)
         sagas = [add_saga(gate, months_ago(t, m)) for m in (2, 3, 3, 7)]
         events = [add_event(gate, t - timedelta(days=d)) for d in (1, 2, 2, 9)]
         summaries, errors = run_concurrently(
-            pg_dsn, gate, maintain, first_table="saga_audit_log", wait=wait_for_lock_waiters
+            pg_dsn, gate, lambda conn: maintain(conn, t), first_table="saga_audit_log",
+            wait=wait_for_lock_waiters,
         )
         assert not errors, errors
 
@@ -312,20 +255,17 @@ def test_maintenance_refuses_repeatable_read(pg_dsn: str) -> None:
             conn.execute("SELECT * FROM maintain_all_partitions()")
 
 
-def test_changing_the_interval_never_overlaps_partitions(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_changing_the_interval_never_overlaps_partitions(pg_conn: Conn, today: datetime) -> None:
+    t = today
     pg_conn.execute("UPDATE sagaz_partition_settings SET \"interval\" = 'month', premake = 2 "
                     "WHERE table_name = 'saga_outbox'")
     early = add_event(pg_conn, t.replace(day=1, hour=0, minute=1))  # before today's day partition
     later = [add_event(pg_conn, t + timedelta(days=d)) for d in (1, 8, 20, 45, 70)]
-    maintain(pg_conn)
+    maintain(pg_conn, t)
 
     assert count(pg_conn, "saga_outbox_default") == 0
     assert set(where_rows_are(pg_conn, "saga_outbox", "event_id")) == {early, *later}
-    stats = pg_conn.execute(
-        "SELECT range_start, range_end FROM get_partition_statistics() "
-        "WHERE table_name = 'saga_outbox' AND range_start IS NOT NULL ORDER BY range_start"
-    ).fetchall()
+    stats = ranges(pg_conn, "saga_outbox")
     for (_, end), (start, _) in itertools.pairwise(stats):
         assert end <= start
     # Two months ahead of today are covered without gaps.
@@ -338,21 +278,23 @@ def test_changing_the_interval_never_overlaps_partitions(pg_conn: Conn) -> None:
 # --- retention ----------------------------------------------------------------------------------
 
 
-def test_retention_drops_expired_partitions_and_keeps_recent_ones(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_retention_drops_expired_partitions_and_keeps_recent_ones(
+    pg_conn: Conn, today: datetime
+) -> None:
+    t = today
     old, recent = months_ago(t, 14), months_ago(t, 11)
     old_saga = add_saga(pg_conn, old, steps=2)
     recent_saga = add_saga(pg_conn, recent, steps=2)
-    old_event, recent_event = add_event(pg_conn, t - timedelta(days=40)), add_event(
-        pg_conn, t - timedelta(days=20)
-    )
+    # Sent: finished, so its partition may go (unsent events are kept, test_partition_retention).
+    old_event = add_event(pg_conn, t - timedelta(days=40), status="SENT")
+    recent_event = add_event(pg_conn, t - timedelta(days=20))
     add_audit(pg_conn, old)
     for day in (old.date(), recent.date()):
         pg_conn.execute("SELECT create_saga_executions_partition(%s)", (day,))
         pg_conn.execute("SELECT create_saga_audit_log_partition(%s)", (day,))
     assert exists(pg_conn, month_name("saga_executions", old))
 
-    summary = maintain(pg_conn)
+    summary = maintain(pg_conn, t)
 
     dropped = {(table, name) for table, action, name, _ in summary if action == "dropped"}
     assert dropped == {
@@ -373,18 +315,18 @@ def test_retention_drops_expired_partitions_and_keeps_recent_ones(pg_conn: Conn)
     assert exists(pg_conn, month_name("saga_executions", t))
 
 
-def test_retention_comes_from_the_settings_table(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_retention_comes_from_the_settings_table(pg_conn: Conn, today: datetime) -> None:
+    t = today
     ten_days_ago = t - timedelta(days=10)
     pg_conn.execute("SELECT create_saga_outbox_partition(%s)", (ten_days_ago.date(),))
-    assert maintain(pg_conn) and exists(pg_conn, day_name("saga_outbox", ten_days_ago))
+    assert maintain(pg_conn, t) and exists(pg_conn, day_name("saga_outbox", ten_days_ago))
 
     pg_conn.execute("UPDATE sagaz_partition_settings SET retention = interval '5 days' "
                     "WHERE table_name = 'saga_outbox'")
     pg_conn.execute("UPDATE sagaz_partition_settings SET retention = NULL "
                     "WHERE table_name = 'saga_audit_log'")
     pg_conn.execute("SELECT create_saga_audit_log_partition(%s)", (months_ago(t, 30).date(),))
-    summary = maintain(pg_conn)
+    summary = maintain(pg_conn, t)
 
     assert [(tb, n) for tb, a, n, _ in summary if a == "dropped"] == [
         ("saga_outbox", day_name("saga_outbox", ten_days_ago))
@@ -398,12 +340,12 @@ def test_retention_comes_from_the_settings_table(pg_conn: Conn) -> None:
 # --- queries ------------------------------------------------------------------------------------
 
 
-def test_a_one_month_range_query_scans_only_one_partition(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_a_one_month_range_query_scans_only_one_partition(pg_conn: Conn, today: datetime) -> None:
+    t = today
     for months in range(0, 4):
         add_saga(pg_conn, months_ago(t, months))
         add_saga(pg_conn, months_ago(t, -months))
-    maintain(pg_conn)
+    maintain(pg_conn, t)
     start = datetime(t.year, t.month, 1, tzinfo=UTC)
     end = months_ago(start, -1)
 
@@ -439,8 +381,9 @@ def test_cleanup_consumer_inbox_deletes_only_old_rows(pg_conn: Conn) -> None:
         pg_conn.execute("SELECT cleanup_consumer_inbox(-1)")
 
 
-def test_partition_statistics_one_row_per_partition(pg_conn: Conn) -> None:
-    t = now(pg_conn)
+def test_partition_statistics_one_row_per_partition(pg_conn: Conn, today: datetime) -> None:
+    t = today
+    maintain(pg_conn, t)  # the partitions of t and ahead, as the migration makes for a real today
     for _ in range(3):
         add_saga(pg_conn, t)
     add_event(pg_conn, t)
@@ -463,7 +406,7 @@ def test_partition_statistics_one_row_per_partition(pg_conn: Conn) -> None:
             assert start < end
             assert re.fullmatch(rf"{table}_p\d{{4}}_\d\d(_\d\d)?", name)
     # Default estimates (planner statistics) and exact counts agree after maintenance ANALYZEs.
-    maintain(pg_conn)
+    maintain(pg_conn, t)
     estimated = pg_conn.execute(
         "SELECT partition_name, row_count FROM get_partition_statistics() "
         "WHERE table_name = 'saga_executions' AND row_count > 0"

@@ -33,17 +33,20 @@ def recorded(conn: Conn) -> list[tuple[Any, ...]]:
 
 def test_migrations_apply_on_a_fresh_database_and_are_recorded(pg_empty_dsn: str) -> None:
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
-        assert migrate(conn) == ALL_VERSIONS == [1, 2]
-        assert recorded(conn) == [(1, "saga_tables"), (2, "partition_maintenance")]
+        assert migrate(conn) == ALL_VERSIONS
+        assert ALL_VERSIONS[:3] == [1, 2, 3]
+        assert recorded(conn) == [(m.version, m.name) for m in migrations("postgresql")]
+        assert recorded(conn)[:3] == [
+            (1, "saga_tables"), (2, "partition_maintenance"), (3, "partition_safety")]
         stamps = conn.execute("SELECT applied_at FROM sagaz_migrations").fetchall()
         assert all(stamp is not None for (stamp,) in stamps)
 
 
 def test_migrate_also_works_on_a_non_autocommit_connection(pg_empty_dsn: str) -> None:
     with psycopg.connect(pg_empty_dsn) as conn:
-        assert migrate(conn) == [1, 2]
+        assert migrate(conn) == ALL_VERSIONS
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
-        assert [v for v, _ in recorded(conn)] == [1, 2]
+        assert [v for v, _ in recorded(conn)] == ALL_VERSIONS
 
 
 def test_rerunning_migrate_is_a_no_op(pg_conn: Conn) -> None:
@@ -62,7 +65,7 @@ def test_rerunning_migrate_is_a_no_op(pg_conn: Conn) -> None:
 
 async def test_migrate_async(pg_empty_dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(pg_empty_dsn, autocommit=True) as conn:
-        assert await migrate_async(conn) == [1, 2]
+        assert await migrate_async(conn) == ALL_VERSIONS
         assert await migrate_async(conn) == []
 
 
@@ -90,8 +93,8 @@ def test_concurrent_migrate_applies_each_migration_once(
         for thread in threads:
             thread.join(30)
         assert not errors, errors
-        assert sorted(results[0] + results[1]) == [1, 2]
-        assert [v for v, _ in recorded(gate)] == [1, 2]
+        assert sorted(results[0] + results[1]) == ALL_VERSIONS
+        assert [v for v, _ in recorded(gate)] == ALL_VERSIONS
 
 
 def test_a_foreign_table_of_the_same_name_stops_migrate_with_a_clear_error(
@@ -148,7 +151,7 @@ def test_migrations_go_to_the_current_schema_and_functions_quote_identifiers(
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(odd)))
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(odd)))
-        assert migrate(conn) == [1, 2]
+        assert migrate(conn) == ALL_VERSIONS
         conn.execute("SET search_path TO public")
         assert conn.execute("SELECT to_regclass('saga_executions')").fetchone() == (None,)
 
@@ -335,7 +338,7 @@ def test_functions_quote_dynamic_identifiers(pg_readonly_conn: Conn) -> None:
         """
     ).fetchall()
     bodies: dict[str, str] = dict(rows)
-    for name in ("sagaz_create_partition", "maintain_all_partitions", "sagaz_partitioned_table",
+    for name in ("sagaz_fill_gap", "maintain_all_partitions", "sagaz_partitioned_table",
                  "get_partition_statistics"):
         assert "format(" in bodies[name] and "%I" in bodies[name], name
     for name, body in bodies.items():
