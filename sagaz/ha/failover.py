@@ -36,7 +36,7 @@ from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.health import CONNECT_TIMEOUT
 from sagaz.ha.local import REPLICATION_USER, SUPERUSER, LocalCluster
 from sagaz.ha.postgres import PostgresNode
-from sagaz.ha.supervisor import refresh_read_pool
+from sagaz.ha.readpool import refresh_read_pool
 
 __all__ = ["PromoteReport", "promote", "rejoin"]
 
