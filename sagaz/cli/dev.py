@@ -24,6 +24,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
 
 from .common import ExitCode, execute, fail
 from .output import out, print_warning, table_console
@@ -171,9 +172,18 @@ def up_command(
     check_interval: Annotated[float, typer.Option(
         "--check-interval", min=0.1, max=3600, envvar="SAGAZ_DEV_CHECK_INTERVAL",
         metavar="SECONDS", help="How often the supervisor probes the replicas.")] = 1.0,
+    max_slot_wal_keep_size: Annotated[str | None, typer.Option(
+        "--max-slot-wal-keep-size", envvar="SAGAZ_MAX_SLOT_WAL_KEEP_SIZE", metavar="SIZE",
+        show_default=False,
+        help="How far (MB, GB, TB of WAL) a replica may fall behind before the primary gives "
+             "its slot up, instead of keeping WAL until its disk is full; such a replica is "
+             "then rebuilt from a fresh base backup by the supervisor. Default "
+             f"{DEFAULT_MAX_SLOT_WAL_KEEP_SIZE} (an existing cluster keeps its value unless "
+             "given).")] = None,
 ) -> None:
     """Create and start the local cluster (or whatever part of it is stopped), then print the
-    SAGAZ_* URLs to use. Running it on a running cluster changes nothing."""
+    SAGAZ_* URLs to use. Running it on a running cluster changes nothing (but the WAL cap when
+    --max-slot-wal-keep-size is given)."""
 
     def body() -> int:
         require_driver()
@@ -186,10 +196,17 @@ def up_command(
         if exists:
             cluster = LocalCluster.load(directory)
             _check_compatible(cluster, replicas, base_port)
+            if max_slot_wal_keep_size is not None:
+                with cluster_errors():
+                    if cluster.set_max_slot_wal_keep_size(max_slot_wal_keep_size):
+                        out.print("max_slot_wal_keep_size is now "
+                                  f"{cluster.state.max_slot_wal_keep_size}")
         else:
             count = replicas if replicas is not None else (1 if ha else 0)
-            cluster = LocalCluster.new(directory, replicas=count,
-                                       base_port=base_port or DEFAULT_BASE_PORT)
+            cluster = LocalCluster.new(
+                directory, replicas=count, base_port=base_port or DEFAULT_BASE_PORT,
+                **({} if max_slot_wal_keep_size is None
+                   else {"max_slot_wal_keep_size": max_slot_wal_keep_size}))
         wants_supervisor = supervise and bool(cluster.state.replicas)
         to_start = cluster.stopped_parts() if exists else ["everything"]
         if not to_start and (not wants_supervisor or supervisor_pid(cluster) is not None):
@@ -342,10 +359,19 @@ def _print_health(h: ClusterHealth) -> None:
                       f"{queries:,}", f"{avg / 1000:.2f} ms")
     console.print(pools)
     for slot in h.slots:
-        if not slot.active:
+        left = ("" if slot.safe_wal_size is None else
+                f"; lost after {decimal(max(0, slot.safe_wal_size))} more of WAL")
+        if slot.wal_status == "unreserved":
+            print_warning(f"replication slot {slot.name} is beyond max_slot_wal_keep_size: the "
+                          "next checkpoint gives it up unless its replica catches up first")
+        elif not slot.active and not slot.lost:
             print_warning(f"replication slot {slot.name} is inactive and keeps "
-                          f"{decimal(slot.retained_bytes or 0)} of WAL on {h.primary}: "
+                          f"{decimal(slot.retained_bytes or 0)} of WAL on {h.primary}{left}: "
                           f"`sagaz ha rejoin {slot.name}` (or drop the slot)")
+    slots = ", ".join(f"{s.name} {s.wal_status}" + ("" if s.safe_wal_size is None else
+                      f" ({decimal(max(0, s.safe_wal_size))} before the cap)")
+                      for s in h.slots) or "-"
+    out.print(f"replication slots: {slots}", soft_wrap=True)
     partitions = ", ".join(f"{t} {c}" for t, c in h.partitions.items()) or "-"
     out.print(f"partitions: {partitions}", soft_wrap=True)
     out.print("supervisor: " + (f"pid {h.supervisor_pid}" if h.supervisor_pid

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
+from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, MAX_SLOT_WAL_KEEP_SIZE_ENV
+
 from .common import ExitCode, execute, fail
 from .output import out
 
@@ -44,6 +46,12 @@ def init(
         "--image", envvar="SAGAZ_IMAGE", metavar="IMAGE", show_default=False,
         help="--k8s: the image of the `sagaz worker` Deployment: your application's image with "
              "sagaz installed. Default: sagaz:latest.")] = None,
+    max_slot_wal_keep_size: Annotated[str, typer.Option(
+        "--max-slot-wal-keep-size", envvar=MAX_SLOT_WAL_KEEP_SIZE_ENV, metavar="SIZE",
+        help="How far (MB, GB, TB of WAL) a replica may fall behind before the primary gives its "
+             "slot up instead of keeping WAL until its disk is full (the replica then clones "
+             "itself again on its next start). Leave the primary's volume room for it.")
+    ] = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
     force: Annotated[bool, typer.Option(
         "--force", envvar="SAGAZ_INIT_FORCE",
         help="Overwrite existing files (with NEW passwords: a database already initialized "
@@ -76,7 +84,8 @@ nothing. For a local cluster without Docker, see `sagaz dev up --ha`.
             fail("--replicas needs --with-ha (without it, sagaz init writes a single PostgreSQL "
                  "server)")
         count = (replicas if replicas is not None else 2 if k8s else 1) if with_ha else 0
-        files = _generate(count, with_ha, k8s, namespace, storage_size, image)
+        files = _generate(count, with_ha, k8s, namespace, storage_size, image,
+                          max_slot_wal_keep_size)
         written = _write(directory, files, force)
         _report(directory, written, files, k8s, count, namespace or "sagaz")
         return ExitCode.OK
@@ -85,7 +94,8 @@ nothing. For a local cluster without Docker, see `sagaz dev up --ha`.
 
 
 def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
-              storage_size: str | None, image: str | None) -> list[GeneratedFile]:
+              storage_size: str | None, image: str | None,
+              max_slot_wal_keep_size: str) -> list[GeneratedFile]:
     try:
         from sagaz.deploy import kubernetes
         from sagaz.deploy.compose import compose_files
@@ -103,8 +113,9 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
             return kubernetes.kubernetes_files(
                 replicas, namespace=namespace or kubernetes.DEFAULT_NAMESPACE,
                 storage_size=storage_size or kubernetes.DEFAULT_STORAGE_SIZE,
-                image=image or kubernetes.DEFAULT_IMAGE)
-        return compose_files(replicas)
+                image=image or kubernetes.DEFAULT_IMAGE,
+                max_slot_wal_keep_size=max_slot_wal_keep_size)
+        return compose_files(replicas, max_slot_wal_keep_size=max_slot_wal_keep_size)
     except SagazError as exc:
         fail(str(exc))
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from sagaz.errors import SagazError
 from sagaz.ha.local import APP_USER, PRIMARY_SETTINGS, READER_USER, REPLICATION_USER, SUPERUSER
+from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, wal_retention_settings
 
 __all__ = [
     "APP_USER", "DATABASE", "GeneratedFile", "IMAGES", "MAX_REPLICAS", "PGBOUNCER_ADMIN",
@@ -75,10 +76,11 @@ def url(user: str, password: str, host: str, port: int, dbname: str = DATABASE) 
             f"{quote(dbname, safe='')}")
 
 
-def server_settings() -> list[str]:
-    """PRIMARY_SETTINGS as ``postgres -c name=value`` arguments (every node gets them: a replica
-    may become the primary)."""
-    return [f"{name}={_unquote(value)}" for name, value in PRIMARY_SETTINGS.items()]
+def server_settings(max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE) -> list[str]:
+    """PRIMARY_SETTINGS and the WAL retention of the local cluster as ``postgres -c name=value``
+    arguments (every node gets them: a replica may become the primary)."""
+    settings = {**PRIMARY_SETTINGS, **wal_retention_settings(max_slot_wal_keep_size)}
+    return [f"{name}={_unquote(value)}" for name, value in settings.items()]
 
 
 def _unquote(value: str) -> str:

@@ -32,6 +32,7 @@ from sagaz.deploy.scripts import (
     replica_bootstrap_script,
 )
 from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, PoolSettings
+from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
 
 __all__ = ["ReplicaService", "compose_files", "replica_services"]
 
@@ -68,7 +69,9 @@ def _pools(replicas: list[ReplicaService]) -> list[Pool]:
     ]
 
 
-def compose_files(replicas: int, secrets: Secrets | None = None) -> list[GeneratedFile]:
+def compose_files(replicas: int, secrets: Secrets | None = None, *,
+                  max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
+                  ) -> list[GeneratedFile]:
     """Every file of the deployment; ``replicas`` 0 is a single server (no --with-ha)."""
     bundle.validate_replicas(replicas, minimum=0)
     secrets = secrets or bundle.generate_secrets()
@@ -78,7 +81,8 @@ def compose_files(replicas: int, secrets: Secrets | None = None) -> list[Generat
              "reader_user": bundle.READER_USER, "replication_user": bundle.REPLICATION_USER,
              "admin_user": bundle.PGBOUNCER_ADMIN, "database": bundle.DATABASE}
     values = {"replicas": replicas, "replica_services": services, "pools": pools,
-              "images": bundle.IMAGES, "settings": bundle.server_settings(),
+              "images": bundle.IMAGES, "settings": bundle.server_settings(max_slot_wal_keep_size),
+              "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
               "q": json.dumps, **names}
     files = [
         GeneratedFile("docker-compose.yaml", render("compose/docker-compose.yaml.j2", **values)),

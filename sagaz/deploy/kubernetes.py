@@ -26,6 +26,7 @@ from sagaz.deploy.scripts import (
     pgbouncer_start_script,
     replica_bootstrap_script,
 )
+from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
 
 __all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "DEFAULT_STORAGE_SIZE", "SECRET_NAME",
            "kubernetes_files"]
@@ -62,7 +63,9 @@ class K8sPool:
 
 def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
                      storage_size: str = DEFAULT_STORAGE_SIZE, image: str = DEFAULT_IMAGE,
-                     secrets: Secrets | None = None, subdir: str = "k8s") -> list[GeneratedFile]:
+                     secrets: Secrets | None = None, subdir: str = "k8s",
+                     max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
+                     ) -> list[GeneratedFile]:
     """Every manifest, under ``subdir``; ``replicas`` 0 is a single server (no --with-ha)."""
     bundle.validate_replicas(replicas, minimum=0)
     bundle.validate_namespace(namespace)
@@ -92,7 +95,9 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
     }
     values = {
         "replicas": replicas, "namespace": namespace, "storage_size": storage_size,
-        "image": image, "images": bundle.IMAGES, "settings": bundle.server_settings(),
+        "image": image, "images": bundle.IMAGES,
+        "settings": bundle.server_settings(max_slot_wal_keep_size),
+        "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
         "q": json.dumps, "secret_name": SECRET_NAME, "superuser": bundle.SUPERUSER,
         "app_user": bundle.APP_USER, "reader_user": bundle.READER_USER,
         "replication_user": bundle.REPLICATION_USER, "admin_user": bundle.PGBOUNCER_ADMIN,

@@ -17,7 +17,9 @@ Promotion, in order (the write pool is unavailable from step 1 to step 5, and on
 
 Rejoin brings a node back as a replica of the current primary with the cheapest step that works:
 nothing (it already streams), re-pointing a running replica, starting a stopped one, pg_rewind,
-pg_basebackup.
+pg_basebackup. A replica whose slot the primary gave up (``wal_status = 'lost'``, it fell more
+than max_slot_wal_keep_size behind) goes straight to :func:`rebuild`: the WAL it needs is gone,
+so neither a restart nor pg_rewind can bring it back.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sagaz.ha.local import REPLICATION_USER, SUPERUSER, LocalCluster
 from sagaz.ha.postgres import PostgresNode
 from sagaz.ha.readpool import refresh_read_pool
 
-__all__ = ["PromoteReport", "promote", "rejoin"]
+__all__ = ["PromoteReport", "promote", "rebuild", "rejoin"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +155,11 @@ def rejoin(cluster: LocalCluster, name: str, *, progress: Progress = lambda _: N
         raise ConfigurationError(
             f"{name} is the primary; to make it a replica, promote another node first "
             f"(`sagaz ha promote {(cluster.state.replicas or ['REPLICA'])[0]}`)")
-    if _in_recovery(cluster, primary.name) is not False:
-        raise SagazError(f"the primary {primary.name} is not running (or not a primary); "
-                         "start the cluster with `sagaz dev up` first")
+    _require_primary(cluster)
+    if cluster.slot_status(name) == "lost":
+        progress(f"{name} fell more than max_slot_wal_keep_size "
+                 f"({cluster.state.max_slot_wal_keep_size}) behind: its slot was lost")
+        return rebuild(cluster, name, progress=progress)
     _ensure_slot(cluster, name)
     if not node.exists:
         return _clone(cluster, node, progress)
@@ -199,7 +203,32 @@ def rejoin(cluster: LocalCluster, name: str, *, progress: Progress = lambda _: N
     return "pg_rewind"
 
 
+def rebuild(cluster: LocalCluster, name: str, *, progress: Progress = lambda _: None) -> str:
+    """Make ``name`` a replica again from scratch: stop it, replace its slot on the primary with a
+    new one and its data with a fresh pg_basebackup. For a replica whose slot was lost; returns
+    ``pg_basebackup``."""
+    node = cluster.node_named(name)
+    if name == cluster.state.primary:
+        raise ConfigurationError(f"{name} is the primary; only a replica can be rebuilt")
+    _require_primary(cluster)
+    if node.running:
+        progress(f"stopping {name}")
+        node.stop("fast")
+    progress(f"replacing the replication slot {name} on {cluster.state.primary}")
+    cluster.drop_slot(name)
+    _ensure_slot(cluster, name)
+    node.purge()
+    return _clone(cluster, node, progress)
+
+
 # -- steps -----------------------------------------------------------------------------------------
+
+
+def _require_primary(cluster: LocalCluster) -> None:
+    primary = cluster.state.primary
+    if _in_recovery(cluster, primary) is not False:
+        raise SagazError(f"the primary {primary} is not running (or not a primary); "
+                         "start the cluster with `sagaz dev up` first")
 
 
 def _clone(cluster: LocalCluster, node: PostgresNode, progress: Progress) -> str:

@@ -31,7 +31,8 @@ from sagaz.ha.local import APP_USER, LocalCluster
 
 __all__ = [
     "CONNECT_TIMEOUT", "IS_IN_RECOVERY", "ClusterHealth", "NodeHealth", "PoolHealth",
-    "ReplicationStat", "SlotStat", "collect", "node_health", "pool_health",
+    "ReplicationStat", "SlotStat", "collect", "lost_slot_message", "node_health", "pool_health",
+    "read_slots",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,15 @@ SELECT application_name AS name, host(client_addr) AS client_addr, state, sync_s
 
 SLOTS = """
 SELECT slot_name AS name, active,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes,
+       -- NULL for a slot created without reserving WAL yet; such a slot cannot be lost.
+       coalesce(wal_status, 'reserved') AS wal_status, safe_wal_size
   FROM pg_replication_slots
  WHERE slot_type = 'physical'
  ORDER BY slot_name
 """
-"""On the primary: the physical slots and the WAL each keeps (an inactive one grows)."""
+"""On the primary: the physical slots, the WAL each keeps (an inactive one grows) and how much
+more may be written before the cap (max_slot_wal_keep_size) invalidates it."""
 
 _POOL_COLUMNS = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "sv_login")
 _STATS_COLUMNS = ("total_xact_count", "total_query_count", "avg_xact_time", "avg_query_time",
@@ -124,6 +128,17 @@ class SlotStat:
     name: str
     active: bool
     retained_bytes: int | None
+    wal_status: str = "reserved"
+    """pg_replication_slots.wal_status: ``reserved`` (within max_wal_size), ``extended`` (within
+    the cap), ``unreserved`` (beyond the cap: lost at the next checkpoint unless its replica
+    catches up first) or ``lost`` (the WAL its replica needs is gone: it needs a new base
+    backup)."""
+    safe_wal_size: int | None = None
+    """Bytes of WAL the primary may still write before this slot is lost (None: no cap)."""
+
+    @property
+    def lost(self) -> bool:
+        return self.wal_status == "lost"
 
 
 @dataclass
@@ -159,8 +174,9 @@ class ClusterHealth:
 
     @property
     def healthy(self) -> bool:
-        """Every node and pool up, each node in its configured role, no error."""
+        """Every node and pool up, each node in its configured role, no slot lost, no error."""
         return (not self.errors
+                and not any(s.lost for s in self.slots)
                 and all(n.role == n.configured_role for n in self.nodes)
                 and all(p.running and p.error is None for p in self.pools.values()))
 
@@ -189,6 +205,8 @@ def collect(cluster: LocalCluster) -> ClusterHealth:
             health.slots = [SlotStat(**r) for r in cur.execute(SLOTS)]
     except psycopg.Error as exc:
         health.errors.append(f"replication statistics of {primary.name}: {_reason(exc)}")
+    health.errors += [lost_slot_message(cluster, slot.name, health.supervisor_pid)
+                      for slot in health.slots if slot.lost]
     try:
         from sagaz.storage.postgresql.maintenance import partition_statistics
 
@@ -197,6 +215,31 @@ def collect(cluster: LocalCluster) -> ClusterHealth:
     except SagazError as exc:
         health.errors.append(f"partition statistics: {exc}")
     return health
+
+
+def read_slots(cluster: LocalCluster) -> list[SlotStat]:
+    """The primary's physical replication slots (SagazError when it does not answer)."""
+    try:
+        with _connect(cluster.node_dsn(cluster.state.primary)) as conn:
+            return [SlotStat(**r) for r in conn.cursor(row_factory=dict_row).execute(SLOTS)]
+    except psycopg.Error as exc:
+        raise SagazError(f"replication slots of {cluster.state.primary}: {_reason(exc)}") from exc
+
+
+def lost_slot_message(cluster: LocalCluster, slot: str, supervisor: int | None) -> str:
+    """What a lost slot means, and what happens next (one line)."""
+    cap = cluster.state.max_slot_wal_keep_size
+    what = (f"replication slot {slot} is lost: its replica fell more than "
+            f"max_slot_wal_keep_size ({cap}) behind, so {cluster.state.primary} removed WAL it "
+            "needs and it can no longer stream")
+    if slot not in cluster.state.replicas:
+        return (f"{what}; no replica of this cluster uses it: drop it with "
+                f"SELECT pg_drop_replication_slot('{slot}')")
+    if supervisor is not None:
+        return (f"{what}; the supervisor (pid {supervisor}) is rebuilding {slot} from a fresh "
+                f"base backup with a new slot (see {cluster.directory / 'supervisor.log'})")
+    return (f"{what}; it needs a fresh base backup: `sagaz ha rejoin {slot}` (or `sagaz dev up`, "
+            "whose supervisor rebuilds it automatically)")
 
 
 def node_health(cluster: LocalCluster, name: str) -> NodeHealth:

@@ -36,6 +36,11 @@ from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.osuser import check_reachable, service_user
 from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, Backend, PgBouncer, find_pgbouncer
 from sagaz.ha.postgres import PostgresNode, find_bindir
+from sagaz.ha.wal_settings import (
+    DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
+    normalize_wal_size,
+    wal_retention_settings,
+)
 
 __all__ = ["ClusterState", "LocalCluster", "PRIMARY_SETTINGS"]
 
@@ -52,7 +57,6 @@ PRIMARY_SETTINGS: dict[str, str] = {
     # Replicas report the oldest snapshot they need, so long analytics queries are not cancelled
     # by the primary's vacuum (at the price of some bloat while they run).
     "hot_standby_feedback": "on",
-    "wal_keep_size": "'256MB'",
     "password_encryption": "'scram-sha-256'",
     "max_connections": "200",
     "shared_buffers": "'128MB'",
@@ -61,7 +65,8 @@ PRIMARY_SETTINGS: dict[str, str] = {
     "wal_receiver_status_interval": "'1s'",
     "log_line_prefix": "'%m [%p] %u@%d '",
 }
-"""Every node gets these (a replica may become the primary)."""
+"""Every node gets these (a replica may become the primary), and the WAL retention of
+:func:`sagaz.ha.wal_settings.wal_retention_settings` (max_slot_wal_keep_size, wal_keep_size)."""
 
 
 @dataclass
@@ -73,6 +78,9 @@ class ClusterState:
     nodes: list[str]
     primary: str
     bindir: str
+    max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
+    """How far a replica may fall behind before the primary gives its slot up (see
+    :mod:`sagaz.ha.wal_settings`)."""
 
     def port(self, node: str) -> int:
         return self.base_port
@@ -103,14 +111,16 @@ class LocalCluster:
 
     @classmethod
     def new(cls, directory: Path, *, replicas: int = 1, base_port: int = 25432,
-            dbname: str = "sagaz") -> LocalCluster:
+            dbname: str = "sagaz",
+            max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE) -> LocalCluster:
         if replicas < 0:
             raise ConfigurationError(f"--replicas must be 0 or more, not {replicas}")
         if not 1024 <= base_port <= 65535 - 1001 or replicas > 200:
             raise ConfigurationError(f"--base-port must be between 1024 and {65535 - 1001}, "
                              "--replicas at most 200")
         nodes = [f"node{i}" for i in range(replicas + 1)]
-        state = ClusterState(base_port, dbname, nodes, "node0", str(find_bindir()))
+        state = ClusterState(base_port, dbname, nodes, "node0", str(find_bindir()),
+                             normalize_wal_size(max_slot_wal_keep_size))
         return cls(directory.absolute(), state)
 
     @classmethod
@@ -140,7 +150,9 @@ class LocalCluster:
         # to its primary (pg_stat_replication), so status can tell the replicas apart.
         return PostgresNode(name, self.directory / name, self.state.port(name),
                             host=self.state.host(name), bindir=Path(self.state.bindir),
-                            settings={**PRIMARY_SETTINGS, "cluster_name": f"'{name}'"})
+                            settings={**PRIMARY_SETTINGS,
+                                      **wal_retention_settings(self.state.max_slot_wal_keep_size),
+                                      "cluster_name": f"'{name}'"})
 
     @property
     def primary(self) -> PostgresNode:
@@ -289,11 +301,18 @@ class LocalCluster:
         progress("schema and partitions (migrations)")
         self.migrate()
         for replica in self.replicas:
+            if replica.exists and not replica.running and self.slot_status(replica.name) == "lost":
+                # The primary gave this replica's WAL up: no restart can make it stream again.
+                progress(f"{replica.name} fell more than max_slot_wal_keep_size "
+                         f"({self.state.max_slot_wal_keep_size}) behind and its slot was lost: "
+                         "cloning it again")
+                self.drop_slot(replica.name)
+                replica.purge()
             if not replica.exists:
                 progress(f"pg_basebackup {replica.name} (replica, port {replica.port})")
                 replica.init_replica(primary, REPLICATION_USER,
                                      self.passwords[REPLICATION_USER], slot=replica.name,
-                                     create_slot=not self._has_slot(replica.name))
+                                     create_slot=self.slot_status(replica.name) is None)
             if not replica.running:
                 progress(f"starting {replica.name}")
                 replica.write_settings()
@@ -338,16 +357,45 @@ class LocalCluster:
         if result.returncode != 0:
             raise SagazError(f"roles.sql failed: {result.stderr.strip()}")
 
-    def _has_slot(self, name: str) -> bool:
-        """Whether the primary keeps a replication slot ``name`` (a replica rebuilt after its
-        data was deleted reuses it)."""
+    def slot_status(self, name: str) -> str | None:
+        """The ``wal_status`` of the primary's replication slot ``name`` (reserved, extended,
+        unreserved, lost), or None when there is no such slot (a replica rebuilt after its data
+        was deleted reuses its slot)."""
+        rows = self._on_primary("SELECT coalesce(wal_status, 'reserved') FROM "
+                                "pg_replication_slots WHERE slot_name = %s", name)
+        return str(rows[0][0]) if rows else None
+
+    def drop_slot(self, name: str) -> None:
+        """Drop the primary's replication slot ``name`` if it exists (its replica must not be
+        streaming)."""
+        self._on_primary("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                         "WHERE slot_name = %s", name)
+
+    def _on_primary(self, query: str, *params: str) -> list[tuple[Any, ...]]:
         import psycopg
 
-        with psycopg.connect(self.node_dsn(self.state.primary), autocommit=True,
-                             connect_timeout=5) as conn:
-            row = conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
-                               (name,)).fetchone()
-        return bool(row and row[0])
+        try:
+            with psycopg.connect(self.node_dsn(self.state.primary), autocommit=True,
+                                 connect_timeout=5) as conn:
+                return conn.execute(query, params).fetchall()
+        except psycopg.Error as exc:
+            raise SagazError(f"on {self.state.primary}: {' '.join(str(exc).split())}") from exc
+
+    def set_max_slot_wal_keep_size(self, size: str) -> bool:
+        """Change the WAL cap of every node (a reload is enough: no restart). False when it was
+        the value already."""
+        size = normalize_wal_size(size)
+        if size == self.state.max_slot_wal_keep_size:
+            return False
+        self.state.max_slot_wal_keep_size = size
+        self.save()
+        for name in self.state.nodes:
+            node = self.node(name)
+            if node.exists:
+                node.write_settings()
+                if node.running:
+                    node.reload()
+        return True
 
     def migrate(self) -> list[int]:
         """Apply the schema migrations over a direct connection to the primary, as the owner."""

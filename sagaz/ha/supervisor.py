@@ -32,6 +32,11 @@ rebuilt. The supervisor reads cluster.json on every pass (promotions change it) 
 the host list in pgbouncer.ini itself, so a restart or another writer of that file (``dev up``)
 never leaves it stale. It exits when the cluster directory disappears (``dev down --purge``).
 
+It also rebuilds a replica whose replication slot the primary gave up (``wal_status = 'lost'``:
+it fell further behind than ``max_slot_wal_keep_size``, see :mod:`sagaz.ha.wal_settings`), with a
+fresh base backup and a new slot, in the background so the read pool keeps being reconciled
+meanwhile (:mod:`sagaz.ha.slots`).
+
 It runs as ``sagaz dev supervise --dir D`` (started in the background by ``sagaz dev up``, pid in
 ``D/supervisor.pid``, log in ``D/supervisor.log``, stopped by ``sagaz dev down``).
 """
@@ -60,6 +65,7 @@ from sagaz.ha.readpool import (
     reconcile_read_pool,
     refresh_read_pool,
 )
+from sagaz.ha.slots import LostSlotHealer
 
 __all__ = [
     "CHECK_TIMEOUT", "DEFAULT_INTERVAL", "Probe", "ReadPoolChange", "probe_nodes",
@@ -78,26 +84,33 @@ DEFAULT_INTERVAL = 1.0
 
 async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                     stop: asyncio.Event | None = None) -> None:
-    """Reconcile the read pool every ``interval`` seconds until ``stop`` is set or the cluster
-    directory is gone."""
+    """Reconcile the read pool, and rebuild replicas whose slot was lost, every ``interval``
+    seconds until ``stop`` is set or the cluster directory is gone."""
     stop = stop or asyncio.Event()
+    healer = LostSlotHealer()
     logger.info("supervising %s every %g s", directory, interval,
                 extra={"action": "supervisor_started", "directory": str(directory)})
-    while not stop.is_set():
-        started = time.monotonic()
-        if not (directory / "cluster.json").exists():
-            logger.info("%s is gone; stopping", directory,
-                        extra={"action": "supervisor_cluster_gone"})
-            return
-        try:
-            await reconcile_read_pool(LocalCluster.load(directory))
-        except (SagazError, OSError, ValueError) as exc:
-            # One bad pass (a file being rewritten, PgBouncer restarting) must not end the
-            # supervision: the next pass tries again.
-            logger.warning("supervisor pass failed: %s", exc,
-                           extra={"action": "supervisor_pass_failed"})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, interval - (time.monotonic() - started)))
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            if not (directory / "cluster.json").exists():
+                logger.info("%s is gone; stopping", directory,
+                            extra={"action": "supervisor_cluster_gone"})
+                return
+            try:
+                cluster = LocalCluster.load(directory)
+                await reconcile_read_pool(cluster)
+                await healer.check(cluster)
+            except (SagazError, OSError, ValueError) as exc:
+                # One bad pass (a file being rewritten, PgBouncer restarting) must not end the
+                # supervision: the next pass tries again.
+                logger.warning("supervisor pass failed: %s", exc,
+                               extra={"action": "supervisor_pass_failed"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(),
+                                       max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        await healer.close()
 
 
 def run_supervisor(directory: Path, interval: float = DEFAULT_INTERVAL) -> None:

@@ -281,6 +281,9 @@ def test_existing_files_are_kept_without_force(
     (["--k8s", "--storage-size", "0Gi"], "use a positive number with a unit such as 10Gi"),
     (["--k8s", "--image", "bad image"], "not a container image reference"),
     (["--namespace", "prod"], "--namespace only applies to Kubernetes manifests: add --k8s"),
+    (["--max-slot-wal-keep-size", "4 apples"], "'4 apples' is not a WAL size: use a whole "
+                                               "number of MB, GB or TB"),
+    (["--k8s", "--max-slot-wal-keep-size", "0MB"], "between 1MB and 2047TB"),
 ])
 def test_invalid_options_say_what_to_change(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], needle: str,
@@ -304,6 +307,56 @@ def test_options_from_environment(
     sts = next(d for d in documents(tmp_path / "k8s" / "postgresql-ha.yaml")
                if d["kind"] == "StatefulSet")
     assert (sts["metadata"]["namespace"], sts["spec"]["replicas"]) == ("from-env", 4)
+
+
+def _postgres_args(directory: Path) -> dict[str, list[str]]:
+    """The `-c name=value` settings of each PostgreSQL server, compose service or Kubernetes
+    container, of a generated deployment."""
+    found: dict[str, list[str]] = {}
+    compose = directory / "docker-compose.yaml"
+    if compose.exists():
+        for name, service in yaml.safe_load(compose.read_text())["services"].items():
+            if name.startswith(("postgres-primary", "postgres-replica")):
+                found[name] = service["command"]
+    manifest = directory / "k8s" / "postgresql-ha.yaml"
+    if manifest.exists():
+        sts = next(d for d in documents(manifest) if d["kind"] == "StatefulSet")
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        found["statefulset"] = container["args"]
+    return {name: [a for a in args if "=" in a] for name, args in found.items()}
+
+
+def test_every_postgresql_server_caps_the_wal_kept_for_replicas(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """max_slot_wal_keep_size is set, and the same on every server of compose, Kubernetes and the
+    local cluster: a replica that stays down cannot fill the primary's disk."""
+    from sagaz.ha.local import ClusterState, LocalCluster
+
+    def local_settings(size: str) -> list[str]:
+        state = ClusterState(25432, "sagaz", ["node0"], "node0", "/nonexistent", size)
+        node = LocalCluster(tmp_path / "local", state).node("node0")
+        return [f"{k}={v.strip(chr(39))}" for k, v in node.settings.items()
+                if k in ("max_slot_wal_keep_size", "wal_keep_size")]
+
+    default = generate(capsys, tmp_path / "default", "--with-ha", "--replicas", "2")
+    generate(capsys, default, "--k8s", "--with-ha")
+    servers = _postgres_args(default)
+    assert set(servers) == {"postgres-primary", "postgres-replica", "postgres-replica-2",
+                            "statefulset"}
+    for args in servers.values():
+        assert "max_slot_wal_keep_size=4GB" in args and "wal_keep_size=256MB" in args
+        assert [a for a in args if "wal_keep_size" in a] == local_settings("4GB")
+
+    monkeypatch.setenv("SAGAZ_MAX_SLOT_WAL_KEEP_SIZE", "100mb")
+    small = generate(capsys, tmp_path / "small", "--with-ha")
+    generate(capsys, small, "--k8s", "--max-slot-wal-keep-size", "100MB")
+    for args in _postgres_args(small).values():
+        # wal_keep_size never above the cap: PostgreSQL keeps the larger of the two.
+        assert [a for a in args if "wal_keep_size" in a] == [
+            "max_slot_wal_keep_size=100MB", "wal_keep_size=100MB"] == local_settings("100MB")
+    for readme in (small / "README.md", small / "k8s" / "README.md"):
+        assert "`max_slot_wal_keep_size` (100MB" in " ".join(readme.read_text().split())
 
 
 def test_secrets_are_generated_private_and_nowhere_else(

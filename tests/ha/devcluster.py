@@ -74,7 +74,8 @@ class DevCluster:
 
 
 @contextlib.contextmanager
-def dev_cluster(replicas: int) -> Iterator[DevCluster]:
+def dev_cluster(replicas: int, *up_args: str) -> Iterator[DevCluster]:
+    """A cluster of ``sagaz dev up --ha --replicas REPLICAS UP_ARGS...``."""
     require_cluster_binaries()
     parent = Path(tempfile.mkdtemp(prefix="sagaz-ha-test-"))
     parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
@@ -82,7 +83,7 @@ def dev_cluster(replicas: int) -> Iterator[DevCluster]:
     base = free_base_port(replicas + 1)
     try:
         result = run_cli("dev", "up", "--ha", "--replicas", str(replicas), "--dir",
-                         str(directory), "--base-port", str(base))
+                         str(directory), "--base-port", str(base), *up_args)
         assert result.code == 0, result.out + result.err
         yield DevCluster(directory, base, result)
     finally:
