@@ -16,20 +16,45 @@ from .common import ExitCode, Storages, execute, fail, run_async
 from .loading import load_saga
 from .output import err_console
 
-__all__ = ["parse_context", "run", "show"]
+__all__ = ["parse_context", "read_context_text", "run", "show"]
 
 SPEC_HELP = "The saga as MODULE:ATTRIBUTE: a sagaz.Saga instance or a Saga subclass."
 
 
-def parse_context(text: str) -> dict[str, Any]:
+CTX_HELP = ("The initial context, a JSON object: inline, @FILE to read it from a file, or - to "
+            "read it from stdin (for contexts too large for the command line).")
+
+
+def read_context_text(value: str) -> tuple[str, str]:
+    """The JSON text --ctx names and where it came from (for messages): the value itself, the
+    file after ``@``, or stdin for ``-``. A context of megabytes does not fit in an argument list
+    (the kernel caps it), so large ones come from a file or a pipe."""
+    if value == "-":
+        return sys.stdin.read(), "--ctx - (stdin)"
+    if value.startswith("@"):
+        path = value[1:]
+        if not path:
+            fail("--ctx @ needs a file name: --ctx @context.json (or --ctx - for stdin)")
+        try:
+            with open(path, encoding="utf-8") as file:
+                return file.read(), f"--ctx {value}"
+        except OSError as exc:
+            fail(f"--ctx {value}: cannot read {path!r} ({exc.strerror or exc}); name a readable "
+                 "JSON file, or pass the JSON itself")
+        except UnicodeDecodeError as exc:
+            fail(f"--ctx {value}: {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+    return value, "--ctx"
+
+
+def parse_context(text: str, source: str = "--ctx") -> dict[str, Any]:
     """The --ctx value as a dict, or a one-line error saying what is wrong with it."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        fail(f"--ctx is not valid JSON ({exc}); pass a JSON object such as "
+        fail(f"{source} is not valid JSON ({exc}); pass a JSON object such as "
              """--ctx '{"order_id": 42}'""")
     if not isinstance(value, dict):
-        fail(f"--ctx must be a JSON object such as '{{\"order_id\": 42}}', got a JSON "
+        fail(f"{source} must be a JSON object such as '{{\"order_id\": 42}}', got a JSON "
              f"{type(value).__name__}")
     return value
 
@@ -37,8 +62,7 @@ def parse_context(text: str) -> dict[str, Any]:
 def run(
     spec: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help=SPEC_HELP)],
     ctx: Annotated[str, typer.Option(
-        "--ctx", envvar="SAGAZ_RUN_CTX", metavar="JSON",
-        help="The initial context, a JSON object.")] = "{}",
+        "--ctx", envvar="SAGAZ_RUN_CTX", metavar="JSON|@FILE|-", help=CTX_HELP)] = "{}",
     saga_id: Annotated[str | None, typer.Option(
         "--saga-id", envvar="SAGAZ_RUN_SAGA_ID", metavar="UUID",
         help="Run under this id; running an id again returns the first run's outcome.")] = None,
@@ -50,7 +74,7 @@ def run(
     the saga was compensated, prints why to stderr (exit 1)."""
 
     def body() -> int:
-        context = parse_context(ctx)
+        context = parse_context(*read_context_text(ctx))
         saga = load_saga(spec)
         return run_async(partial(_run, saga, context, saga_id, idempotency_key))
 

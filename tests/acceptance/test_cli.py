@@ -109,6 +109,37 @@ def test_run_prints_the_final_context_as_json(tmp_path: Path) -> None:
     assert json.loads(result.stdout) == {"name": "ada", "greeting": "hello ada", "count": 1}
 
 
+def test_run_reads_a_10_mb_context_from_a_file_or_stdin(tmp_path: Path) -> None:
+    # Too large for an argument list (the kernel caps one argument at 128 kB): the
+    # "Argument list too long" users hit with an inline --ctx.
+    blob = "x" * 10_000_000
+    (tmp_path / "ctx.json").write_text(json.dumps({"name": "ada", "blob": blob}))
+    from_file = cli(tmp_path, "run", "sample_sagas:hello", "--ctx", "@ctx.json")
+    assert from_file.returncode == 0, from_file.stderr[-2000:]
+    final = json.loads(from_file.stdout)
+    assert final["greeting"] == "hello ada" and final["blob"] == blob
+    from_stdin = subprocess.run(
+        sagaz_cmd("run", "sample_sagas:hello", "--ctx", "-"), cwd=tmp_path, env=_env(),
+        input=json.dumps({"name": "bo", "blob": blob}), capture_output=True, text=True,
+        timeout=60, check=False)
+    assert from_stdin.returncode == 0, from_stdin.stderr[-2000:]
+    assert json.loads(from_stdin.stdout)["greeting"] == "hello bo"
+
+
+def test_a_context_file_that_cannot_be_read_or_parsed_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bad.json").write_text("{oops")
+    (tmp_path / "list.json").write_text("[1]")
+    for value, needle in [("@missing.json", "cannot read 'missing.json'"),
+                          ("@", "needs a file name"),
+                          ("@bad.json", "--ctx @bad.json is not valid JSON"),
+                          ("@list.json", "--ctx @list.json must be a JSON object")]:
+        result = cli(tmp_path, "run", "sample_sagas:hello", "--ctx", value)
+        assert_clean_error(result, 2, "error:", needle)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_run_builds_a_saga_subclass_and_reads_the_context_from_the_environment(
     tmp_path: Path,
 ) -> None:
