@@ -91,7 +91,12 @@ class SagaConfig:
 
 def storage_from_url(url: str, variable: str, *, readonly: bool = False) -> SagaStorage:
     """The storage a URL names. ``variable`` is named in errors so users know what to fix."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced "[" or "]" (IPv6 literal) in the host
+        raise ConfigurationError(
+            f"{variable}={redact_url(url)!r} is malformed ({exc}); expected one of: "
+            f"{_STORAGE_FORMS} (an IPv6 host goes in brackets: [::1]:5432)") from None
     scheme = parts.scheme.lower()
     if scheme == "memory":
         from sagaz.storage.memory import InMemorySagaStorage

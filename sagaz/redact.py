@@ -12,7 +12,11 @@ _SECRET_PARAMETERS = ("password", "passwd", "secret", "token", "sslpassword")
 def redact_url(url: str) -> str:
     """``url`` with the password of its user info and of secret query parameters (such as
     ``?password=``) replaced by ``***``."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" (an IPv6 literal): nothing can be told apart
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}://***" if sep and scheme.isascii() and scheme.isalnum() else "***"
     try:
         password = parts.password
     except ValueError:  # a malformed port makes urllib give up on the netloc: hide all of it

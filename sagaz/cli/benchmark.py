@@ -184,6 +184,14 @@ def _with_psycopg(body: Callable[[], int]) -> None:
             fail("the PostgreSQL benchmarks need psycopg: pip install 'sagaz[postgres]'")
         try:
             code: int = body()
+        except psycopg.ProgrammingError as exc:
+            if type(exc) is not psycopg.ProgrammingError or exc.sqlstate is not None:
+                raise  # an error of the server (a subclass, with a SQLSTATE): a bug, not input
+            # A conninfo libpq cannot parse; its message quotes the malformed part, which may
+            # hold the password.
+            fail("--dsn (SAGAZ_BENCH_PG_DSN) is malformed; expected "
+                 "postgresql://user@host:5432/dbname or key=value pairs such as "
+                 "'host=127.0.0.1 dbname=postgres'")
         except psycopg.OperationalError as exc:
             fail(f"cannot reach the benchmark server: {str(exc).strip()}", ExitCode.STORAGE)
         return code

@@ -20,9 +20,15 @@ if TYPE_CHECKING:
     from sagaz.engine.definition import Saga
     from sagaz.storage.base import SagaStorage
 
-__all__ = ["CliError", "ExitCode", "Storages", "execute", "fail", "run_async"]
+__all__ = ["MAX_LIMIT", "MAX_OFFSET", "CliError", "ExitCode", "Storages", "execute", "fail",
+           "run_async"]
 
 logger = logging.getLogger(__name__)
+
+MAX_LIMIT = 1_000_000
+"""The largest --limit of a listing: beyond a million rows, export with SQL instead."""
+MAX_OFFSET = 2**63 - 1
+"""The largest --offset: a 64-bit integer, what SQLite and PostgreSQL (bigint) accept."""
 
 
 class ExitCode(IntEnum):

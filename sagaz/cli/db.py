@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
-from urllib.parse import urlsplit
 
 import typer
 from rich.filesize import decimal
@@ -58,6 +58,7 @@ LockTimeoutOption = Annotated[float, typer.Option(
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _DSN_FORM = "postgresql://user@host:5432/dbname"
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -77,7 +78,10 @@ def resolve_dsn(dsn: str | None) -> str:
 
 
 def _scheme(url: str) -> str:
-    return urlsplit(url).scheme.lower() if "://" in url else ""
+    # Not urlsplit: it raises on an unbalanced "[" in the host, and only the scheme matters here
+    # (libpq parses the rest and says what is wrong with it).
+    match = _SCHEME.match(url)
+    return match[1].lower() if match else ""
 
 
 def require_postgres(dsn: str, source: str) -> None:

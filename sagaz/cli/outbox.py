@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import ExitCode, Storages, execute, fail, run_async
+from .common import MAX_LIMIT, ExitCode, Storages, execute, fail, run_async
 from .output import format_time, out, table_console
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ def status() -> None:
 
 @dlq_app.command("list")
 def list_dead(
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+    limit: Annotated[int, typer.Option(
+        "--limit", min=1, max=MAX_LIMIT, help="At most this many.")] = 100,
 ) -> None:
     """Dead letters, oldest first, with their last error."""
 

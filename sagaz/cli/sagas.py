@@ -14,7 +14,7 @@ from rich.table import Table
 
 from sagaz.engine.types import SagaState, SagaStatus
 
-from .common import ExitCode, Storages, execute, fail, run_async
+from .common import MAX_LIMIT, MAX_OFFSET, ExitCode, Storages, execute, fail, run_async
 from .output import format_time, out, table_console
 
 __all__ = ["sagas_app"]
@@ -32,9 +32,11 @@ def list_sagas(
         "--status", envvar="SAGAZ_SAGAS_STATUS", case_sensitive=False,
         help="Only sagas with this status.")] = None,
     limit: Annotated[int, typer.Option(
-        "--limit", min=1, envvar="SAGAZ_SAGAS_LIMIT", help="At most this many sagas.")] = 50,
+        "--limit", min=1, max=MAX_LIMIT, envvar="SAGAZ_SAGAS_LIMIT",
+        help="At most this many sagas.")] = 50,
     offset: Annotated[int, typer.Option(
-        "--offset", min=0, envvar="SAGAZ_SAGAS_OFFSET", help="Skip this many (paging).")] = 0,
+        "--offset", min=0, max=MAX_OFFSET, envvar="SAGAZ_SAGAS_OFFSET",
+        help="Skip this many (paging).")] = 0,
     as_json: Annotated[bool, typer.Option(
         "--json", envvar="SAGAZ_SAGAS_JSON", help=JSON_HELP)] = False,
 ) -> None:

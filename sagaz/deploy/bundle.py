@@ -112,6 +112,14 @@ def validate_namespace(namespace: str) -> None:
             f"--namespace {namespace!r} is not a valid Kubernetes namespace: use at most 63 "
             "lowercase letters, digits and '-', starting and ending with a letter or digit "
             "(e.g. sagaz or sagaz-prod)")
+    if namespace.startswith("kube-") or namespace == "default":
+        # namespace.yaml makes the namespace sagaz's own: it sets Pod Security labels on it, the
+        # network policies sit in it, and `kubectl delete -k` deletes it. Kubernetes reserves
+        # kube-* for its system namespaces; `default` is shared by whatever else runs there.
+        raise SagazError(
+            f"--namespace {namespace!r} is a namespace of Kubernetes itself, shared with other "
+            "workloads: the generated files take over their namespace (Pod Security labels, "
+            "`kubectl delete -k` deletes it); choose one of its own, e.g. sagaz or sagaz-prod")
 
 
 def validate_storage_size(size: str) -> None:

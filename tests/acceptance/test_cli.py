@@ -174,6 +174,39 @@ def test_bad_spec_bad_json_and_non_saga_are_one_clear_line_and_exit_2(tmp_path: 
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(("args", "env", "needle"), [
+    (["sagas", "list"], {"SAGAZ_STORAGE_URL": "postgresql://u:secret@[::1/db"},
+     "SAGAZ_STORAGE_URL='postgresql://***' is malformed"),
+    (["sagas", "list"], {"SAGAZ_ANALYTICS_URL": "postgresql://u:secret@db]/x"},
+     "SAGAZ_ANALYTICS_URL='postgresql://***' is malformed"),
+    (["worker", "--once"], {"SAGAZ_BROKER_URL": "amqp://u:secret@[rabbit"},
+     "broker URL 'amqp://***' is malformed"),
+    (["db", "migrate", "--dsn", "postgresql://u:secret@[::1/db"], {},
+     "the PostgreSQL DSN is malformed"),
+    (["benchmark", "partitioning", "--dsn", "postgresql://u:secret@[::1/db"], {},
+     "--dsn (SAGAZ_BENCH_PG_DSN) is malformed"),
+])
+def test_a_url_with_an_unbalanced_bracket_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], needle: str,
+) -> None:
+    result = cli(tmp_path, *args, **env)
+    assert_clean_error(result, 2, "error:", needle)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["sagas", "list", "--limit", "99999999999999999999"],
+    ["sagas", "list", "--offset", "99999999999999999999"],
+    ["outbox", "dlq", "list", "--limit", "99999999999999999999"],
+])
+def test_a_number_beyond_what_the_database_takes_is_a_usage_error(
+    tmp_path: Path, args: list[str],
+) -> None:
+    result = cli(tmp_path, *args)
+    assert_clean_error(result, 2, args[-2], "less than or equal to")
+
+
 def test_malformed_storage_url_names_the_variable_and_exits_2(tmp_path: Path) -> None:
     result = cli(tmp_path, "sagas", "list", SAGAZ_STORAGE_URL="mysql://db/sagas")
     assert_clean_error(result, 2, "SAGAZ_STORAGE_URL", "sqlite:///")

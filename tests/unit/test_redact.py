@@ -16,3 +16,9 @@ from sagaz.redact import redact_url
 def test_passwords_are_hidden(url: str, shown: str) -> None:
     assert redact_url(url) == shown
     assert "s3cret" not in redact_url(url)
+
+
+def test_a_url_urllib_cannot_split_is_hidden_past_its_scheme() -> None:
+    # An unbalanced "[" makes urlsplit raise: the redaction must not, and must hide the password.
+    assert redact_url("postgresql://u:secret@[::1/db") == "postgresql://***"
+    assert redact_url("//u:secret@[x/db") == "***"
