@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shlex
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,16 +26,19 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.dirlock import LOCK_FILE, directory_lock
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
 
 from .common import ExitCode, execute, fail
-from .output import out, print_warning, table_console
+from .output import err_console, out, print_warning, table_console
 
 if TYPE_CHECKING:
     from sagaz.ha.health import ClusterHealth
     from sagaz.ha.local import LocalCluster
 
-__all__ = ["DirOption", "dev_app", "load_cluster", "stage_printer"]
+__all__ = ["DirOption", "cluster_lock", "dev_app", "load_cluster", "stage_printer"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path(".sagaz/cluster")
 DEFAULT_BASE_PORT = 25432
@@ -187,12 +192,32 @@ def up_command(
 
     def body() -> int:
         require_driver()
+        if replicas and not ha:
+            fail("--replicas needs --ha (without it the cluster is a single server)")
+        new_directory = not directory.exists()
+        existing = set() if new_directory else set(directory.iterdir())
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"cannot create the cluster directory {directory}: "
+                 f"{exc.strerror or exc}; choose another --dir (SAGAZ_DEV_DIR)")
+        with cluster_lock(directory):
+            exists = (directory / "cluster.json").exists()
+            if exists:
+                return _up(exists)
+            # A new cluster is created completely or not at all: whatever a failed attempt
+            # made (servers started, data directories) is removed again, so the next `up`
+            # starts from a clean directory instead of half a cluster.
+            try:
+                return _up(exists)
+            except BaseException:
+                _remove_new_cluster(directory, new_directory, existing)
+                raise
+
+    def _up(exists: bool) -> int:
         from sagaz.ha.local import LocalCluster
         from sagaz.ha.supervisor import start_supervisor, supervisor_pid
 
-        if replicas and not ha:
-            fail("--replicas needs --ha (without it the cluster is a single server)")
-        exists = (directory / "cluster.json").exists()
         if exists:
             cluster = LocalCluster.load(directory)
             _check_compatible(cluster, replicas, base_port)
@@ -236,6 +261,45 @@ def up_command(
         return ExitCode.OK
 
     execute(body)
+
+
+@contextmanager
+def cluster_lock(directory: Path) -> Iterator[None]:
+    """One `dev up|down|restart` or `ha promote|rejoin` at a time on ``directory``."""
+    def waiting(pid: int | None) -> None:
+        holder = f" (pid {pid})" if pid else ""
+        err_console.print(f"waiting for another sagaz command on {escape(str(directory))}"
+                          f"{holder} to finish ...", soft_wrap=True)
+
+    try:
+        with directory_lock(directory, waiting):
+            yield
+    except FileNotFoundError:
+        fail(f"no local cluster in {directory} (it was deleted meanwhile): start one with "
+             "`sagaz dev up --ha`")
+
+
+def _remove_new_cluster(directory: Path, new_directory: bool, existing: set[Path]) -> None:
+    """Undo a failed creation: stop what it started, delete what it wrote (only that)."""
+    try:
+        cluster = load_cluster(directory)
+    except ConfigurationError:
+        cluster = None  # it failed before writing cluster.json: nothing runs
+    if cluster is not None:
+        try:
+            cluster.down()
+        except Exception:
+            # Best effort: the error that made `up` fail is the one to report.
+            logger.warning("stopping the half-created cluster in %s failed", directory,
+                           exc_info=True, extra={"action": "dev_up_rollback_failed"})
+    if new_directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for entry in set(directory.iterdir()) - existing:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _check_compatible(cluster: LocalCluster, replicas: int | None, base_port: int | None) -> None:
@@ -393,10 +457,20 @@ def down_command(
 
     def body() -> int:
         if not (directory / "cluster.json").exists():
-            if purge and directory.exists() and any(directory.iterdir()):
-                fail(f"{directory} holds no sagaz cluster (no cluster.json); not deleting it")
-            out.print(f"no cluster in {escape(str(directory))}; nothing to stop", soft_wrap=True)
-            return ExitCode.OK
+            return _nothing_to_stop()
+        with cluster_lock(directory):
+            if not (directory / "cluster.json").exists():  # another `down --purge` was first
+                return _nothing_to_stop()
+            return _down()
+
+    def _nothing_to_stop() -> int:
+        if purge and directory.exists() and any(
+                entry.name != LOCK_FILE for entry in directory.iterdir()):
+            fail(f"{directory} holds no sagaz cluster (no cluster.json); not deleting it")
+        out.print(f"no cluster in {escape(str(directory))}; nothing to stop", soft_wrap=True)
+        return ExitCode.OK
+
+    def _down() -> int:
         cluster = load_cluster(directory)
         from sagaz.ha.supervisor import supervisor_pid
 
@@ -409,6 +483,32 @@ def down_command(
         if purge:
             out.print(f"deleted {escape(str(cluster.directory))} (data and passwords)",
                       soft_wrap=True)
+        return ExitCode.OK
+
+    execute(body)
+
+
+@dev_app.command("restart")
+def restart_command(
+    name: Annotated[str, typer.Argument(
+        metavar="NAME", help="node0 .. nodeN, pgbouncer-rw or pgbouncer-ro.")],
+    directory: DirOption = DEFAULT_DIR,
+) -> None:
+    """Restart one server or pool of the local cluster (fast shutdown: its running transactions
+    are rolled back), e.g. after changing its settings or to rehearse a restart under load. A
+    stopped one is started. The other parts keep running."""
+
+    def body() -> int:
+        require_driver()
+        if not (directory / "cluster.json").exists():
+            load_cluster(directory)  # the usage error saying how to start one
+        with cluster_lock(directory):
+            cluster = load_cluster(directory)
+            started = time.monotonic()
+            with cluster_errors():
+                cluster.restart(name)
+        out.print(f"restarted {escape(name)} in {time.monotonic() - started:.2f} s",
+                  soft_wrap=True)
         return ExitCode.OK
 
     execute(body)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from .common import ExitCode, execute
-from .dev import DEFAULT_DIR, DirOption, cluster_errors, load_cluster
+from .dev import DEFAULT_DIR, DirOption, cluster_errors, cluster_lock, load_cluster
 from .output import out, print_warning
 
 __all__ = ["ha_app"]
@@ -60,6 +60,11 @@ def promote_command(
     unavailable."""
 
     def body() -> int:
+        load_cluster(directory)  # no cluster there: the usage error saying how to start one
+        with cluster_lock(directory):  # cluster.json is read, changed and written back
+            return locked()
+
+    def locked() -> int:
         cluster = load_cluster(directory)
         from sagaz.ha.failover import promote
 
@@ -94,6 +99,11 @@ def rejoin_command(
     restart, pg_rewind, or a fresh pg_basebackup."""
 
     def body() -> int:
+        load_cluster(directory)  # no cluster there: the usage error saying how to start one
+        with cluster_lock(directory):  # cluster.json is read, changed and written back
+            return locked()
+
+    def locked() -> int:
         cluster = load_cluster(directory)
         from sagaz.ha.failover import rejoin
         from sagaz.ha.supervisor import refresh_read_pool

@@ -340,6 +340,32 @@ class LocalCluster:
         if purge:
             shutil.rmtree(self.directory, ignore_errors=True)
 
+    @property
+    def part_names(self) -> list[str]:
+        """What ``restart`` takes: every node and both pools."""
+        return [*self.state.nodes, "pgbouncer-rw", "pgbouncer-ro"]
+
+    def restart(self, name: str) -> None:
+        """Stop (fast: running transactions are rolled back) and start again one node or pool,
+        whether it was running or not. A node keeps its role; the pools keep their targets (the
+        supervisor keeps pgbouncer-ro on the replicas that answer)."""
+        if name not in self.part_names:
+            raise ConfigurationError(
+                f"no part {name!r} in the cluster in {self.directory}; restart one of "
+                f"{', '.join(self.part_names)} (primary {self.state.primary})")
+        if name.startswith("pgbouncer-"):
+            bouncer = self.bouncer(name.removeprefix("pgbouncer-"))
+            bouncer.stop()
+            bouncer.start()
+            return
+        node = self.node(name)
+        if not node.exists:
+            raise ConfigurationError(
+                f"{name} has not been created yet: `sagaz dev up` creates and starts it")
+        node.stop("fast")
+        node.write_settings()
+        node.start()
+
     def run_roles_sql(self) -> None:
         """sql/roles.sql through psql as the superuser: the same file init-primary.sh runs."""
         script = resources.files("sagaz.deploy").joinpath("templates", "sql", "roles.sql")
