@@ -4,8 +4,13 @@
 --
 -- Passwords come from the environment, never from the command line (other users see that in ps):
 --   SAGAZ_APP_PASSWORD, SAGAZ_READER_PASSWORD, SAGAZ_REPLICATION_PASSWORD
--- Names come from psql variables: app_user, reader_user, replication_user, app_db.
+-- Names come from psql variables: app_user, reader_user, replication_user, app_db, and
+-- app_schema (optional, default public): the schema sagaz's tables live in.
 \set ON_ERROR_STOP on
+\if :{?app_schema}
+\else
+\set app_schema public
+\endif
 \getenv app_password SAGAZ_APP_PASSWORD
 \getenv reader_password SAGAZ_READER_PASSWORD
 \getenv replication_password SAGAZ_REPLICATION_PASSWORD
@@ -36,3 +41,13 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'app_db', :'app_user')
 SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'app_db') \gexec
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I, %I', :'app_db', :'app_user',
               :'reader_user') \gexec
+
+-- The schema of sagaz's objects, as a setting of the roles in this database, not as a
+-- connection option: PgBouncer drops the `options` startup parameter (options=-c
+-- search_path=...), so a pooled connection and a direct one would land in different schemas.
+-- A role setting applies to every session of the role, through a pool or not.
+\connect :"app_db"
+SELECT format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', :'app_schema', :'app_user')
+ WHERE NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = :'app_schema') \gexec
+SELECT format('ALTER ROLE %I IN DATABASE %I SET search_path = %I', r, :'app_db', :'app_schema')
+  FROM unnest(ARRAY[:'app_user', :'reader_user']) AS r \gexec
