@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE_URL = "sqlite:///sagaz.db"
 DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_RETRY_TIMEOUT = 30.0
 
 _STORAGE_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, memory://, "
@@ -65,15 +66,17 @@ class SagaConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SagaConfig:
         """Build a config from ``SAGAZ_STORAGE_URL``, ``SAGAZ_ANALYTICS_URL``,
-        ``SAGAZ_BROKER_URL`` and ``SAGAZ_LEASE_SECONDS``; keyword arguments win over them."""
+        ``SAGAZ_BROKER_URL``, ``SAGAZ_LEASE_SECONDS`` and ``SAGAZ_RETRY_TIMEOUT``; keyword
+        arguments win over them."""
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
+        retry = _seconds(env, "SAGAZ_RETRY_TIMEOUT", "30")
         url = env.get("SAGAZ_STORAGE_URL") or DEFAULT_STORAGE_URL
-        kwargs["storage"] = storage_from_url(url, "SAGAZ_STORAGE_URL")
+        kwargs["storage"] = storage_from_url(url, "SAGAZ_STORAGE_URL", retry_timeout=retry)
         analytics = env.get("SAGAZ_ANALYTICS_URL")
         if analytics:
             kwargs["analytics_storage"] = storage_from_url(
-                analytics, "SAGAZ_ANALYTICS_URL", readonly=True)
+                analytics, "SAGAZ_ANALYTICS_URL", readonly=True, retry_timeout=retry)
         broker = env.get("SAGAZ_BROKER_URL")
         if broker:
             kwargs["broker"] = broker_from_url(broker, "SAGAZ_BROKER_URL")
@@ -89,8 +92,26 @@ class SagaConfig:
         return cls(**kwargs)
 
 
-def storage_from_url(url: str, variable: str, *, readonly: bool = False) -> SagaStorage:
-    """The storage a URL names. ``variable`` is named in errors so users know what to fix."""
+def _seconds(env: Mapping[str, str], variable: str, example: str) -> float | None:
+    value = env.get(variable)
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise ConfigurationError(
+            f"{variable} must be a number of seconds >= 0 such as {example}, got {value!r}")
+    return seconds
+
+
+def storage_from_url(
+    url: str, variable: str, *, readonly: bool = False, retry_timeout: float | None = None
+) -> SagaStorage:
+    """The storage a URL names. ``variable`` is named in errors so users know what to fix.
+    ``retry_timeout``: seconds a database storage retries connection errors (its default when
+    None)."""
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # an unbalanced "[" or "]" (IPv6 literal) in the host
@@ -118,7 +139,9 @@ def storage_from_url(url: str, variable: str, *, readonly: bool = False) -> Saga
             raise ConfigurationError(
                 f"{variable} names PostgreSQL, but PostgreSQL storage is not available in this "
                 f"installation ({exc}); install it with: pip install 'sagaz[postgres]'") from exc
-        storage: SagaStorage = PostgreSQLSagaStorage(dsn=url, readonly=readonly)
+        storage: SagaStorage = PostgreSQLSagaStorage(
+            dsn=url, readonly=readonly,
+            retry_timeout=DEFAULT_RETRY_TIMEOUT if retry_timeout is None else retry_timeout)
         return storage
     raise ConfigurationError(
         f"{variable}={redact_url(url)!r} has an unsupported or missing scheme; expected one of: "

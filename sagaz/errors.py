@@ -43,7 +43,20 @@ class SagaDefinitionError(SagazError):
 
 
 class StorageError(SagazError):
-    """The storage backend failed or refused an operation."""
+    """The storage backend failed or refused an operation.
+
+    ``refused`` is True when the storage refused the data written (a value or a constraint):
+    the storage itself works, and the same write would be refused again.
+    ``connection_rejected`` is True when the database turned the connection down (credentials,
+    role, database name): nothing changes until the configuration does.
+    """
+
+    def __init__(
+        self, message: str, *, refused: bool = False, connection_rejected: bool = False
+    ):
+        super().__init__(message)
+        self.refused = refused
+        self.connection_rejected = connection_rejected
 
 
 class SagaNotFoundError(StorageError):

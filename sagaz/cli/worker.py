@@ -127,6 +127,8 @@ async def _work(
             try:
                 await _pass(config, warned)
             except StorageError as exc:
+                if exc.connection_rejected:
+                    raise  # wrong credentials or database: no later pass can do better (exit 3)
                 # A long-running worker outlives a database restart: report it in one line and
                 # retry on the next pass. (--once lets the error decide the exit code instead.)
                 print_error(f"recovery pass failed: {exc}; retrying in {interval:g}s")

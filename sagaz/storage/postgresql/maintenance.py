@@ -29,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
 from sagaz.errors import ConfigurationError, StorageError
+from sagaz.storage.postgresql.errors import server_label
 from sagaz.storage.postgresql.migrate import migrate
 from sagaz.storage.postgresql.storage import redact_dsn
 from sagaz.storage.sql import queries
@@ -95,21 +96,6 @@ class MaintenanceReport:
 
     def count(self, action: str) -> int:
         return sum(1 for a in self.actions if a.action == action)
-
-
-def server_label(dsn: str) -> str:
-    """``host:port/dbname`` of a DSN (URL or key=value), for messages: never the password."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparsable dsn>"
-    hosts = str(params.get("host") or params.get("hostaddr") or "localhost").split(",")
-    ports = str(params.get("port") or "5432").split(",")
-    if len(ports) == 1:
-        ports = ports * len(hosts)
-    where = ",".join(f"{h}:{p}" for h, p in zip(hosts, ports, strict=False))
-    dbname = params.get("dbname") or params.get("user")
-    return f"{where}/{dbname}" if dbname else where
 
 
 def migrate_database(dsn: str) -> list[int]:

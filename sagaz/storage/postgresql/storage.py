@@ -23,18 +23,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import ConfigurationError, StorageError
 from sagaz.storage.base import UnitOfWork, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
+from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
 from sagaz.storage.sql import queries
 
@@ -46,6 +47,11 @@ T = TypeVar("T")
 Q = queries("postgresql")
 _Conn = psycopg.AsyncConnection[Any]
 _CREATED_CACHE_SIZE = 100_000
+# No server-side prepared statements (PgBouncer in transaction mode); a dead host fails in 5 s.
+_CONNECT_KWARGS: dict[str, Any] = {"prepare_threshold": None, "connect_timeout": 5}
+# Connection errors: 50 ms doubling to 2 s, jittered, until retry_timeout is spent.
+_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=2.0)
+_MIN_POOL_WAIT = 0.5
 
 
 class PostgreSQLSagaStorage:
@@ -88,6 +94,7 @@ class PostgreSQLSagaStorage:
         self.replica_wait = replica_wait
         self._pool: AsyncConnectionPool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._migrated = False
         self.max_inflight = max_inflight
         self._pending: list[tuple[Pending, asyncio.Future[Any]]] = []
@@ -119,63 +126,108 @@ class PostgreSQLSagaStorage:
 
     async def _get_pool(self) -> AsyncConnectionPool:
         loop = asyncio.get_running_loop()
-        if self._pool is None or self._pool_loop is not loop:
-            # A pool belongs to the event loop that opened it (each asyncio.run gets a new one).
-            pool = AsyncConnectionPool(
-                self.dsn, min_size=self.min_size, max_size=self.max_size, open=False,
-                kwargs={"prepare_threshold": None, "connect_timeout": 5},
-                configure=self._configure, name="sagaz-ro" if self.readonly else "sagaz-rw",
-            )
-            await pool.open()
-            if self.auto_migrate and not self._migrated:
-                try:
-                    await self._migrate_with(pool)
-                except BaseException:
-                    # Not kept: the next call opens a pool and tries the migration again.
-                    await pool.close()
-                    raise
-            self._pool, self._pool_loop = pool, loop
+        if self._pool is not None and self._pool_loop is loop:
+            return self._pool
+        # One pool per event loop (each asyncio.run gets a new one), opened once however many
+        # callers arrive together: a pool opened per caller would leak its worker tasks.
+        if self._opening is None or self._opening[0] is not loop:
+            self._opening = (loop, asyncio.Lock())
+        async with self._opening[1]:
+            if self._pool is None or self._pool_loop is not loop:
+                self._pool, self._pool_loop = await self._open_pool(), loop
         return self._pool
+
+    async def _open_pool(self) -> AsyncConnectionPool:
+        # The first connection is ours, not the pool's: a pool retries a failed connection in
+        # the background (logging each attempt) and only says PoolTimeout, while this attempt
+        # raises the server's answer at once, which tells a rejected login from a server away.
+        conn = await self._connect()
+        try:
+            if self.auto_migrate and not self._migrated:
+                await self._migrate_on(conn)
+        finally:
+            await conn.close()
+        pool = AsyncConnectionPool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size, open=False,
+            kwargs=_CONNECT_KWARGS, configure=self._configure,
+            name="sagaz-ro" if self.readonly else "sagaz-rw",
+        )
+        await pool.open()
+        return pool
+
+    async def _connect(self) -> _Conn:
+        """A connection of our own, configured like the pool's."""
+        conn = await psycopg.AsyncConnection.connect(self.dsn, **_CONNECT_KWARGS)
+        try:
+            await self._configure(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _why_no_connection(self, pool_timeout: PoolTimeout) -> psycopg.Error:
+        """What kept the pool from handing out a connection: the server's answer to a connection
+        attempt of our own, or, if that succeeds, the pool timeout itself (all busy)."""
+        try:
+            conn = await self._connect()
+        except psycopg.Error as exc:
+            return exc
+        await conn.close()
+        return pool_timeout
 
     async def migrate(self) -> list[int]:
         """Apply pending schema migrations (idempotent, safe to run concurrently); returns the
         versions applied now."""
-        return await self._migrate_with(await self._get_pool())
+        return await self._retrying(lambda conn, _: self._migrate_on(conn))
 
-    async def _migrate_with(self, pool: AsyncConnectionPool) -> list[int]:
+    async def _migrate_on(self, conn: _Conn) -> list[int]:
         from sagaz.storage.postgresql.migrate import migrate_async
 
-        async with pool.connection() as conn:
-            applied = await migrate_async(conn)
+        applied = await migrate_async(conn)
         self._migrated = True
         return applied
 
     async def _retrying(self, fn: Callable[[_Conn, int], Awaitable[T]]) -> T:
-        """Call ``fn(connection, attempt)``, retrying connection failures (a restarted server, a
-        failover, a killed backend) with bounded exponential backoff."""
-        deadline = time.monotonic() + self.retry_timeout
-        delay, attempt = 0.05, 1
+        """Call ``fn(connection, attempt)``, retrying what can heal (a restarted server, a
+        failover, a killed backend) with bounded exponential backoff for ``retry_timeout``
+        seconds; what cannot (a rejected login, a refused value) fails at once. Every driver
+        error leaves as a :class:`StorageError`."""
+        started = time.monotonic()
+        deadline = started + self.retry_timeout
+        attempt = 1
         while True:
-            pool = await self._get_pool()
             try:
-                async with pool.connection() as conn:
-                    return await fn(conn, attempt)
-            except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                pool = await self._get_pool()
+                # The pool waits for a connection no longer than the retries would go on.
+                wait = max(deadline - time.monotonic(), _MIN_POOL_WAIT)
+                async with pool.connection(timeout=wait) as conn:
+                    result = await fn(conn, attempt)
+            except psycopg.Error as exc:
                 if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction) and self.readonly:
                     raise StorageError(
                         f"{self!r} refused a write: it is read-only; write through the primary "
                         "storage") from exc
+                cause: psycopg.Error = exc
+                if isinstance(exc, PoolTimeout):
+                    cause = await self._why_no_connection(exc)
                 # A read-write DSN that reaches a server in recovery (a demoted primary before
-                # PgBouncer is re-pointed) also lands here, and is retried like a lost server.
-                if time.monotonic() + delay > deadline:
-                    raise StorageError(
-                        f"PostgreSQL unreachable for {self.retry_timeout:g}s: {exc}") from exc
-                logger.warning("PostgreSQL connection error, retrying in %.2fs: %s", delay, exc,
-                               extra={"action": "pg_retry", "attempt": attempt})
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                delay, attempt = min(delay * 2, 2.0), attempt + 1
-            except psycopg.Error as exc:
-                raise StorageError(f"PostgreSQL error: {exc}") from exc
+                # PgBouncer is re-pointed) is transient too: retried like a lost server.
+                delay = _BACKOFF.delay(attempt)
+                if not is_transient(cause) or time.monotonic() + delay > deadline:
+                    raise storage_error(
+                        cause, self.dsn, waited=time.monotonic() - started) from exc
+                level = logging.INFO if attempt == 1 else logging.DEBUG
+                logger.log(level, "PostgreSQL at %s: %s; retrying for up to %gs",
+                           server_label(self.dsn), reason(cause, self.dsn), self.retry_timeout,
+                           extra={"action": "pg_retry", "attempt": attempt})
+                await asyncio.sleep(delay)
+                attempt += 1
+            else:
+                if attempt > 1:
+                    logger.info("PostgreSQL at %s answers again after %.1fs",
+                                server_label(self.dsn), time.monotonic() - started,
+                                extra={"action": "pg_reconnected", "attempt": attempt})
+                return result
 
     async def _run(self, fn: Callable[[_Conn], Awaitable[T]]) -> T:
         """Run ``fn`` in one transaction, with retries."""
@@ -400,9 +452,22 @@ class PostgreSQLSagaStorage:
         return await self.primary.load(saga_id)
 
     async def close(self) -> None:
+        """Let the writes in flight finish, then close the pool and wait for its tasks: nothing
+        of this storage is left pending on the event loop."""
+        loop = asyncio.get_running_loop()
+        # A finishing batch may start the next one: wait until none is left.
+        while flushes := [task for task in self._flushes if task.get_loop() is loop]:
+            await asyncio.gather(*flushes, return_exceptions=True)
         pool, self._pool = self._pool, None
-        if pool is not None and self._pool_loop is asyncio.get_running_loop():
+        if pool is not None and self._pool_loop is loop:
             await pool.close()
+        # A pool of an event loop that has ended had its tasks cancelled with that loop.
+
+    async def __aenter__(self) -> PostgreSQLSagaStorage:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 async def _write_batch(
