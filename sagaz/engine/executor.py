@@ -9,7 +9,6 @@ microseconds, most of it the storage commit.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -36,9 +35,11 @@ from sagaz.errors import (
     SagaFailedError,
     SagaNotFoundError,
     SagaTimeoutError,
+    StorageError,
 )
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.base import SagaStorage, UnitOfWork
+from sagaz.storage.values import UnstorableValueError, check_json, check_text, storable_text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -67,6 +68,10 @@ def saga_id_for(saga_name: str, saga_id: str | None, idempotency_key: str | None
         if not isinstance(idempotency_key, str) or not idempotency_key:
             raise SagaDefinitionError("idempotency_key must be a non-empty string",
                                       saga_name=saga_name)
+        try:
+            check_text(idempotency_key, "the idempotency_key")
+        except UnstorableValueError as exc:
+            raise SagaDefinitionError(str(exc), saga_name=saga_name) from None
         return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{saga_name}\0{idempotency_key}"))
     if saga_id is None:
         return _random_uuid()
@@ -93,7 +98,11 @@ def check_context(saga_name: str, context: Any) -> dict[str, Any]:
             f"the context must be a dict, got {type(context).__name__}", saga_name=saga_name)
     try:
         if context:
-            json.dumps(context, allow_nan=False)
+            check_json(context, "the context")
+    except UnstorableValueError as exc:
+        raise SagaDefinitionError(
+            f"the context of saga {saga_name!r} cannot be stored: {exc}", saga_name=saga_name
+        ) from exc
     except (TypeError, ValueError) as exc:
         raise SagaDefinitionError(
             f"the context of saga {saga_name!r} is not JSON-serialisable ({exc}); it is "
@@ -168,8 +177,10 @@ def failure_error(result: SagaResult) -> SagaFailedError:
 
 
 def _describe(exc: BaseException) -> str:
+    """The error recorded for a step: storable whatever the exception says, so that recording
+    a failure can never be what fails the saga's commit."""
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return storable_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 class _Outcome:
@@ -384,6 +395,7 @@ class SagaExecution:
                         return
         finally:
             del self._action_tasks[name]
+        before = self.ctx
         if changes:
             self.ctx = {**self.ctx, **changes}
         finished = time.time()
@@ -397,7 +409,16 @@ class SagaExecution:
             # this commit the step had not completed, after it the saga is done).
             work.status, work.release_lease = SagaStatus.COMPLETED, True
             work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
-        await self.storage.commit(work, self.lease_seconds)
+        try:
+            await self.storage.commit(work, self.lease_seconds)
+        except StorageError as exc:
+            if not exc.refused:
+                raise
+            # The storage works but will never keep this result: the step failed. Its action
+            # ran, so its effect may exist: it is compensated like a step of unknown outcome.
+            self.ctx = before
+            self._stop(name, StepStatus.UNKNOWN, exc, attempt, started)
+            return
         self.state.steps[name] = step
         self._completed_with_last_step = work.status is SagaStatus.COMPLETED
         if self.listeners:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
 from sagaz.engine.context import SagaContext
 from sagaz.errors import StepTimeoutError
+from sagaz.storage.values import UnstorableValueError, check_json
 
 __all__ = ["BadResult", "call_step", "changes_of"]
 
@@ -32,7 +32,10 @@ def changes_of(
         changes.update(returned)
     if changes:
         try:
-            json.dumps(changes, allow_nan=False)
+            check_json(changes, "context")
+        except UnstorableValueError as exc:
+            raise BadResult(
+                f"step {name!r} produced a result that cannot be stored: {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise BadResult(
                 f"step {name!r} produced a context update that is not JSON-serialisable "

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from sagaz.storage.values import UnstorableValueError, check_json, check_text
+
 __all__ = ["OutboxEvent"]
 
 
@@ -29,12 +31,21 @@ class OutboxEvent:
     def __post_init__(self) -> None:
         if not self.event_type or not isinstance(self.event_type, str):
             raise ValueError("event_type must be a non-empty string, e.g. 'OrderReserved'")
+        # The storage rules (sagaz.storage.values) hold for what an event carries, so an event
+        # a step emits can never be what makes the step's commit fail.
+        check_text(self.event_type, "the event_type")
+        if isinstance(self.key, str):
+            check_text(self.key, f"the key of event {self.event_type!r}")
         try:
-            json.dumps(self.payload, allow_nan=False)
+            check_json(self.payload, f"the payload of event {self.event_type!r}")
+        except UnstorableValueError:
+            raise
         except (TypeError, ValueError) as exc:
             raise ValueError(
                 f"the payload of event {self.event_type!r} is not JSON-serialisable ({exc}); "
                 "events are stored and sent as JSON") from exc
+        for name, value in self.headers.items():
+            check_text(f"{name}{value}", f"the header {name!r} of event {self.event_type!r}")
 
     def message_headers(self) -> dict[str, str]:
         """Headers every broker message carries: the event's own, plus its identity."""
