@@ -1,6 +1,6 @@
 """sagaz: durable sagas (multi-step transactions with compensation) on SQLite or PostgreSQL."""
 
-from sagaz.config import SagaConfig, configure, get_config
+from sagaz.config import SagaConfig, configure, get_config, shutdown
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga, action, compensate, register
 from sagaz.engine.listeners import SagaListener
@@ -49,4 +49,5 @@ __all__ = [
     "get_config",
     "recover",
     "register",
+    "shutdown",
 ]

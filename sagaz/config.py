@@ -19,7 +19,7 @@ from sagaz.errors import ConfigurationError
 from sagaz.redact import redact_url
 from sagaz.storage.base import SagaStorage
 
-__all__ = ["SagaConfig", "configure", "get_config", "storage_from_url"]
+__all__ = ["SagaConfig", "configure", "get_config", "shutdown", "storage_from_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +176,29 @@ def get_config() -> SagaConfig:
     if _config is None:
         _config = SagaConfig.from_env()
     return _config
+
+
+async def shutdown() -> None:
+    """Close what the global configuration holds open (the storages' connection pools and
+    threads, the broker's connection) and forget it; the next saga builds it again. Await it
+    once before the program's event loop ends, after the last saga::
+
+        sagaz.configure(SagaConfig(storage=PostgreSQLSagaStorage(DSN)))
+        try:
+            await serve()
+        finally:
+            await sagaz.shutdown()
+    """
+    global _config
+    config, _config = _config, None
+    if config is None:
+        return
+    from sagaz.outbox.brokers.base import Broker
+
+    storages = [config.write_storage]
+    if config.read_storage is not config.write_storage:
+        storages.append(config.read_storage)
+    for storage in storages:
+        await storage.close()
+    if isinstance(config.broker, Broker):
+        await config.broker.close()

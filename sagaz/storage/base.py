@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState
 
-__all__ = ["SagaStorage", "UnitOfWork", "settle"]
+__all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "settle"]
 
 
 @dataclass(slots=True)
@@ -82,6 +82,20 @@ class SagaStorage(Protocol):
 
     async def close(self) -> None:
         ...
+
+
+class ClosesOnExit:
+    """Makes a storage an async context manager: ``async with Storage(...) as storage:`` closes
+    it (its connections, pool tasks or thread) when the block ends, however it ends."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 def settle(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[Any]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
-from sagaz.storage.base import UnitOfWork
+from sagaz.storage.base import ClosesOnExit, UnitOfWork
 
 __all__ = ["InMemorySagaStorage"]
 
@@ -22,7 +22,7 @@ def _copy_state(state: SagaState, with_steps: bool = True) -> SagaState:
     )
 
 
-class InMemorySagaStorage:
+class InMemorySagaStorage(ClosesOnExit):
     """Keeps sagas in a dict. Every method completes without suspending, which also makes each
     one atomic with respect to other coroutines."""
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
-from sagaz.storage.base import UnitOfWork, settle
+from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.sql import migrations, queries
 
 __all__ = ["SQLiteSagaStorage"]
@@ -33,7 +33,7 @@ _Op = Callable[[sqlite3.Connection], Any]
 Q = queries("sqlite")
 
 
-class SQLiteSagaStorage:
+class SQLiteSagaStorage(ClosesOnExit):
     """Saga state in one SQLite file. Several processes may share the file (WAL mode)."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False, busy_timeout: float = 10.0):

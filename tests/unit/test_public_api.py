@@ -9,7 +9,7 @@ def test_public_names_are_pinned() -> None:
         "SagaFailedError", "SagaListener", "SagaNotFoundError", "SagaResult", "SagaStatus",
         "SagaTimeoutError", "SagazError", "StepRecord", "StepStatus", "StepTimeoutError",
         "StorageError", "__version__", "action", "compensate", "configure", "get_config",
-        "recover", "register",
+        "recover", "register", "shutdown",
     ])
     for name in sagaz.__all__:
         assert hasattr(sagaz, name), name

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import ConfigurationError, StorageError
-from sagaz.storage.base import UnitOfWork, settle
+from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
@@ -54,7 +54,7 @@ _BACKOFF = RetryPolicy(base_delay=0.05, max_delay=2.0)
 _MIN_POOL_WAIT = 0.5
 
 
-class PostgreSQLSagaStorage:
+class PostgreSQLSagaStorage(ClosesOnExit):
     """Saga state in PostgreSQL. ``readonly=True`` (replicas, analytics) opens every transaction
     READ ONLY, so a write attempt fails instead of going to the wrong server.
 
@@ -462,12 +462,6 @@ class PostgreSQLSagaStorage:
         if pool is not None and self._pool_loop is loop:
             await pool.close()
         # A pool of an event loop that has ended had its tasks cancelled with that loop.
-
-    async def __aenter__(self) -> PostgreSQLSagaStorage:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 async def _write_batch(
