@@ -5,13 +5,15 @@ once (no retry fixes a password)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sagaz import Saga, SagaConfig, StorageError
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
@@ -57,6 +59,45 @@ async def test_an_unreachable_server_is_retried_for_retry_timeout_then_a_storage
             assert isinstance(raised.value.__cause__, psycopg.OperationalError)
     finally:
         await storage.close()
+
+
+async def _forward(target: tuple[str, int], reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
+    upstream_reader, upstream_writer = await asyncio.open_connection(*target)
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+async def test_a_server_that_comes_up_within_retry_timeout_is_waited_for(pg_dsn: str) -> None:
+    """Connection refused can heal (a server starting): the first call waits for it."""
+    params = conninfo_to_dict(pg_dsn)
+    target = (str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+    port = closed_port()
+
+    async def open_later() -> asyncio.Server:
+        await asyncio.sleep(1.0)
+        return await asyncio.start_server(
+            lambda r, w: _forward(target, r, w), "127.0.0.1", port)
+
+    opening = asyncio.create_task(open_later())
+    storage = PostgreSQLSagaStorage(make_conninfo(pg_dsn, host="127.0.0.1", port=port),
+                                    retry_timeout=20)
+    try:
+        started = time.monotonic()
+        result = await _saga(storage).execute({})
+        assert result.status.value == "COMPLETED"
+        assert 0.9 < time.monotonic() - started < 15
+    finally:
+        await storage.close()
+        server = await opening
+        server.close()
 
 
 async def test_a_database_that_does_not_exist_fails_at_once(pg_server: str) -> None:
