@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from sagaz.errors import StorageError
 
@@ -67,6 +67,8 @@ def is_transient(exc: BaseException) -> bool:
     in the pool. Never a rejected login, never a refused value."""
     if isinstance(exc, PoolTimeout | psycopg.errors.ReadOnlySqlTransaction):
         return True
+    if isinstance(exc, PoolClosed):
+        return False  # the storage was closed: a retry would open a pool nobody closes
     return isinstance(exc, psycopg.OperationalError) and not rejects_connection(exc)
 
 
@@ -96,6 +98,9 @@ def storage_error(exc: BaseException, dsn: str, *, waited: float | None = None) 
             f"PostgreSQL at {where} is read-only (a standby, or default_transaction_read_only) "
             f"for {waited or 0:.1f}s: point the storage URL at the primary, e.g. with "
             "target_session_attrs=read-write")
+    if isinstance(exc, PoolClosed):
+        return StorageError(
+            f"the storage on {where} was closed while this operation waited for a connection")
     if isinstance(exc, PoolTimeout):
         return StorageError(
             f"no free connection to PostgreSQL at {where} within {waited or 0:.1f}s: every "
