@@ -48,6 +48,10 @@ NOT_RUN = {
     "secrets)":
         "a directory listing, not code: tests/ha/test_dev_lifecycle.py and test_dev_cluster.py "
         "look at the files of a real cluster",
+    "error: storage error: PostgreSQL at db:5432/app rejected the connection (connection "
+    "failed: ...":
+        "sample output of the CLI, not code: tests/acceptance/test_storage_errors_cli.py checks "
+        "that message (one line, exit 3, no password) against a real server",
 }
 """Blocks not executed, by their first line, with the reason."""
 
