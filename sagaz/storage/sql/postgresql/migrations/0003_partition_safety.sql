@@ -141,49 +141,49 @@ $$;
 
 
 -- Makes sure the whole natural period ("interval") containing p_point is covered: one partition
--- per gap, so a period partly covered by partitions of another length is completed.
+-- per gap, so a period partly covered by partitions of another length is completed. Returns the
+-- partitions it made (none when the period was covered already).
 CREATE FUNCTION sagaz_fill_period(p_table text, p_point timestamptz)
 RETURNS TABLE (partition_name text, created boolean, moved_rows bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     t record;
+    p record;
+    r record;
     v_start timestamptz;
     v_end timestamptz;
+    v_cursor timestamptz;
     v_gap timestamptz;
-    v_filled integer := 0;
-    r record;
 BEGIN
     SELECT * INTO t FROM sagaz_partitioned_table(p_table);
     SELECT b.range_start, b.range_end INTO v_start, v_end
     FROM sagaz_partition_bounds(t."interval", (p_point AT TIME ZONE 'UTC')::date) b;
     LOOP
-        -- The first instant of the period no partition covers: the period's start, or the end
-        -- of a partition inside it.
-        SELECT min(c.point) INTO v_gap
-        FROM (SELECT v_start AS point
-              UNION ALL
-              SELECT p.range_end FROM sagaz_partitions(t.parent) p
-              WHERE NOT p.is_default AND p.range_end > v_start AND p.range_end < v_end) c
-        WHERE NOT EXISTS (SELECT 1 FROM sagaz_partitions(t.parent) p
-                          WHERE NOT p.is_default
-                            AND p.range_start <= c.point AND c.point < p.range_end);
+        -- Walk the partitions overlapping the period in order; the first instant none of them
+        -- covers is a gap. One catalog read per gap: maintenance calls this for every premade
+        -- period, so it must not cost a read per partition.
+        v_cursor := v_start;
+        v_gap := NULL;
+        FOR p IN SELECT x.range_start, x.range_end FROM sagaz_partitions(t.parent) x
+                 WHERE NOT x.is_default AND x.range_end > v_start AND x.range_start < v_end
+                 ORDER BY x.range_start LOOP
+            IF p.range_start > v_cursor THEN
+                v_gap := v_cursor;
+                EXIT;
+            END IF;
+            v_cursor := greatest(v_cursor, p.range_end);
+        END LOOP;
+        IF v_gap IS NULL AND v_cursor < v_end THEN
+            v_gap := v_cursor;
+        END IF;
         EXIT WHEN v_gap IS NULL;
         SELECT * INTO r FROM sagaz_fill_gap(p_table, v_gap);
         partition_name := r.partition_name;
         created := r.created;
         moved_rows := r.moved_rows;
-        v_filled := v_filled + 1;
         RETURN NEXT;
     END LOOP;
-    -- Report the partition containing p_point when nothing had to be made.
-    IF v_filled = 0 THEN
-        SELECT * INTO r FROM sagaz_fill_gap(p_table, p_point);
-        partition_name := r.partition_name;
-        created := r.created;
-        moved_rows := r.moved_rows;
-        RETURN NEXT;
-    END IF;
 END
 $$;
 
