@@ -78,7 +78,14 @@ class ScheduledMaintenance:
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Run now, then every ``schedule.interval`` seconds until ``stop`` is set."""
         while not stop.is_set():
-            await self.run_once()
+            try:
+                await self.run_once()
+            except Exception:
+                # run_once reports its own failures; anything escaping it is a bug, and must
+                # not end the schedule silently (the next run would never come).
+                logger.exception("database maintenance run failed; %s",
+                                 "the next scheduled run tries again",
+                                 extra={"action": "worker_maintenance_failed"})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.schedule.interval)
 
@@ -102,9 +109,11 @@ class ScheduledMaintenance:
             logger.warning("database maintenance skipped %s: %s; %s", table, why, retry,
                            extra={"action": "worker_maintenance_failed", "table": table})
         out.print(_summary(report), soft_wrap=True)
+        # Keys prefixed: a key named like a LogRecord attribute ("created") makes logging raise.
         logger.info("database maintenance done", extra={
-            "action": "worker_maintenance", "created": report.count("created"),
-            "moved": report.count("moved"), "dropped": report.count("dropped"),
+            "action": "worker_maintenance", "partitions_created": report.count("created"),
+            "partitions_moved": report.count("moved"),
+            "partitions_dropped": report.count("dropped"),
             "inbox_deleted": report.inbox_deleted})
         return not report.failures
 
