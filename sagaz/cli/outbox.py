@@ -1,5 +1,5 @@
-"""``sagaz outbox``: the transactional outbox of a PostgreSQL storage: its state, and the dead
-letters (events the broker refused ``max_attempts`` times): list, retry, purge."""
+"""``sagaz outbox``: the transactional outbox of the storage (SQLite or PostgreSQL): its state,
+and the dead letters (events the broker refused ``max_attempts`` times): list, retry, purge."""
 
 from __future__ import annotations
 
@@ -11,17 +11,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from sagaz.outbox.store import StorageWithOutbox
+
 from .common import MAX_LIMIT, ExitCode, Storages, execute, fail, run_async
 from .output import format_time, out, table_console
 
 if TYPE_CHECKING:
-    from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
+    from sagaz.outbox.store import ManagedOutboxStore
 
 __all__ = ["outbox_app"]
 
 HELP = """\
-The transactional outbox (PostgreSQL storage, SAGAZ_STORAGE_URL). Steps emit events with
-`ctx.emit(...)`; they are written with the step's completion and relayed to the broker
+The transactional outbox of the storage (SQLite or PostgreSQL, SAGAZ_STORAGE_URL). Steps emit
+events with `ctx.emit(...)`; they are written with the step's completion and relayed to the broker
 (SAGAZ_BROKER_URL) by `sagaz worker`. An event the broker refused `max_attempts` times is a
 **dead letter**: fix the cause, then `sagaz outbox dlq retry`.
 """
@@ -37,17 +39,13 @@ IdsArgument = Annotated[list[str] | None, typer.Argument(
     show_default=False)]
 
 
-def _outbox(storages: Storages) -> PostgreSQLOutbox:
+def _outbox(storages: Storages) -> ManagedOutboxStore:
     storage = storages.config().write_storage
-    try:
-        from sagaz.storage.postgresql import PostgreSQLSagaStorage
-        from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
-    except ImportError:
-        fail("the outbox needs the PostgreSQL storage: pip install 'sagaz[postgres]'")
-    if not isinstance(storage, PostgreSQLSagaStorage):
-        fail(f"the outbox lives in the PostgreSQL storage; SAGAZ_STORAGE_URL names "
-             f"{storage!r}: set it to postgresql://user@host:5432/dbname")
-    return PostgreSQLOutbox(storage)
+    if not isinstance(storage, StorageWithOutbox):
+        fail(f"{storage!r} keeps no outbox; set SAGAZ_STORAGE_URL to the SQLite file or the "
+             "PostgreSQL database the sagas run on (sqlite:///path.db or "
+             "postgresql://user@host:5432/dbname)")
+    return storage.outbox_store()
 
 
 @outbox_app.command()

@@ -6,15 +6,21 @@ Guarantees and costs:
   worker that dies between publish and mark leaves the row CLAIMED; when its claim expires
   (``claim_seconds``) another worker publishes it again. Consumers deduplicate on ``event_id``
   (the consumer inbox), which makes the effect exactly once.
-- **No row published by two workers at once.** Claims take rows with ``FOR UPDATE SKIP
-  LOCKED``; marks are fenced by the claim (a worker whose claim was taken over marks nothing).
+- **No row published by two workers at once.** Claims are exclusive (PostgreSQL: ``FOR UPDATE
+  SKIP LOCKED``; SQLite: one write transaction, which SQLite serializes across processes);
+  marks are fenced by the claim (a worker whose claim was taken over marks nothing).
 - **Per-key order.** An event is claimed only when no earlier event of its key is unsent, so a
   key has at most one event in flight: keys are published in order, different keys in parallel.
   The cost: the events of one key leave at most one per round trip (claim, publish, mark).
-- **Failures.** A broker refusal of an event counts an attempt; it is retried with exponential
-  backoff per event (``base_backoff`` * 2^(attempts-1), at most ``max_backoff``), and after
-  ``max_attempts`` goes to DEAD_LETTER with its last error (``sagaz outbox dlq``). A lost broker
-  connection counts no attempt: the claims are given back and the worker reconnects with backoff.
+- **Failures.** A broker refusal of an event (or a timeout waiting for its acknowledgement)
+  counts an attempt; it is retried with exponential backoff per event (``base_backoff`` *
+  2^(attempts-1), at most ``max_backoff``), and after ``max_attempts`` goes to DEAD_LETTER with
+  its last error (``sagaz outbox dlq``). Nothing else counts: a lost broker connection gives the
+  claims back and the worker reconnects with backoff; a worker that dies leaves its claims to
+  expire and be taken over, at no attempt either.
+
+The relay works against :class:`~sagaz.outbox.store.OutboxStore`; the PostgreSQL and the SQLite
+storages hand one out (``storage.outbox_store()``).
 """
 
 from __future__ import annotations
@@ -27,39 +33,20 @@ import random
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from sagaz.errors import StorageError
+from sagaz.errors import SagazError, StorageError
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
+from sagaz.outbox.store import (
+    AnnouncesCommittedEvents,
+    ClaimedEvent,
+    ClaimsGivenEvents,
+    OutboxStore,
+)
 
-__all__ = ["OutboxStore", "OutboxWorker"]
+__all__ = ["BrokerUnavailable", "OutboxStore", "OutboxWorker"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Claimed(Protocol):
-    @property
-    def event(self) -> OutboxEvent: ...
-
-
-class OutboxStore(Protocol):
-    """What the relay needs from the outbox table (see the PostgreSQL implementation)."""
-
-    async def claim(
-        self, worker: str, limit: int, claim_seconds: float
-    ) -> Sequence[_Claimed]: ...
-
-    async def mark_sent(self, worker: str, event_ids: list[str]) -> None: ...
-
-    async def mark_failed(
-        self, worker: str, failures: list[tuple[str, str]], *, max_attempts: int,
-        base_backoff: float, max_backoff: float,
-    ) -> list[str]: ...
-
-    async def release(self, worker: str, event_ids: list[str]) -> None: ...
-
-    async def wait(self, seconds: float) -> None: ...
 
 
 def _worker_id() -> str:
@@ -88,6 +75,26 @@ class OutboxWorker:
     # Wake-up tokens for idle loops (at most one pending): each token lets ONE loop claim, so
     # an idle worker costs one claim query per poll interval, not one per loop.
     _tokens: asyncio.Queue[None] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
+    broker_down: bool = False
+    """True from a failed connection or publish until the next publish the broker accepts."""
+
+    def _broker_lost(self, exc: BaseException, given_back: int) -> None:
+        # Said once per outage, not once per retry: the loops retry with backoff, and a log
+        # line per attempt would bury everything else while the broker is away.
+        if self.broker_down:
+            logger.debug("broker still unavailable (%s); %d claimed events given back", exc,
+                         given_back, extra={"action": "outbox_broker_down"})
+            return
+        self.broker_down = True
+        logger.warning("broker unavailable (%s); the relay keeps retrying with backoff (up to "
+                       "%gs apart) and says when it is back", exc, _MAX_RETRY_DELAY,
+                       extra={"action": "outbox_broker_down"})
+
+    def _broker_back(self) -> None:
+        if self.broker_down:
+            self.broker_down = False
+            logger.warning("broker reachable again; relaying",
+                           extra={"action": "outbox_broker_back"})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; the batches in flight finish first."""
@@ -95,8 +102,7 @@ class OutboxWorker:
             await self.broker.connect()
         except Exception as exc:
             # Not fatal: every publish reconnects, and the loops back off until it works.
-            logger.warning("broker not reachable yet (%s); will keep trying", exc,
-                           extra={"action": "outbox_broker_down"})
+            self._broker_lost(exc, 0)
         waiter = asyncio.create_task(self._listen(stop))
         try:
             await asyncio.gather(*(self._loop(stop) for _ in range(self.concurrency)))
@@ -136,24 +142,24 @@ class OutboxWorker:
             try:
                 count = await self.relay_once()
                 delay = 0.1
-            except _BrokerDown:
+            except BrokerUnavailable:
                 await _sleep_or_stop(stop, delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
                 continue
             except Exception:
                 # Database trouble: the storage already retried; keep the worker alive.
                 logger.exception("outbox relay pass failed; retrying in %.1fs", delay,
                                  extra={"action": "outbox_pass_failed"})
                 await _sleep_or_stop(stop, delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
                 continue
             if count == 0:
                 await self._idle(stop)
             elif count >= self.batch_size:
                 self._wake_one()  # a full batch: there may be more, recruit an idle sibling
 
-    def send_optimistically(self, storage: Any) -> None:
-        """Publish the events ``storage`` (a PostgreSQL storage) commits right after their
+    def send_optimistically(self, storage: AnnouncesCommittedEvents) -> None:
+        """Publish the events ``storage`` (PostgreSQL or SQLite) commits right after their
         commit, in a task of their own, instead of waiting for the next claim. Only an
         optimisation: an event this send could not claim or publish stays in the outbox and
         the relay loop sends it (the guarantee stays with the loop)."""
@@ -167,14 +173,13 @@ class OutboxWorker:
         storage.committed_event_hooks.append(committed)
 
     async def _send_now(self, event_ids: list[str]) -> None:
-        claim_ids = getattr(self.outbox, "claim_ids", None)
-        if claim_ids is None:
+        if not isinstance(self.outbox, ClaimsGivenEvents):
             return
         try:
-            claimed = await claim_ids(self.worker_id, event_ids, self.claim_seconds)
+            claimed = await self.outbox.claim_ids(self.worker_id, event_ids, self.claim_seconds)
             if claimed:
                 await self._publish(claimed)
-        except (_BrokerDown, StorageError) as exc:
+        except (BrokerUnavailable, StorageError) as exc:
             # Expected when the broker or the database is away: the loop sends them later.
             logger.debug("optimistic send of %d events failed: %s", len(event_ids), exc,
                          extra={"action": "outbox_optimistic_failed"})
@@ -191,16 +196,16 @@ class OutboxWorker:
         await self._publish(claimed)
         return len(claimed)
 
-    async def _publish(self, claimed: Sequence[_Claimed]) -> None:
+    async def _publish(self, claimed: Sequence[ClaimedEvent]) -> None:
         """Publish claimed events and mark the outcome of each."""
         events = [c.event for c in claimed]
         try:
             outcomes = await self.broker.publish_batch(events)
         except Exception as exc:
-            logger.warning("broker unavailable (%s); %d claimed events given back", exc,
-                           len(events), extra={"action": "outbox_broker_down"})
             await self.outbox.release(self.worker_id, [e.event_id for e in events])
-            raise _BrokerDown from exc
+            self._broker_lost(exc, len(events))
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self._broker_back()
         acked = [e for e, o in zip(events, outcomes, strict=True) if o is None]
         for listener in self.listeners:
             try:
@@ -224,8 +229,12 @@ class OutboxWorker:
         self.relayed += len(sent)
 
 
-class _BrokerDown(Exception):
-    """The broker connection failed during a publish; the claims were given back."""
+class BrokerUnavailable(SagazError):
+    """The broker connection failed during a publish; the claims were given back (no attempt
+    counted). The relay loop retries with backoff; ``relay_once`` callers decide themselves."""
+
+
+_MAX_RETRY_DELAY = 10.0
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

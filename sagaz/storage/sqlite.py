@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.sql import migrations, queries
+
+if TYPE_CHECKING:
+    from sagaz.storage.sqlite_outbox import SQLiteOutbox
 
 __all__ = ["SQLiteSagaStorage"]
 
@@ -45,6 +48,9 @@ class SQLiteSagaStorage(ClosesOnExit):
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
+        self.committed_event_hooks: list[Callable[[list[str]], None]] = []
+        """Called with the ids of outbox events right after the commit that wrote them (wakes
+        the relay of this process, and its optimistic send)."""
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStorage({str(self.path or ':memory:')!r}, readonly={self.readonly})"
@@ -156,6 +162,8 @@ class SQLiteSagaStorage(ClosesOnExit):
                 conn.executemany(Q["insert_event"], events)
 
         await self._write(op)
+        if events and self.committed_event_hooks:
+            _announce(self.committed_event_hooks, [e["event_id"] for e in events])
 
     async def load(self, saga_id: str) -> SagaState | None:
         return await self._run(lambda conn: _load(conn, saga_id))
@@ -198,6 +206,13 @@ class SQLiteSagaStorage(ClosesOnExit):
         rows = await self._run(lambda conn: conn.execute(Q["count_by_status"]).fetchall())
         return {SagaStatus(status): count for status, count in rows}
 
+    def outbox_store(self, *, listen_dsn: str | None = None) -> SQLiteOutbox:
+        """The outbox of this file, for the relay and ``sagaz outbox`` (``listen_dsn`` is for
+        PostgreSQL; this store wakes up on this process's commits and polls for the others)."""
+        from sagaz.storage.sqlite_outbox import SQLiteOutbox
+
+        return SQLiteOutbox(self)
+
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection | None) -> None:
             if conn is not None:
@@ -205,6 +220,15 @@ class SQLiteSagaStorage(ClosesOnExit):
 
         conn, self._conn = self._conn, None
         await asyncio.get_running_loop().run_in_executor(self._thread, shut, conn)
+
+
+def _announce(hooks: list[Callable[[list[str]], None]], event_ids: list[str]) -> None:
+    for hook in hooks:
+        try:
+            hook(event_ids)
+        except Exception:
+            logger.exception("committed-event hook %r failed", hook,
+                             extra={"action": "sqlite_event_hook_failed"})
 
 
 def _event_params(event: Any) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def run_together(barrier: Path, argv_list: list[list[str]]) -> list[Any]:
 # -- migrations ---------------------------------------------------------------------------------
 
 
-MIGRATIONS = [(1, "initial"), (2, "outbox")]
+MIGRATIONS = [(1, "initial"), (2, "outbox"), (3, "outbox_relay")]
 
 
 async def test_migrations_are_applied_once_and_reopening_is_idempotent(
@@ -98,7 +98,7 @@ async def test_migrations_are_applied_once_and_reopening_is_idempotent(
     assert query(db, "SELECT version, name FROM sagaz_migrations") == MIGRATIONS
     schema = query(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     applied = [r for r in caplog.records if getattr(r, "action", None) == "migration_applied"]
-    assert len(applied) == 2
+    assert len(applied) == len(MIGRATIONS)
 
     caplog.clear()
     for _ in range(2):
@@ -117,7 +117,7 @@ def test_processes_opening_one_fresh_file_at_once_all_succeed(tmp_path: Path, at
     db, barrier = tmp_path / "sagas.db", tmp_path / "barrier"
     outputs = run_together(barrier, [["open", str(db), str(barrier)]] * 4)
     assert outputs == [{"created": True}] * 4
-    assert query(db, "SELECT version FROM sagaz_migrations") == [(1,), (2,)]
+    assert query(db, "SELECT version FROM sagaz_migrations") == [(v,) for v, _ in MIGRATIONS]
     assert query(db, "SELECT count(*) FROM saga_executions") == [(4,)]
 
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -22,6 +21,7 @@ from psycopg.pq import TransactionStatus
 
 from sagaz.errors import StorageError
 from sagaz.outbox.event import OutboxEvent
+from sagaz.outbox.store import ClaimedEvent, DeadLetter
 from sagaz.storage.postgresql.storage import PostgreSQLSagaStorage, _check_dsn, redact_dsn
 from sagaz.storage.sql import queries
 
@@ -35,26 +35,9 @@ _Conn = psycopg.AsyncConnection[Any]
 CHANNEL = "sagaz_outbox"
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedEvent:
-    event: OutboxEvent
-    attempts: int
-    """How many times it has been claimed, this claim included."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    event_id: str
-    event_type: str
-    key: str | None
-    saga_id: str | None
-    attempts: int
-    last_error: str | None
-    created_at: float
-
-
 class PostgreSQLOutbox:
-    """``saga_outbox`` and ``consumer_inbox`` of ``storage``'s database."""
+    """``saga_outbox`` and ``consumer_inbox`` of ``storage``'s database (an
+    :class:`~sagaz.outbox.store.ManagedOutboxStore`)."""
 
     def __init__(self, storage: PostgreSQLSagaStorage, *, listen_dsn: str | None = None):
         if listen_dsn is not None:

@@ -25,7 +25,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -38,6 +38,9 @@ from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
 from sagaz.storage.sql import queries
+
+if TYPE_CHECKING:
+    from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
 
 __all__ = ["PostgreSQLSagaStorage", "redact_dsn"]
 
@@ -416,6 +419,13 @@ class PostgreSQLSagaStorage(ClosesOnExit):
             return str(row[0])
 
         return await self._run(op)
+
+    def outbox_store(self, *, listen_dsn: str | None = None) -> PostgreSQLOutbox:
+        """The outbox of this database, for the relay and ``sagaz outbox``; ``listen_dsn`` (a
+        direct connection) lets the relay wake up on NOTIFY."""
+        from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
+
+        return PostgreSQLOutbox(self, listen_dsn=listen_dsn)
 
     async def get_saga(
         self, saga_id: str, *, min_lsn: str | None = None, wait: float | None = None

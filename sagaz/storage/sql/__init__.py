@@ -22,14 +22,15 @@ class Migration:
 
 
 @cache
-def queries(dialect: str) -> dict[str, str]:
-    """Named queries of ``<dialect>/queries.sql``."""
-    text = resources.files(__package__).joinpath(dialect, "queries.sql").read_text("utf-8")
+def queries(dialect: str, group: str = "queries") -> dict[str, str]:
+    """Named queries of ``<dialect>/<group>.sql`` (``queries.sql`` by default; a component with
+    many queries of its own, such as the SQLite outbox, keeps them in a file of their own)."""
+    text = resources.files(__package__).joinpath(dialect, f"{group}.sql").read_text("utf-8")
     parts = _NAME.split(text)
     found: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in found:
-            raise RuntimeError(f"query {name!r} is defined twice in {dialect}/queries.sql")
+            raise RuntimeError(f"query {name!r} is defined twice in {dialect}/{group}.sql")
         found[name] = _without_trailing_comments(body).rstrip(";")
     return found
 

@@ -1,18 +1,19 @@
-"""The transactional outbox on real PostgreSQL: events commit with the step that emitted them,
-the relay claims with SKIP LOCKED, keeps per-key order, retries with backoff, dead-letters, and
-the consumer inbox makes effects exactly once."""
+"""The transactional outbox on real PostgreSQL, what only PostgreSQL has: publishing in the
+caller's transaction, LISTEN/NOTIFY, and the consumer inbox that makes effects exactly once. What
+every outbox store does (claims, order, backoff, dead letters, attempts, the optimistic send) is
+the contract in tests/integration/outbox/test_store_contract.py, run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from sagaz import ConfigurationError, Saga, SagaConfig, SagaStatus, StorageError
+from sagaz import ConfigurationError, StorageError
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.event import OutboxEvent
 from sagaz.outbox.inbox import ConsumerInbox, consume
@@ -40,51 +41,6 @@ def _rows(dsn: str, where: str = "true") -> list[tuple[Any, ...]]:
         return conn.execute(
             "SELECT event_type, aggregate_id, saga_id::text, status, payload FROM saga_outbox "
             f"WHERE {where} ORDER BY seq").fetchall()
-
-
-async def test_events_commit_with_their_step_and_failed_attempts_emit_nothing(
-    pg: PostgreSQLSagaStorage, pg_dsn: str
-) -> None:
-    attempts = {"charge": 0}
-
-    async def reserve(ctx: Any) -> None:
-        ctx.emit("OrderReserved", {"order": ctx["order"]}, key=ctx["order"])
-
-    async def charge(ctx: Any) -> None:
-        attempts["charge"] += 1
-        ctx.emit("PaymentTried", {"attempt": ctx.attempt}, key=ctx["order"])
-        if ctx.attempt == 1:
-            raise RuntimeError("card timeout")
-
-    saga = Saga(name="outbox-order", config=SagaConfig(storage=pg))
-    saga.add_step("reserve", reserve)
-    saga.add_step("charge", charge, max_retries=1)
-    result = await saga.execute({"order": "A1"})
-    assert result.status is SagaStatus.COMPLETED and attempts["charge"] == 2
-    rows = _rows(pg_dsn)
-    assert [(r[0], r[1], r[3]) for r in rows] == [
-        ("OrderReserved", "A1", "PENDING"), ("PaymentTried", "A1", "PENDING"),
-        ("SagaCompleted", result.saga_id, "PENDING")]
-    assert rows[1][4] == {"attempt": 2}, "the failed attempt's event must not be written"
-    assert {r[2] for r in rows} == {result.saga_id}
-
-
-async def test_a_compensated_saga_emits_no_event_of_its_failed_step(
-    pg: PostgreSQLSagaStorage, pg_dsn: str
-) -> None:
-    async def ok(ctx: Any) -> None:
-        ctx.emit("Done", {"step": ctx.step})
-
-    async def broken(ctx: Any) -> None:
-        ctx.emit("NeverSent", {})
-        raise RuntimeError("no")
-
-    saga = Saga(name="outbox-compensated", config=SagaConfig(storage=pg))
-    saga.add_step("a", ok, ok)
-    saga.add_step("b", broken)
-    result = await saga.execute({})
-    assert result.status is SagaStatus.COMPENSATED
-    assert [r[0] for r in _rows(pg_dsn)] == ["Done", "Done", "SagaCompensated"]
 
 
 async def test_publish_in_the_callers_transaction(outbox: PostgreSQLOutbox, pg_dsn: str) -> None:
@@ -156,129 +112,11 @@ async def test_a_handler_that_raises_leaves_no_inbox_row(
     assert await other.process(event_id, handler) is True
 
 
-async def test_one_event_per_key_in_flight_and_keys_in_order(outbox: PostgreSQLOutbox) -> None:
-    await outbox.publish([OutboxEvent("E", {"i": i}, key="same") for i in range(3)]
-                         + [OutboxEvent("E", {"i": 9}, key="other")])
-    first = await outbox.claim("w1", 10, 30)
-    assert [(c.event.key, c.event.payload["i"]) for c in first] == [("same", 0), ("other", 9)]
-    assert await outbox.claim("w2", 10, 30) == [], "the next event of 'same' must wait"
-    await outbox.mark_sent("w1", [c.event.event_id for c in first])
-    second = await outbox.claim("w2", 10, 30)
-    assert [c.event.payload["i"] for c in second] == [1]
-
-
-async def test_concurrent_claims_never_share_a_row(outbox: PostgreSQLOutbox) -> None:
-    await outbox.publish([OutboxEvent("E", {"i": i}) for i in range(300)])
-    batches = await asyncio.gather(*(outbox.claim(f"w{i}", 40, 30) for i in range(8)))
-    ids = [c.event.event_id for batch in batches for c in batch]
-    # SKIP LOCKED: a claim passes over rows another one holds, so together they may take fewer
-    # than all; never one row twice.
-    assert ids and len(ids) == len(set(ids))
-
-
-async def test_an_expired_claim_is_published_again(outbox: PostgreSQLOutbox) -> None:
-    await outbox.publish([OutboxEvent("E", {})])
-    dead_worker = await outbox.claim("dead", 10, 0.2)
-    assert len(dead_worker) == 1
-    assert await outbox.claim("alive", 10, 30) == []
-    await asyncio.sleep(0.3)
-    again = await outbox.claim("alive", 10, 30)
-    assert [c.event.event_id for c in again] == [dead_worker[0].event.event_id]
-    assert again[0].attempts == 2
-    await outbox.mark_sent("dead", [again[0].event.event_id])  # fenced: not its claim any more
-    assert (await outbox.counts()).get("CLAIMED") == 1
-
-
-class _RefusingBroker(InMemoryBroker):
-    """The subject here is the worker's failure path: a broker that refuses one event type."""
-
-    async def publish_batch(self, events: Sequence[OutboxEvent]) -> list[BaseException | None]:
-        return [RuntimeError("rejected") if e.event_type == "Poison" else None for e in events]
-
-
-async def test_refused_events_back_off_then_go_to_dead_letter(
-    outbox: PostgreSQLOutbox, pg_dsn: str
-) -> None:
-    await outbox.publish([OutboxEvent("Poison", {}), OutboxEvent("Fine", {})])
-    worker = OutboxWorker(outbox, _RefusingBroker(), max_attempts=3, base_backoff=0.2)
-    await worker.relay_once()
-    with psycopg.connect(pg_dsn) as conn:
-        row = conn.execute(
-            "SELECT status, attempts, last_error, extract(epoch FROM next_attempt_at - now()) "
-            "FROM saga_outbox WHERE event_type = 'Poison'").fetchone()
-    assert row is not None and row[:3] == ("FAILED", 1, "RuntimeError: rejected")
-    assert 0.05 < row[3] <= 0.2, "first retry after base_backoff"
-    assert await worker.relay_once() == 0, "not due before its backoff"
-    for _ in range(2):
-        await asyncio.sleep(0.45)
-        await worker.relay_once()
-    assert worker.dead_lettered == 1
-    dead = await outbox.dead_letters()
-    assert [(d.event_type, d.attempts, d.last_error) for d in dead] == [
-        ("Poison", 3, "RuntimeError: rejected")]
-    assert await outbox.retry_dead() == 1
-    assert await outbox.claim("w", 10, 30) != []
-    assert (await outbox.counts()).get("SENT") == 1
-
-
 async def test_listen_notify_wakes_the_worker(outbox: PostgreSQLOutbox) -> None:
     waiting = asyncio.create_task(outbox.wait(10))
     await asyncio.sleep(0.2)
     await outbox.publish([OutboxEvent("Wake", {})])
     await asyncio.wait_for(waiting, 5)
-
-
-async def _eventually_counts(outbox: PostgreSQLOutbox, expected: dict[str, int]) -> None:
-    for _ in range(100):
-        if await outbox.counts() == expected:
-            return
-        await asyncio.sleep(0.02)
-    assert await outbox.counts() == expected
-
-
-async def test_optimistic_send_publishes_right_after_the_commit(
-    pg: PostgreSQLSagaStorage, outbox: PostgreSQLOutbox
-) -> None:
-    broker = InMemoryBroker()
-    await broker.connect()
-    worker = OutboxWorker(outbox, broker)  # its relay loop is not running: only the hook
-    worker.send_optimistically(pg)
-
-    async def step(ctx: Any) -> None:
-        ctx.emit("Shipped", {"to": "A1"}, key="A1")
-
-    saga = Saga(name="optimistic", config=SagaConfig(storage=pg))
-    saga.add_step("ship", step)
-    await saga.run({})
-    await _eventually_counts(outbox, {"SENT": 2})
-    assert worker.relayed == 2
-
-
-class _DownBroker(InMemoryBroker):
-    """The subject is the fallback: a broker whose connection is gone."""
-
-    async def publish_batch(self, events: Sequence[OutboxEvent]) -> list[BaseException | None]:
-        raise ConnectionError("broker unreachable")
-
-
-async def test_a_failed_optimistic_send_leaves_the_events_to_the_relay(
-    pg: PostgreSQLSagaStorage, outbox: PostgreSQLOutbox
-) -> None:
-    OutboxWorker(outbox, _DownBroker()).send_optimistically(pg)
-
-    async def step(ctx: Any) -> None:
-        ctx.emit("Shipped", {}, key="B2")
-
-    saga = Saga(name="optimistic-down", config=SagaConfig(storage=pg))
-    saga.add_step("ship", step)
-    await saga.run({})
-    relay = OutboxWorker(outbox, InMemoryBroker())
-    for _ in range(100):  # the optimistic attempt may still hold them for a moment
-        await relay.relay_once()
-        if relay.relayed == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert await outbox.counts() == {"SENT": 2}
 
 
 async def test_concurrent_inbox_calls_share_transactions_and_one_failure_stays_alone(

@@ -195,11 +195,11 @@ SELECT cleanup_consumer_inbox(%(days)s::integer);
 -- Due events, oldest first, skipping rows other workers hold (SKIP LOCKED), plus events whose
 -- claim expired (their worker died between publish and mark-sent: they are published again).
 -- Per-key order: an event is taken only when no earlier event of its key is unsent, so at most
--- one event per key is in flight and a key's events leave in order. attempts counts claims.
+-- one event per key is in flight and a key's events leave in order. A claim counts no attempt:
+-- attempts counts failed deliveries (outbox_mark_failed), so relay crashes never dead-letter.
 UPDATE saga_outbox AS o
    SET status = 'CLAIMED', claimed_by = %(worker)s,
-       claimed_until = now() + make_interval(secs => %(claim_seconds)s),
-       attempts = o.attempts + 1
+       claimed_until = now() + make_interval(secs => %(claim_seconds)s)
   FROM (SELECT c.event_id, c.created_at
           FROM saga_outbox AS c
          WHERE ((c.status IN ('PENDING', 'FAILED') AND c.next_attempt_at <= now())
@@ -223,13 +223,15 @@ UPDATE saga_outbox
  WHERE event_id = ANY(%(ids)s::uuid[]) AND status = 'CLAIMED' AND claimed_by = %(worker)s;
 
 -- name: outbox_mark_failed
--- Exponential backoff per event (not per poll): base * 2^(attempts-1), capped; DEAD_LETTER
--- once attempts reached max_attempts.
+-- One more failed delivery: exponential backoff per event (not per poll), base * 2^(attempts-1)
+-- with attempts counting this failure, capped; DEAD_LETTER once attempts reach max_attempts.
+-- (The SET expressions see the row before the update: o.attempts excludes this failure.)
 UPDATE saga_outbox AS o
-   SET status = CASE WHEN o.attempts >= %(max_attempts)s THEN 'DEAD_LETTER' ELSE 'FAILED' END,
+   SET attempts = o.attempts + 1,
+       status = CASE WHEN o.attempts + 1 >= %(max_attempts)s THEN 'DEAD_LETTER' ELSE 'FAILED' END,
        last_error = f.error, claimed_by = NULL, claimed_until = NULL,
        next_attempt_at = now() + make_interval(secs => least(
-           %(max_backoff)s::float8, %(base_backoff)s::float8 * power(2, o.attempts - 1)))
+           %(max_backoff)s::float8, %(base_backoff)s::float8 * power(2, least(o.attempts, 60))))
   FROM unnest(%(ids)s::uuid[], %(errors)s::text[]) AS f(event_id, error)
  WHERE o.event_id = f.event_id AND o.status = 'CLAIMED' AND o.claimed_by = %(worker)s
 RETURNING o.event_id::text, o.status;
@@ -238,8 +240,7 @@ RETURNING o.event_id::text, o.status;
 -- Give claims back untouched (the broker connection was lost before publishing): no attempt
 -- is counted against the events.
 UPDATE saga_outbox
-   SET status = 'PENDING', claimed_by = NULL, claimed_until = NULL,
-       attempts = greatest(attempts - 1, 0)
+   SET status = 'PENDING', claimed_by = NULL, claimed_until = NULL
  WHERE event_id = ANY(%(ids)s::uuid[]) AND status = 'CLAIMED' AND claimed_by = %(worker)s;
 
 -- name: outbox_insert
@@ -276,8 +277,7 @@ SELECT status, count(*) FROM saga_outbox GROUP BY status;
 -- no earlier event of their key is unsent (else the relay sends them, in order).
 UPDATE saga_outbox AS o
    SET status = 'CLAIMED', claimed_by = %(worker)s,
-       claimed_until = now() + make_interval(secs => %(claim_seconds)s),
-       attempts = o.attempts + 1
+       claimed_until = now() + make_interval(secs => %(claim_seconds)s)
  WHERE o.event_id = ANY(%(ids)s::uuid[]) AND o.status = 'PENDING'
    AND (o.aggregate_id IS NULL OR NOT EXISTS (
           SELECT 1 FROM saga_outbox AS e
