@@ -5,7 +5,9 @@ worker would otherwise wait for its lease to expire and another worker), then th
 A second signal stops it at once.
 
 On a PostgreSQL storage the worker also runs the database maintenance (partitions, inbox cleanup)
-on its own schedule, in a thread beside the recovery loop; see :mod:`sagaz.cli.scheduled`.
+on its own schedule, in a thread beside the recovery loop; see :mod:`sagaz.cli.scheduled`. With a
+broker it relays the outbox (SQLite or PostgreSQL) and, on SQLite, deletes old SENT events on the
+same schedule; see :mod:`sagaz.cli.relay`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 from functools import partial
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -27,8 +30,11 @@ from sagaz.errors import StorageError
 from .common import ExitCode, Storages, execute, run_async
 from .loading import import_module, split_module_names
 from .output import out, print_error, print_warning
-from .relay import relay_for
-from .scheduled import MaintenanceSchedule
+from .relay import SentRetention, relay_due_events, relay_for, retention_for
+from .scheduled import MaintenanceSchedule, ScheduledMaintenance
+
+if TYPE_CHECKING:
+    from sagaz.outbox.worker import OutboxWorker
 
 __all__ = ["worker"]
 
@@ -65,16 +71,28 @@ def worker(
         metavar="SECONDS",
         help="How long maintenance waits for a table lock before leaving that table for the "
              "next run.")] = 5.0,
+    relay_timeout: Annotated[float, typer.Option(
+        "--relay-timeout", min=0.1, envvar="SAGAZ_RELAY_TIMEOUT", metavar="SECONDS",
+        help="With --once and SAGAZ_BROKER_URL: how long the outbox relay may take to reach the "
+             "broker and send what is due; past it (or with the broker unreachable) the worker "
+             "exits 1 saying why. Without --once the relay retries with backoff instead.")] = 30.0,
+    outbox_retention_days: Annotated[int, typer.Option(
+        "--outbox-retention-days", min=0, max=36500, envvar="SAGAZ_OUTBOX_RETENTION_DAYS",
+        metavar="DAYS",
+        help="SQLite storage with a relay: on the maintenance schedule, delete outbox events "
+             "SENT more than DAYS ago (PostgreSQL drops whole partitions instead; dead letters "
+             "stay until `sagaz outbox dlq purge`).")] = 30,
     maintenance_dsn: Annotated[str | None, typer.Option(
         "--maintenance-dsn", envvar="SAGAZ_DATABASE_URL", metavar="URL", show_default=False,
         help="Connection for maintenance, preferably direct to the primary rather than through "
              "PgBouncer. Default: the storage's (SAGAZ_STORAGE_URL).")] = None,
 ) -> None:
     """Recover sagas whose executor died (its lease expired): compensate them, or resume those
-    defined with recovery="resume". Runs until SIGINT/SIGTERM, finishing the current pass. On a
-    PostgreSQL storage it also maintains the database (partitions, inbox) daily and, with
-    SAGAZ_BROKER_URL, relays the outbox's events to the broker (woken by NOTIFY when
-    SAGAZ_DATABASE_URL gives a direct connection)."""
+    defined with recovery="resume". Runs until SIGINT/SIGTERM, finishing the current pass. With
+    SAGAZ_BROKER_URL it also relays the outbox's events to the broker (SQLite or PostgreSQL; on
+    PostgreSQL woken by NOTIFY when SAGAZ_DATABASE_URL gives a direct connection; on SQLite it
+    deletes SENT events past their retention). On a PostgreSQL storage it also maintains the
+    database (partitions, inbox) daily."""
 
     def body() -> int:
         modules = split_module_names(imports or [])
@@ -82,46 +100,91 @@ def worker(
             import_module(name)
         schedule = MaintenanceSchedule(maintenance_interval, inbox_retention_days,
                                        maintenance_lock_timeout, maintenance_dsn)
-        return run_async(partial(_work, modules, interval, once, schedule))
+        relaying = _RelayOptions(relay_timeout, outbox_retention_days)
+        return run_async(partial(_work, modules, interval, once, schedule, relaying))
 
     execute(body)
 
 
+@dataclass(frozen=True, slots=True)
+class _RelayOptions:
+    timeout: float
+    """--once: the relay's deadline."""
+    retention_days: int
+
+
 async def _work(
     modules: list[str], interval: float, once: bool, schedule: MaintenanceSchedule,
-    storages: Storages,
+    relaying: _RelayOptions, storages: Storages,
 ) -> int:
     config = storages.config()
     # Resolved before the first pass, so a bad --maintenance-dsn is a usage error at once.
     maintenance = schedule.bind(config.write_storage)
     relay = relay_for(config, schedule.dsn)
-    if once:
-        report = await _pass(config, set())
+    retention = retention_for(relay, relaying.retention_days, schedule.interval)
+    try:
+        if once:
+            return await _work_once(config, maintenance, relay, retention, relaying.timeout)
+        return await _work_forever(config, interval, schedule, maintenance, relay, retention,
+                                   modules)
+    finally:
         if relay is not None:
-            await relay.broker.connect()
-            while await relay.relay_once():
-                pass
+            await _close_relay(relay)
+
+
+async def _close_relay(relay: OutboxWorker) -> None:
+    # Best effort: the outcome is decided; a broker connection left open would only warn at exit.
+    for close in (relay.broker.close, relay.outbox.close):
+        try:
+            await close()
+        except Exception:
+            logger.debug("closing the relay's %s failed", close, exc_info=True,
+                         extra={"action": "worker_relay_close_failed"})
+
+
+async def _work_once(
+    config: SagaConfig, maintenance: ScheduledMaintenance | None, relay: OutboxWorker | None,
+    retention: SentRetention | None, relay_timeout: float,
+) -> int:
+    report = await _pass(config, set())
+    relay_failure = None
+    if relay is not None:
+        relay_failure = await relay_due_events(relay, relay_timeout)
+        if relay_failure is not None:
+            print_error(relay_failure)
+        else:
             out.print(f"relayed {relay.relayed} event(s)")
-        if maintenance is not None:
-            # Recovery decides the exit code; a maintenance failure is only logged (as in the
-            # loop), so a cron job running --once is not flagged for a busy table.
-            await maintenance.run_once()
-        if report.errors or report.unknown_definitions:
-            return ExitCode.FAILED
-        if not report.count:
-            out.print("no saga needed recovery")
-        return ExitCode.OK
+    if retention is not None:
+        await retention.run_once()
+    if maintenance is not None:
+        # Recovery decides the exit code; a maintenance failure is only logged (as in the
+        # loop), so a cron job running --once is not flagged for a busy table.
+        await maintenance.run_once()
+    if report.errors or report.unknown_definitions or relay_failure is not None:
+        return ExitCode.FAILED
+    if not report.count:
+        out.print("no saga needed recovery")
+    return ExitCode.OK
+
+
+async def _work_forever(
+    config: SagaConfig, interval: float, schedule: MaintenanceSchedule,
+    maintenance: ScheduledMaintenance | None, relay: OutboxWorker | None,
+    retention: SentRetention | None, modules: list[str],
+) -> int:
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     where = escape(repr(config.write_storage))
     loaded = ", ".join(modules) or "none"
     every = (f"; maintenance every {schedule.interval:g}s" if maintenance is not None else "")
     every += "; outbox relay on" if relay is not None else ""
+    every += (f" (SENT events kept {retention.days} days)" if retention is not None else "")
     out.print(f"worker started on {where} (modules: {escape(loaded)}; every {interval:g}s"
               f"{every}); Ctrl-C to stop", soft_wrap=True)
     warned: set[str] = set()
     maintaining: asyncio.Task[None] | None = None
     relaying: asyncio.Task[None] | None = None
+    pruning: asyncio.Task[None] | None = None
     try:
         while not stop.is_set():
             try:
@@ -143,14 +206,17 @@ async def _work(
                 maintaining = asyncio.create_task(maintenance.run_forever(stop))
             if relay is not None and relaying is None:
                 relaying = asyncio.create_task(relay.run(stop))
+            if retention is not None and pruning is None:
+                pruning = asyncio.create_task(retention.run_forever(stop))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
     finally:
         _remove_signal_handlers()
-        if maintaining is not None:
-            maintaining.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintaining
+        for scheduled in (maintaining, pruning):
+            if scheduled is not None:
+                scheduled.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scheduled
         if relaying is not None:
             # run() returns once stop is set and its batches in flight are marked.
             with contextlib.suppress(Exception):

@@ -59,8 +59,9 @@ def test_dead_letters_list_retry_purge(pg_dsn: str, tmp_path: Path) -> None:
         assert conn.execute("SELECT status FROM saga_outbox").fetchall() == [("PENDING",)]
 
 
-def test_the_outbox_needs_postgresql(tmp_path: Path) -> None:
+def test_the_outbox_needs_a_storage_that_keeps_one(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "sagaz", "outbox", "status"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "SAGAZ_STORAGE_URL": "memory://"})
-    assert result.returncode == 2 and "postgresql://" in result.stderr
+    assert result.returncode == 2 and "keeps no outbox" in result.stderr
+    assert "sqlite:///" in result.stderr and "postgresql://" in result.stderr

@@ -63,6 +63,10 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 _PUBLISH_LOST: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, TimeoutError)
 _CONSUMER_LOST: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, BrokerConnectionError)
 
+# Tries of a client's first connection beyond the first (0.5 s apart); reconnects of a connected
+# client are unlimited.
+_FIRST_CONNECT_RETRIES = 2
+
 # Headers that NATS would alter in transit (it trims values and rewrites CR/LF, keys are HTTP
 # tokens) travel JSON-encoded in this one header instead, so the envelope arrives unchanged.
 _ENVELOPE_HEADER = "Sagaz-Headers"
@@ -112,9 +116,16 @@ class NATSBroker:
         return f"NATSBroker({redact_url(self.url)!r}, stream={self.stream!r})"
 
     async def _open(self, role: str) -> NATSClient:
+        connected = False
+        failures: list[Exception] = []
+
         async def on_error(exc: Exception) -> None:
-            logger.warning("NATS %s connection error: %s", role, exc,
-                           extra={"action": "broker.connection_error", "broker": "nats"})
+            failures.append(exc)
+            # Before the first connection, each failed try is reported by the error raised
+            # below (once); afterwards, a connection error is news.
+            log = logger.warning if connected else logger.debug
+            log("NATS %s connection error: %s", role, exc,
+                extra={"action": "broker.connection_error", "broker": "nats"})
 
         async def on_disconnected() -> None:
             logger.info("NATS %s connection is down", role,
@@ -127,13 +138,20 @@ class NATSBroker:
                 self._signal_lost()
 
         try:
+            # A bounded first connection, as the other brokers' (one try, then an error the
+            # caller retries with its own backoff): with unlimited attempts nats.connect never
+            # returns while the server is down, and `sagaz worker --once` hung. Once connected,
+            # the client reconnects without limit by itself.
             client: NATSClient = await nats.connect(
                 self.url, name=f"sagaz-{role}", error_cb=on_error,
                 disconnected_cb=on_disconnected, closed_cb=on_closed, connect_timeout=5,
-                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                max_reconnect_attempts=_FIRST_CONNECT_RETRIES, reconnect_time_wait=0.5)
         except (nats.errors.Error, ConnectionError, OSError, TimeoutError) as exc:
+            why = failures[-1] if failures else exc  # "no servers available" says too little
             raise BrokerConnectionError(
-                "nats", f"cannot connect to {redact_url(self.url)}: {exc}") from exc
+                "nats", f"cannot connect to {redact_url(self.url)}: {why}") from exc
+        client.options["max_reconnect_attempts"] = -1
+        connected = True
         return client
 
     async def connect(self) -> None:

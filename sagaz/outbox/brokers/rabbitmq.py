@@ -55,6 +55,19 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class _ReportedByTheBroker(logging.Filter):
+    """aiormq logs an ERROR for every connection attempt that fails, then raises; this module
+    turns that exception into a BrokerConnectionError that its caller reports (once per outage,
+    in the relay). The aiormq record would say it again at every retry, with the URL's host
+    only: drop exactly that record, keep every other aiormq message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
+logging.getLogger("aiormq.connection").addFilter(_ReportedByTheBroker())
+
+
 class RabbitMQBroker:
     """Publishes to the durable topic exchange ``exchange`` on ``url``."""
 
