@@ -16,6 +16,12 @@ UPDATE saga_outbox
           FROM saga_outbox AS c
          WHERE ((c.status IN ('PENDING', 'FAILED') AND c.next_attempt_at <= :now)
                 OR (c.status = 'CLAIMED' AND c.claimed_until < :now))
+           -- Start at the oldest unsent event: without it the scan in rowid order reads every
+           -- SENT row kept for the retention. INDEXED BY: left alone, min(rowid) walks the
+           -- table from its first row (the SENT ones) instead of the small index of unsent rows.
+           AND c.rowid >= (SELECT min(u.rowid) FROM saga_outbox AS u
+                                  INDEXED BY saga_outbox_unsent_key
+                            WHERE u.status IN ('PENDING', 'FAILED', 'CLAIMED'))
            AND (c.aggregate_id IS NULL OR NOT EXISTS (
                   SELECT 1 FROM saga_outbox AS e
                    WHERE e.aggregate_id = c.aggregate_id AND e.rowid < c.rowid
