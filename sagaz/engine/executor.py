@@ -38,6 +38,7 @@ from sagaz.errors import (
     StorageError,
 )
 from sagaz.outbox.event import OutboxEvent
+from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import SagaStorage, UnitOfWork
 from sagaz.storage.values import UnstorableValueError, check_json, check_text, storable_text
 
@@ -214,6 +215,8 @@ class SagaExecution:
         self.deadline_hit = False
         self.pending: dict[str, StepState] = {}  # failed/cancelled, written with COMPENSATING
         self.comp_errors: dict[str, BaseException] = {}
+        # Failed attempts not yet in the audit log: they ride along with the next commit.
+        self._failed_attempts: list[AuditEntry] = []
         self._action_tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
         self._completed_with_last_step = False
@@ -374,11 +377,13 @@ class SagaExecution:
                     return
                 except BadResult as exc:
                     # The action ran, so its effects may exist: compensate it like an unknown.
+                    self._failed_attempts.append(failed_attempt(name, attempt, exc, time.time()))
                     self._stop(name, StepStatus.UNKNOWN, exc, attempt, started)
                     return
                 except Exception as exc:
                     # A step drained after its cancellation gets no further attempt.
                     final = attempt > spec.max_retries or name in self._cancelled
+                    self._failed_attempts.append(failed_attempt(name, attempt, exc, time.time()))
                     if self.listeners:
                         self._notify("step_failed", self.saga.name, self.state.saga_id, name,
                                      exc, final)
@@ -402,7 +407,7 @@ class SagaExecution:
         step = StepState(name, StepStatus.COMPLETED, changes or None, None, attempt, started,
                          finished)
         work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step],
-                          events=events)
+                          events=events, failed_attempts=self._take_failed_attempts())
         if self.failure is None and self._completes_saga(name):
             # The last step's completion and the saga's COMPLETED status commit together: one
             # durable write fewer per saga, and recovery sees the same thing either way (before
@@ -424,6 +429,10 @@ class SagaExecution:
         if self.listeners:
             self._notify("step_completed", self.saga.name, self.state.saga_id, name,
                          finished - started)
+
+    def _take_failed_attempts(self) -> list[AuditEntry]:
+        taken, self._failed_attempts = self._failed_attempts, []
+        return taken
 
     def _lifecycle_events(self, status: SagaStatus) -> list[OutboxEvent]:
         """SagaCompleted / SagaCompensated / SagaFailed, written with the final status."""
@@ -463,7 +472,8 @@ class SagaExecution:
     ) -> None:
         await self.storage.commit(
             UnitOfWork(self.state.saga_id, self.owner, status=SagaStatus.COMPENSATING,
-                       context=self.ctx, steps=steps, failed_step=failed_step, error=error),
+                       context=self.ctx, steps=steps, failed_step=failed_step, error=error,
+                       failed_attempts=self._take_failed_attempts()),
             self.lease_seconds,
         )
         for step in steps:
@@ -513,6 +523,8 @@ class SagaExecution:
                 events = step_ctx.events
                 break
             except Exception as exc:
+                self._failed_attempts.append(
+                    failed_attempt(name, attempt, exc, time.time(), compensation=True))
                 if attempt > spec.max_retries or isinstance(exc, BadResult):
                     error = exc
                     break
@@ -530,7 +542,7 @@ class SagaExecution:
             self.ctx = {**self.ctx, **changes}
         await self.storage.commit(
             UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step],
-                       events=events),
+                       events=events, failed_attempts=self._take_failed_attempts()),
             self.lease_seconds,
         )
         self.state.steps[name] = step
@@ -542,7 +554,8 @@ class SagaExecution:
         if not (status is SagaStatus.COMPLETED and self._completed_with_last_step):
             await self.storage.commit(
                 UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
-                           release_lease=True, events=self._lifecycle_events(status)),
+                           release_lease=True, events=self._lifecycle_events(status),
+                           failed_attempts=self._take_failed_attempts()),
                 self.lease_seconds,
             )
         self.state.status = status

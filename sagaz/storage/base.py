@@ -5,7 +5,7 @@ rows that changed and (with the outbox) the events to publish. A storage commits
 atomically, and only if the writer still holds the saga's lease (fencing: an executor that lost its
 lease to recovery can never overwrite the recovered saga). Storages are free to commit many units
 of work of concurrent sagas in one database transaction (group commit); ``commit`` returns only
-once the unit is durable.
+once the unit is durable. The audit rows of a unit (:mod:`sagaz.storage.audit`) commit with it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState
+from sagaz.storage.audit import AuditEntry
 
 __all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "settle"]
 
@@ -37,6 +38,9 @@ class UnitOfWork:
     """Set with a final status: nobody needs to hold this saga any more."""
     events: list[Any] = field(default_factory=list)
     """Outbox events written in the same transaction (used by the transactional outbox)."""
+    failed_attempts: list[AuditEntry] = field(default_factory=list)
+    """Attempts that failed since the saga's previous unit of work (retried ones change no
+    state, so their audit rows wait for the next unit instead of costing a write each)."""
 
 
 @runtime_checkable
@@ -78,6 +82,10 @@ class SagaStorage(Protocol):
         ...
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
+        ...
+
+    async def get_history(self, saga_id: str) -> list[AuditEntry]:
+        """The saga's audit rows, oldest first (empty for an unknown saga)."""
         ...
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.storage.audit import AuditEntry, entries_of, saga_started
 from sagaz.storage.base import ClosesOnExit, UnitOfWork
 
 __all__ = ["InMemorySagaStorage"]
@@ -26,14 +27,23 @@ class InMemorySagaStorage(ClosesOnExit):
     """Keeps sagas in a dict. Every method completes without suspending, which also makes each
     one atomic with respect to other coroutines."""
 
-    def __init__(self, *, readonly: bool = False, _shared: dict[str, SagaState] | None = None):
+    def __init__(
+        self, *, readonly: bool = False,
+        _shared: tuple[dict[str, SagaState], dict[str, list[AuditEntry]]] | None = None,
+    ):
         self.readonly = readonly
-        self._sagas: dict[str, SagaState] = {} if _shared is None else _shared
+        self._sagas: dict[str, SagaState] = {} if _shared is None else _shared[0]
+        self._history: dict[str, list[AuditEntry]] = {} if _shared is None else _shared[1]
         self.events: list[Any] = []
 
     def reader(self) -> InMemorySagaStorage:
         """A read-only view of the same data (stands in for a replica in tests)."""
-        return InMemorySagaStorage(readonly=True, _shared=self._sagas)
+        return InMemorySagaStorage(readonly=True, _shared=(self._sagas, self._history))
+
+    def _record(self, saga_id: str, entries: list[AuditEntry], now: float) -> None:
+        if entries:
+            self._history.setdefault(saga_id, []).extend(
+                e if e.at is not None else AuditEntry(e.event, e.details, now) for e in entries)
 
     def _check_writable(self) -> None:
         if self.readonly:
@@ -50,6 +60,7 @@ class InMemorySagaStorage(ClosesOnExit):
         stored.created_at = stored.updated_at = now
         stored.lease_expires_at = now + lease_seconds
         self._sagas[state.saga_id] = stored
+        self._record(state.saga_id, [saga_started(state)], now)
         state.created_at = state.updated_at = now
         state.lease_expires_at = stored.lease_expires_at
         return state, True
@@ -80,6 +91,7 @@ class InMemorySagaStorage(ClosesOnExit):
         else:
             saga.lease_expires_at = now + lease_seconds
         self.events.extend(work.events)
+        self._record(work.saga_id, entries_of(work), now)
 
     async def load(self, saga_id: str) -> SagaState | None:
         saga = self._sagas.get(saga_id)
@@ -126,6 +138,9 @@ class InMemorySagaStorage(ClosesOnExit):
         for saga in self._sagas.values():
             counts[saga.status] = counts.get(saga.status, 0) + 1
         return counts
+
+    async def get_history(self, saga_id: str) -> list[AuditEntry]:
+        return list(self._history.get(saga_id, ()))
 
     async def close(self) -> None:
         return None

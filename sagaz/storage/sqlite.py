@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.storage.audit import AuditEntry, entries_of, saga_started
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.sql import migrations, queries
 
@@ -121,6 +122,7 @@ class SQLiteSagaStorage(ClosesOnExit):
 
     async def create(self, state: SagaState, lease_seconds: float) -> tuple[SagaState, bool]:
         context = json.dumps(state.context)
+        started = _audit_params(state.saga_id, [saga_started(state)])
 
         def op(conn: sqlite3.Connection) -> tuple[SagaState, bool]:
             now = time.time()
@@ -130,6 +132,8 @@ class SQLiteSagaStorage(ClosesOnExit):
                 "idempotency_key": state.idempotency_key, "now": now,
                 "owner": state.lease_owner, "expires": now + lease_seconds,
             })
+            if cur.rowcount == 1:
+                _insert_audit(conn, started, now)
             found = _load(conn, state.saga_id)
             assert found is not None
             return found, cur.rowcount == 1
@@ -141,6 +145,7 @@ class SQLiteSagaStorage(ClosesOnExit):
         context = None if work.context is None else json.dumps(work.context)
         steps = [_step_params(work.saga_id, s) for s in work.steps]
         events = [_event_params(e) for e in work.events]
+        audit = _audit_params(work.saga_id, entries_of(work))
 
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
@@ -156,6 +161,7 @@ class SQLiteSagaStorage(ClosesOnExit):
                 raise SagaNotFoundError(work.saga_id)
             if steps:
                 conn.executemany(Q["upsert_step"], steps)
+            _insert_audit(conn, audit, now)
             if events:
                 for params in events:
                     params["now"] = now
@@ -213,6 +219,11 @@ class SQLiteSagaStorage(ClosesOnExit):
 
         return SQLiteOutbox(self)
 
+    async def get_history(self, saga_id: str) -> list[AuditEntry]:
+        rows = await self._run(
+            lambda conn: conn.execute(Q["saga_history"], {"saga_id": saga_id}).fetchall())
+        return [AuditEntry(event, json.loads(details), at) for event, details, at in rows]
+
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection | None) -> None:
             if conn is not None:
@@ -235,6 +246,17 @@ def _event_params(event: Any) -> dict[str, Any]:
     return {"event_id": event.event_id, "saga_id": event.saga_id, "event_type": event.event_type,
             "key": event.key, "payload": json.dumps(event.payload),
             "headers": json.dumps(event.headers)}
+
+
+def _audit_params(saga_id: str, entries: list[AuditEntry]) -> list[dict[str, Any]]:
+    return [{"saga_id": saga_id, "event": e.event, "details": json.dumps(e.details), "at": e.at}
+            for e in entries]
+
+
+def _insert_audit(conn: sqlite3.Connection, rows: list[dict[str, Any]], now: float) -> None:
+    for params in rows:
+        params["now"] = now
+    conn.executemany(Q["insert_audit"], rows)
 
 
 def _write_batch(conn: sqlite3.Connection, ops: list[_Op]) -> list[Any]:

@@ -23,6 +23,7 @@ import psycopg
 
 from sagaz.engine.types import SagaState
 from sagaz.errors import LeaseLostError, SagaNotFoundError
+from sagaz.storage.audit import entries_of, saga_started
 from sagaz.storage.base import UnitOfWork
 from sagaz.storage.postgresql.rows import copy_state, load_sagas
 from sagaz.storage.sql import queries
@@ -173,10 +174,14 @@ def build_batch(
         events = [{"event_id": e.event_id, "saga_id": w.saga_id, "event_type": e.event_type,
                    "key": e.key, "payload": e.payload, "headers": e.headers}
                   for _, w in queued.commits for e in w.events]
+        # The audit rows travel in the same statement: no extra round trip, same fence.
+        audit = [{"saga_id": w.saga_id, "event": a.event, "details": a.details, "at": a.at}
+                 for _, w in queued.commits for a in entries_of(w)]
         queued.update_at = len(statements)
         statements.append(mogrify(Q["commit_units"], {
             "ids": ids, "units": json.dumps(units), "steps": json.dumps(steps),
-            "events": json.dumps(events), "dedupe_events": retried,
+            "events": json.dumps(events), "audit": json.dumps(audit),
+            "dedupe_events": retried,
             "created_from": min(known) - 1 if known else None,
             "created_to": max(known) + 1 if known else None}))
         if events:
@@ -187,10 +192,11 @@ def build_batch(
 
 
 def _create_row(state: SagaState, lease: float) -> dict[str, Any]:
+    started = saga_started(state)
     return {"saga_id": state.saga_id, "saga_name": state.saga_name,
             "status": state.status.value, "context": state.context,
             "idempotency_key": state.idempotency_key, "owner": state.lease_owner,
-            "lease": lease}
+            "lease": lease, "event": started.event, "details": started.details}
 
 
 def _commit_rows(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import ConfigurationError, StorageError
+from sagaz.storage.audit import AuditEntry
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
@@ -403,6 +405,14 @@ class PostgreSQLSagaStorage(ClosesOnExit):
         async def op(conn: _Conn) -> dict[SagaStatus, int]:
             cur = await conn.execute(Q["count_by_status"])
             return {SagaStatus(s): n for s, n in await cur.fetchall()}
+
+        return await self._run(op)
+
+    async def get_history(self, saga_id: str) -> list[AuditEntry]:
+        async def op(conn: _Conn) -> list[AuditEntry]:
+            cur = await conn.execute(Q["saga_history"], {"saga_id": saga_id})
+            return [AuditEntry(event, json.loads(details), at)
+                    for event, details, at in await cur.fetchall()]
 
         return await self._run(op)
 

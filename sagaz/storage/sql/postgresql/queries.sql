@@ -15,25 +15,39 @@ SELECT pg_advisory_xact_lock(k)
 -- name: insert_sagas
 -- Rows come as one JSON array (json_to_recordset): far cheaper to build client-side than one
 -- array parameter per column, and the context travels as a nested object, not re-encoded text.
-INSERT INTO saga_executions (saga_id, saga_name, status, context, idempotency_key, created_at,
-                             updated_at, lease_owner, lease_expires_at, version)
-SELECT u.saga_id, u.saga_name, u.status, u.context, u.idempotency_key, now(), now(),
-       u.owner, now() + make_interval(secs => u.lease), 0
-  FROM json_to_recordset(%(rows)s::json)
-       AS u(saga_id uuid, saga_name text, status text, context jsonb, idempotency_key text,
-            owner text, lease float8)
--- The existing ids are probed through each partition's primary-key index with the id array: a
--- join against the row set would be planned as a hash join over a sequential scan of every
--- partition (the planner cannot know the row set is small), costing a full scan per batch.
- WHERE u.saga_id <> ALL (ARRAY(SELECT s.saga_id FROM saga_executions AS s
-                                WHERE s.saga_id = ANY(%(ids)s::uuid[])))
-RETURNING saga_id::text, extract(epoch FROM created_at)::float8,
-          extract(epoch FROM lease_expires_at)::float8;
+-- Each row also carries the saga's first audit row, written only for the sagas inserted.
+WITH u AS (
+    SELECT *
+      FROM json_to_recordset(%(rows)s::json)
+           AS u(saga_id uuid, saga_name text, status text, context jsonb, idempotency_key text,
+                owner text, lease float8, event text, details jsonb)
+), inserted AS (
+    INSERT INTO saga_executions (saga_id, saga_name, status, context, idempotency_key,
+                                 created_at, updated_at, lease_owner, lease_expires_at, version)
+    SELECT u.saga_id, u.saga_name, u.status, u.context, u.idempotency_key, now(), now(),
+           u.owner, now() + make_interval(secs => u.lease), 0
+      FROM u
+    -- The existing ids are probed through each partition's primary-key index with the id
+    -- array: a join against the row set would be planned as a hash join over a sequential
+    -- scan of every partition (the planner cannot know the row set is small), costing a full
+    -- scan per batch.
+     WHERE u.saga_id <> ALL (ARRAY(SELECT s.saga_id FROM saga_executions AS s
+                                    WHERE s.saga_id = ANY(%(ids)s::uuid[])))
+    RETURNING saga_id, created_at, lease_expires_at
+), audit AS (
+    INSERT INTO saga_audit_log (saga_id, event, details, created_at)
+    SELECT i.saga_id, u.event, u.details, i.created_at
+      FROM inserted AS i JOIN u ON u.saga_id = i.saga_id
+)
+SELECT saga_id::text, extract(epoch FROM created_at)::float8,
+       extract(epoch FROM lease_expires_at)::float8
+  FROM inserted;
 
 -- name: commit_units
 -- One statement for a whole batch of units of work: update the sagas (fenced: only while the
--- writer still holds the lease), then upsert the steps of exactly the sagas that were updated,
--- so a fenced-out writer changes nothing at all. Returns the ids that were updated.
+-- writer still holds the lease), then upsert the steps and insert the outbox events and audit
+-- rows of exactly the sagas that were updated, so a fenced-out writer changes nothing at all.
+-- Returns the ids that were updated.
 WITH u AS (
     SELECT *
       FROM json_to_recordset(%(units)s::json)
@@ -91,6 +105,22 @@ WITH u AS (
        -- the probe costs an index lookup per partition.
        AND (NOT %(dedupe_events)s OR NOT EXISTS (
               SELECT 1 FROM saga_outbox AS o WHERE o.event_id = e.event_id))
+), audit AS (
+    -- The units' history (sagaz/storage/audit.py). In array order (ordinality): the identity
+    -- then orders a saga's rows as they happened. created_at is when it happened (a failed
+    -- attempt, before this commit) or else the commit.
+    INSERT INTO saga_audit_log (saga_id, event, details, created_at)
+    SELECT a.saga_id, a.event, a.details, COALESCE(to_timestamp(a.at), now())
+      FROM ROWS FROM (json_to_recordset(%(audit)s::json)
+                      AS (saga_id uuid, event text, details jsonb, at float8))
+           WITH ORDINALITY AS a(saga_id, event, details, at, n)
+     WHERE a.saga_id IN (SELECT saga_id FROM updated)
+       -- Sent again after a lost COMMIT outcome: the rows that did commit are not added twice.
+       AND (NOT %(dedupe_events)s OR NOT EXISTS (
+              SELECT 1 FROM saga_audit_log AS l
+               WHERE l.saga_id = a.saga_id AND l.event = a.event AND l.details = a.details
+                 AND (a.at IS NULL OR l.created_at = to_timestamp(a.at))))
+     ORDER BY a.n
 )
 SELECT saga_id::text FROM updated;
 
@@ -110,6 +140,13 @@ SELECT saga_id::text, step_name, status, result::text, error, attempts,
        compensation_error
   FROM saga_steps
  WHERE saga_id = ANY(%(ids)s::uuid[]);
+
+-- name: saga_history
+-- One probe of the (saga_id, created_at) index per partition; the identity orders the rows.
+SELECT event, details::text, extract(epoch FROM created_at)::float8
+  FROM saga_audit_log
+ WHERE saga_id = %(saga_id)s::uuid
+ ORDER BY id;
 
 -- name: renew_leases
 UPDATE saga_executions

@@ -89,3 +89,11 @@ SELECT status, count(*) FROM saga_executions GROUP BY status;
 INSERT INTO saga_outbox (event_id, saga_id, event_type, aggregate_id, payload, headers,
                          next_attempt_at, created_at)
 VALUES (:event_id, :saga_id, :event_type, :key, :payload, :headers, :now, :now);
+
+-- name: insert_audit
+-- created_at: when it happened (a failed attempt) or else the commit time.
+INSERT INTO saga_audit_log (saga_id, event, details, created_at)
+VALUES (:saga_id, :event, :details, COALESCE(:at, :now));
+
+-- name: saga_history
+SELECT event, details, created_at FROM saga_audit_log WHERE saga_id = :saga_id ORDER BY id;
