@@ -42,10 +42,14 @@ def print_warning(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
-def format_time(timestamp: float | None) -> str:
+def format_time(timestamp: float | None, *, millis: bool = False) -> str:
+    """Local time; ``millis`` for events that happen within one second (a saga's history)."""
     if timestamp is None:
         return "-"
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    moment = datetime.fromtimestamp(timestamp)
+    if millis:
+        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ms(seconds: float) -> str:

@@ -1,5 +1,5 @@
-"""``sagaz sagas list`` and ``sagaz sagas show``: inspect saga state through the read storage
-(the analytics replica when SAGAZ_ANALYTICS_URL is set)."""
+"""``sagaz sagas list`` and ``sagaz sagas show``: inspect saga state and history through the read
+storage (the analytics replica when SAGAZ_ANALYTICS_URL is set)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sagaz.engine.types import SagaState, SagaStatus
+from sagaz.storage.audit import AuditEntry
 
 from .common import MAX_LIMIT, MAX_OFFSET, ExitCode, Storages, execute, fail, run_async
 from .output import format_time, out, table_console
@@ -21,7 +22,7 @@ __all__ = ["sagas_app"]
 
 sagas_app = typer.Typer(
     name="sagas", no_args_is_help=True,
-    help="Inspect sagas: list them, or show one with its steps.")
+    help="Inspect sagas: list them, or show one with its steps and history.")
 
 JSON_HELP = "Print JSON instead of a table (for scripts)."
 
@@ -78,7 +79,8 @@ def show_saga(
     as_json: Annotated[bool, typer.Option(
         "--json", envvar="SAGAZ_SAGAS_JSON", help=JSON_HELP)] = False,
 ) -> None:
-    """Show one saga: status, context, and each step's status, attempts and errors."""
+    """Show one saga: status, context, each step's status, attempts and errors, and its history
+    (every status transition and failed attempt, oldest first)."""
     execute(lambda: run_async(partial(_show, saga_id.strip(), as_json)))
 
 
@@ -88,8 +90,10 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
     if saga is None:
         fail(f"no saga with id {saga_id!r} in {storage!r}; `sagaz sagas list` shows the ids",
              ExitCode.FAILED)
+    history = await storage.get_history(saga_id)
     if as_json:
-        _print_json(_saga_json(saga, with_steps=True))
+        _print_json({**_saga_json(saga, with_steps=True),
+                     "history": [_entry_json(e) for e in history]})
         return ExitCode.OK
     fields = [
         ("id", saga.saga_id), ("name", escape(saga.saga_name)), ("status", _styled(saga.status)),
@@ -112,7 +116,24 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
                       format_time(step.started_at), escape(step.error or "-"),
                       escape(step.compensation_error or "-"))
     table_console().print(table)
+    table_console().print(_history_table(history))
     return ExitCode.OK
+
+
+def _history_table(history: list[AuditEntry]) -> Table:
+    table = Table(title="history (oldest first)", title_justify="left")
+    for column in ("time", "event", "step", "attempt", "error"):
+        table.add_column(column)
+    for entry in history:
+        attempt = entry.attempt
+        table.add_row(format_time(entry.at, millis=True), escape(entry.event),
+                      escape(entry.step or "-"), "-" if attempt is None else str(attempt),
+                      escape(entry.error or "-"))
+    return table
+
+
+def _entry_json(entry: AuditEntry) -> dict[str, Any]:
+    return {"at": entry.at, "event": entry.event, **entry.details}
 
 
 _STATUS_STYLE = {
