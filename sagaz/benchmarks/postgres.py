@@ -6,7 +6,7 @@ Measures, each as the median of ``runs`` runs:
 - throughput: ``sagas`` runs spread over ``concurrency`` coroutines (closed loop);
 - latency: ``run()`` at a fixed offered rate (open loop: each saga is due at its slot, and its
   latency counts from that slot, so a stall shows up instead of delaying the next starts);
-- footprint: state rows, table bytes and WAL bytes per saga.
+- footprint: state rows, audit rows, table bytes and WAL bytes per saga.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ class PostgresBenchmark:
     rows_per_saga: float
     bytes_per_saga: float
     wal_bytes_per_saga: float
+    audit_rows_per_saga: float = 0.0
+    audit_bytes_per_saga: float = 0.0
 
 
 async def _noop(ctx: SagaContext) -> None:
@@ -128,8 +130,8 @@ async def _latency(dsn: str, rate: float, seconds: float) -> tuple[float, float,
     return p50, p99, len(latencies) / elapsed
 
 
-def _footprint(dsn: str) -> tuple[int, int, int]:
-    """(sagas, state rows, bytes of saga_executions and saga_steps)."""
+def _footprint(dsn: str) -> tuple[int, int, int, int, int]:
+    """(sagas, state rows, bytes of saga_executions and saga_steps, audit rows, audit bytes)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM saga_steps")
         row = conn.execute(
@@ -137,9 +139,12 @@ def _footprint(dsn: str) -> tuple[int, int, int]:
             "       (SELECT count(*) FROM saga_steps),"
             "       (SELECT coalesce(sum(total_bytes), 0) FROM get_partition_statistics()"
             "         WHERE table_name = 'saga_executions')"
-            "       + pg_total_relation_size('saga_steps')").fetchone()
+            "       + pg_total_relation_size('saga_steps'),"
+            "       (SELECT count(*) FROM saga_audit_log),"
+            "       (SELECT coalesce(sum(total_bytes), 0) FROM get_partition_statistics()"
+            "         WHERE table_name = 'saga_audit_log')").fetchone()
     assert row is not None
-    return int(row[0]), int(row[0]) + int(row[1]), int(row[2])
+    return int(row[0]), int(row[0]) + int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
 
 def _wal_lsn(dsn: str) -> str:
@@ -193,7 +198,7 @@ def run_postgres_benchmark(
         for _ in range(runs):
             paths[0].rates.append(asyncio.run(_throughput(db, sagas, concurrency)))
         wal = _wal_between(db, before, _wal_lsn(db))
-        count, rows, size = _footprint(db)
+        count, rows, size, audit_rows, audit_size = _footprint(db)
         for _ in range(runs):
             p50, p99, achieved = asyncio.run(_latency(db, rate, latency_seconds))
             paths[0].p50_ms.append(p50)
@@ -212,7 +217,7 @@ def run_postgres_benchmark(
             paths.append(pooled)
     return PostgresBenchmark(
         describe_server(base), sagas, concurrency, rate, latency_seconds, paths,
-        rows / count, size / count, wal / count)
+        rows / count, size / count, wal / count, audit_rows / count, audit_size / count)
 
 
 def format_report(result: PostgresBenchmark) -> str:
@@ -232,7 +237,8 @@ def format_report(result: PostgresBenchmark) -> str:
     lines.append(
         f"  per saga: {result.rows_per_saga:.1f} state rows (1 saga + 3 steps), "
         f"{result.bytes_per_saga:,.0f} table+index bytes, {result.wal_bytes_per_saga:,.0f} WAL "
-        "bytes")
+        f"bytes (with the audit log: {result.audit_rows_per_saga:.1f} rows, "
+        f"{result.audit_bytes_per_saga:,.0f} table+index bytes)")
     return "\n".join(lines)
 
 
