@@ -1,10 +1,13 @@
 """What the audit log (``saga_audit_log``) records: one row per status transition of a saga
-(started, compensating, completed, compensated, failed), one per failed attempt of an action or
+(to compensating, completed, compensated, failed), one per failed attempt of an action or
 compensation, and one per step that failed, was cancelled, became uncertain or was compensated.
 
-A step's completion gets no row: its ``saga_steps`` row records it (status, attempts, start and
-finish times) and keeps it, while an audit row per step would cost the write path of every saga
-(measured: a 3-step saga would write five audit rows instead of two).
+The saga's creation and a step's completion get no row: the saga row (``created_at``) and the
+step's ``saga_steps`` row (status, attempts, start and finish times) record them and keep them,
+while a row for each would cost the write path of every saga. Measured on PostgreSQL with 3-step
+sagas (CPU per saga, client and server): one row per step and saga transition (five) cost about
+30%, a creation row and a completion row about 13%; the one row of a completed saga is what
+remains.
 
 The rows of a transition are derived from the unit of work that makes it (:func:`entries_of`), so
 every storage writes them in the same transaction as the transition itself: a fenced-out or
@@ -12,8 +15,7 @@ rolled-back write leaves no audit row behind, and a committed one always has its
 
 Failed attempts that are retried change no persisted state, so they ride along with the next
 unit of work of their saga instead of costing a durable write each (``failed_attempts``). The
-price: the attempts that failed just before the executor died are not recorded (the saga's
-recovery is).
+price: the attempts that failed just before the executor died are not recorded.
 
 Rows never hold a saga's context or a step's result (they may hold personal data or secrets);
 error messages are redacted (passwords in URLs and DSNs) and cut to :data:`MAX_ERROR_CHARS`.
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sagaz.engine.types import SagaState, StepStatus
+from sagaz.engine.types import StepStatus
 from sagaz.redact import redact_text
 
 if TYPE_CHECKING:
@@ -34,18 +36,15 @@ __all__ = [
     "ATTEMPT_FAILED",
     "COMPENSATION_ATTEMPT_FAILED",
     "MAX_ERROR_CHARS",
-    "SAGA_STARTED",
     "AuditEntry",
     "clip_error",
     "entries_of",
     "failed_attempt",
-    "saga_started",
 ]
 
 MAX_ERROR_CHARS = 2_000
 """Longest error message kept in a row: enough for a message, not for a dumped payload."""
 
-SAGA_STARTED = "saga_started"
 ATTEMPT_FAILED = "attempt_failed"
 COMPENSATION_ATTEMPT_FAILED = "compensation_attempt_failed"
 # The other events are named after the status reached: saga_<status> (saga_compensating,
@@ -98,11 +97,6 @@ def clip_error(text: str) -> str:
     if len(text) <= MAX_ERROR_CHARS:
         return text
     return text[:MAX_ERROR_CHARS - 1] + "\u2026"
-
-
-def saga_started(state: SagaState) -> AuditEntry:
-    """The row of a saga's creation."""
-    return AuditEntry(SAGA_STARTED, {"status": state.status.value})
 
 
 def failed_attempt(

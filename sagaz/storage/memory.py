@@ -8,7 +8,7 @@ from typing import Any
 
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
-from sagaz.storage.audit import AuditEntry, entries_of, saga_started
+from sagaz.storage.audit import AuditEntry, entries_of
 from sagaz.storage.base import ClosesOnExit, UnitOfWork
 
 __all__ = ["InMemorySagaStorage"]
@@ -60,7 +60,6 @@ class InMemorySagaStorage(ClosesOnExit):
         stored.created_at = stored.updated_at = now
         stored.lease_expires_at = now + lease_seconds
         self._sagas[state.saga_id] = stored
-        self._record(state.saga_id, [saga_started(state)], now)
         state.created_at = state.updated_at = now
         state.lease_expires_at = stored.lease_expires_at
         return state, True

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
-from sagaz.storage.audit import AuditEntry, entries_of, saga_started
+from sagaz.storage.audit import AuditEntry, entries_of
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.sql import migrations, queries
 
@@ -122,7 +122,6 @@ class SQLiteSagaStorage(ClosesOnExit):
 
     async def create(self, state: SagaState, lease_seconds: float) -> tuple[SagaState, bool]:
         context = json.dumps(state.context)
-        started = _audit_params(state.saga_id, [saga_started(state)])
 
         def op(conn: sqlite3.Connection) -> tuple[SagaState, bool]:
             now = time.time()
@@ -132,8 +131,6 @@ class SQLiteSagaStorage(ClosesOnExit):
                 "idempotency_key": state.idempotency_key, "now": now,
                 "owner": state.lease_owner, "expires": now + lease_seconds,
             })
-            if cur.rowcount == 1:
-                _insert_audit(conn, started, now)
             found = _load(conn, state.saga_id)
             assert found is not None
             return found, cur.rowcount == 1

@@ -15,7 +15,7 @@ def test_benchmark_postgres_runs_small(pg_server: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "direct" in result.stdout and "PgBouncer (transaction mode)" in result.stdout
     assert "4.0 state rows" in result.stdout
-    assert "with the audit log: 2.0 rows" in result.stdout  # saga_started, saga_completed
+    assert "with the audit log: 1.0 rows" in result.stdout  # saga_completed
 
 
 def test_benchmark_engine_runs_small() -> None:

@@ -79,7 +79,6 @@ async def test_a_retried_failing_step_and_its_compensation_tell_an_ordered_histo
     history = await storage.get_history(result.saga_id)
     last = "ConnectionError: bank down (try 3)"
     assert story(history) == [
-        ("saga_started", None, None, None),
         ("attempt_failed", "charge", 1, "ConnectionError: bank down (try 1)"),
         ("attempt_failed", "charge", 2, "ConnectionError: bank down (try 2)"),
         ("attempt_failed", "charge", 3, last),
@@ -93,7 +92,7 @@ async def test_a_retried_failing_step_and_its_compensation_tell_an_ordered_histo
     assert times == sorted(times)  # type: ignore[type-var]
 
 
-async def test_a_completed_saga_has_two_rows_and_a_reader_sees_them(
+async def test_a_completed_saga_has_one_row(
     storage: SagaStorage,
 ) -> None:
     async def ok(ctx: SagaContext) -> None:
@@ -103,8 +102,7 @@ async def test_a_completed_saga_has_two_rows_and_a_reader_sees_them(
     for name in ("a", "b", "c"):
         saga.add_step(name, ok)
     result = await saga.execute({})
-    assert [e.event for e in await storage.get_history(result.saga_id)] == [
-        "saga_started", "saga_completed"]
+    assert [e.event for e in await storage.get_history(result.saga_id)] == ["saga_completed"]
     assert await storage.get_history(str(uuid.uuid4())) == []
 
 
@@ -145,20 +143,7 @@ async def test_a_fenced_out_commit_writes_no_audit_row(storage: SagaStorage) -> 
                                        release_lease=True), LEASE)
     outcomes = await asyncio.gather(stale, holder, return_exceptions=True)
     assert isinstance(outcomes[0], LeaseLostError) and outcomes[1] is None
-    assert [e.event for e in await storage.get_history(state.saga_id)] == [
-        "saga_started", "saga_completed"]
-
-
-async def test_a_create_of_an_existing_saga_writes_no_second_start(
-    storage: SagaStorage,
-) -> None:
-    state = new_state()
-    await storage.create(state, LEASE)
-    again = new_state("other")
-    again.saga_id = state.saga_id
-    _, created = await storage.create(again, LEASE)
-    assert not created
-    assert [e.event for e in await storage.get_history(state.saga_id)] == ["saga_started"]
+    assert [e.event for e in await storage.get_history(state.saga_id)] == ["saga_completed"]
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"], indirect=True)
@@ -174,7 +159,7 @@ async def test_a_refused_unit_of_work_leaves_no_audit_row(storage: SagaStorage) 
                                         failed_attempts=[attempt], events=[twice, twice]), LEASE)
     stored = await storage.load(state.saga_id)
     assert stored is not None and stored.status is SagaStatus.RUNNING
-    assert [e.event for e in await storage.get_history(state.saga_id)] == ["saga_started"]
+    assert await storage.get_history(state.saga_id) == []
 
 
 async def test_sqlite_migrates_an_existing_file_to_the_audit_log(tmp_path: Path) -> None:
@@ -193,9 +178,9 @@ async def test_sqlite_migrates_an_existing_file_to_the_audit_log(tmp_path: Path)
     reopened = SQLiteSagaStorage(db)
     try:
         assert await reopened.get_history(state.saga_id) == []
-        later = new_state()
-        await reopened.create(later, LEASE)
-        assert [e.event for e in await reopened.get_history(later.saga_id)] == ["saga_started"]
+        await reopened.commit(UnitOfWork(state.saga_id, "holder", status=SagaStatus.COMPLETED,
+                                         release_lease=True), LEASE)
+        assert [e.event for e in await reopened.get_history(state.saga_id)] == ["saga_completed"]
     finally:
         await reopened.close()
 
@@ -209,7 +194,7 @@ async def test_postgresql_audit_rows_land_in_the_current_partition(pg_dsn: str) 
     with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute("SELECT tableoid::regclass::text FROM saga_audit_log "
                             "WHERE saga_id = %s", (result.saga_id,)).fetchall()
-    assert len(rows) == 8
+    assert len(rows) == 7
     assert "saga_audit_log_default" not in {r[0] for r in rows}
 
 
@@ -237,5 +222,5 @@ async def test_postgresql_batch_sent_again_after_a_lost_commit_adds_no_audit_row
         history = await storage.get_history(state.saga_id)
     finally:
         await storage.close()
-    assert [e.event for e in history] == ["saga_started", "attempt_failed", "saga_compensating"]
-    assert history[1].at == pytest.approx(1_000.0)
+    assert [e.event for e in history] == ["attempt_failed", "saga_compensating"]
+    assert history[0].at == pytest.approx(1_000.0)

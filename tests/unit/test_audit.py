@@ -62,14 +62,15 @@ def story(history: list[AuditEntry]) -> list[tuple[str, str | None, int | None, 
     return [(e.event, e.step, e.attempt, e.error) for e in history]
 
 
-async def test_a_completed_saga_records_its_start_and_completion() -> None:
+async def test_a_completed_saga_records_only_its_completion() -> None:
+    """Its creation and its steps' completions are in the saga and step rows: no audit rows."""
     storage = InMemorySagaStorage()
     result = await flaky_order(storage, charge_fails=0).execute({})
     assert result.status is SagaStatus.COMPLETED
     history = await storage.get_history(result.saga_id)
-    assert [e.event for e in history] == ["saga_started", "saga_completed"]
-    assert history[0].details == {"status": "RUNNING"}
-    assert all(e.at is not None for e in history)
+    assert [(e.event, e.details) for e in history] == [
+        ("saga_completed", {"status": "COMPLETED"})]
+    assert history[0].at is not None
 
 
 async def test_a_retried_failing_step_and_its_compensation_are_told_in_order() -> None:
@@ -78,7 +79,6 @@ async def test_a_retried_failing_step_and_its_compensation_are_told_in_order() -
     assert result.status is SagaStatus.COMPENSATED
     last = "ConnectionError: bank down (try 3)"
     assert story(await storage.get_history(result.saga_id)) == [
-        ("saga_started", None, None, None),
         ("attempt_failed", "charge", 1, "ConnectionError: bank down (try 1)"),
         ("attempt_failed", "charge", 2, "ConnectionError: bank down (try 2)"),
         ("attempt_failed", "charge", 3, last),
@@ -112,7 +112,7 @@ async def test_retried_attempts_ride_along_with_the_next_commit() -> None:
     assert result.status is SagaStatus.COMPLETED
     assert flaky.commits == calm.commits
     events = [e.event for e in await flaky.get_history(result.saga_id)]
-    assert events == ["saga_started", "attempt_failed", "attempt_failed", "saga_completed"]
+    assert events == ["attempt_failed", "attempt_failed", "saga_completed"]
 
 
 async def test_a_fenced_out_commit_records_nothing() -> None:
@@ -123,13 +123,13 @@ async def test_a_fenced_out_commit_records_nothing() -> None:
                        failed_attempts=[AuditEntry("attempt_failed", {"step": "a"}, 1.0)])
     with pytest.raises(LeaseLostError):
         await storage.commit(stale, 30)
-    assert [e.event for e in await storage.get_history(state.saga_id)] == ["saga_started"]
+    assert await storage.get_history(state.saga_id) == []
 
 
 async def test_the_read_only_view_sees_the_history_and_unknown_sagas_have_none() -> None:
     storage = InMemorySagaStorage()
     result = await flaky_order(storage, charge_fails=0).execute({})
-    assert len(await storage.reader().get_history(result.saga_id)) == 2
+    assert len(await storage.reader().get_history(result.saga_id)) == 1
     assert await storage.get_history(str(uuid.uuid4())) == []
 
 

@@ -23,7 +23,7 @@ import psycopg
 
 from sagaz.engine.types import SagaState
 from sagaz.errors import LeaseLostError, SagaNotFoundError
-from sagaz.storage.audit import entries_of, saga_started
+from sagaz.storage.audit import entries_of
 from sagaz.storage.base import UnitOfWork
 from sagaz.storage.postgresql.rows import copy_state, load_sagas
 from sagaz.storage.sql import queries
@@ -192,11 +192,10 @@ def build_batch(
 
 
 def _create_row(state: SagaState, lease: float) -> dict[str, Any]:
-    started = saga_started(state)
     return {"saga_id": state.saga_id, "saga_name": state.saga_name,
             "status": state.status.value, "context": state.context,
             "idempotency_key": state.idempotency_key, "owner": state.lease_owner,
-            "lease": lease, "event": started.event, "details": started.details}
+            "lease": lease}
 
 
 def _commit_rows(

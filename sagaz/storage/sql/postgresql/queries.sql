@@ -15,33 +15,20 @@ SELECT pg_advisory_xact_lock(k)
 -- name: insert_sagas
 -- Rows come as one JSON array (json_to_recordset): far cheaper to build client-side than one
 -- array parameter per column, and the context travels as a nested object, not re-encoded text.
--- Each row also carries the saga's first audit row, written only for the sagas inserted.
-WITH u AS (
-    SELECT *
-      FROM json_to_recordset(%(rows)s::json)
-           AS u(saga_id uuid, saga_name text, status text, context jsonb, idempotency_key text,
-                owner text, lease float8, event text, details jsonb)
-), inserted AS (
-    INSERT INTO saga_executions (saga_id, saga_name, status, context, idempotency_key,
-                                 created_at, updated_at, lease_owner, lease_expires_at, version)
-    SELECT u.saga_id, u.saga_name, u.status, u.context, u.idempotency_key, now(), now(),
-           u.owner, now() + make_interval(secs => u.lease), 0
-      FROM u
-    -- The existing ids are probed through each partition's primary-key index with the id
-    -- array: a join against the row set would be planned as a hash join over a sequential
-    -- scan of every partition (the planner cannot know the row set is small), costing a full
-    -- scan per batch.
-     WHERE u.saga_id <> ALL (ARRAY(SELECT s.saga_id FROM saga_executions AS s
-                                    WHERE s.saga_id = ANY(%(ids)s::uuid[])))
-    RETURNING saga_id, created_at, lease_expires_at
-), audit AS (
-    INSERT INTO saga_audit_log (saga_id, event, details, created_at)
-    SELECT i.saga_id, u.event, u.details, i.created_at
-      FROM inserted AS i JOIN u ON u.saga_id = i.saga_id
-)
-SELECT saga_id::text, extract(epoch FROM created_at)::float8,
-       extract(epoch FROM lease_expires_at)::float8
-  FROM inserted;
+INSERT INTO saga_executions (saga_id, saga_name, status, context, idempotency_key, created_at,
+                             updated_at, lease_owner, lease_expires_at, version)
+SELECT u.saga_id, u.saga_name, u.status, u.context, u.idempotency_key, now(), now(),
+       u.owner, now() + make_interval(secs => u.lease), 0
+  FROM json_to_recordset(%(rows)s::json)
+       AS u(saga_id uuid, saga_name text, status text, context jsonb, idempotency_key text,
+            owner text, lease float8)
+-- The existing ids are probed through each partition's primary-key index with the id array: a
+-- join against the row set would be planned as a hash join over a sequential scan of every
+-- partition (the planner cannot know the row set is small), costing a full scan per batch.
+ WHERE u.saga_id <> ALL (ARRAY(SELECT s.saga_id FROM saga_executions AS s
+                                WHERE s.saga_id = ANY(%(ids)s::uuid[])))
+RETURNING saga_id::text, extract(epoch FROM created_at)::float8,
+          extract(epoch FROM lease_expires_at)::float8;
 
 -- name: commit_units
 -- One statement for a whole batch of units of work: update the sagas (fenced: only while the
