@@ -65,6 +65,7 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "dev env": (["dev", "env", "--dir", nowhere], {}, {1, 2}),
         "dev status": (["dev", "status", "--dir", nowhere], {}, {1, 2}),
         "dev down": (["dev", "down", "--dir", nowhere], {}, {0, 1, 2}),
+        "dev restart": (["dev", "restart", "node0", "--dir", nowhere], {}, {1, 2}),
         "dev supervise": (["dev", "supervise", "--dir", nowhere], {}, {1, 2}),
         "ha promote": (["ha", "promote", "node1", "--dir", nowhere], {}, {1, 2}),
         "ha rejoin": (["ha", "rejoin", "node1", "--dir", nowhere], {}, {1, 2}),
