@@ -39,9 +39,12 @@ when it starts and then daily (--maintenance-interval). Without such a worker, r
 `sagaz db maintain` from cron, or let the database schedule it with the pg_cron extension:
 
 ```
-SELECT cron.schedule('sagaz-maintenance', '15 3 * * *',
-                     'SELECT count(*) FROM maintain_all_partitions()');
+SELECT cron.schedule('sagaz-maintenance-outbox', '15 3 * * *',
+                     'SELECT count(*) FROM maintain_all_partitions(''saga_outbox'')');
 ```
+
+and the same for saga_executions and saga_audit_log: one table per job (one transaction each),
+so the job never holds two tables' locks while sagas commit.
 """
 
 db_app = typer.Typer(name="db", no_args_is_help=True, help=DB_HELP, rich_markup_mode="markdown")

@@ -89,8 +89,9 @@ def test_db_help_explains_direct_connections_and_pg_cron(tmp_path: Path) -> None
     assert "not PgBouncer" in out
     assert "SAGAZ_DATABASE_URL" in out
     assert "pg_cron" in out
-    assert "cron.schedule('sagaz-maintenance', '15 3 * * *'" in out
-    assert "SELECT count(*) FROM maintain_all_partitions()" in out
+    assert "cron.schedule('sagaz-maintenance-outbox', '15 3 * * *'" in out
+    assert "SELECT count(*) FROM maintain_all_partitions(''saga_outbox'')" in out
+    assert "one table per job" in " ".join(out.split())
     assert "SAGAZ_DATABASE_URL" in ok(cli(tmp_path, "db", "maintain", "--help"))
     worker_help = ok(cli(tmp_path, "worker", "--help"))
     for variable in ("SAGAZ_MAINTENANCE_INTERVAL", "SAGAZ_INBOX_RETENTION_DAYS"):

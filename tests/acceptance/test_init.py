@@ -213,7 +213,11 @@ def _check_kubernetes_shape(resources: dict[tuple[str, str], dict[str, Any]], re
     assert f"host={'postgresql-read' if replicas else 'postgresql-primary'} " in ini
     cron = resources["CronJob", "partition-maintenance"]
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert "SELECT count(*) FROM maintain_all_partitions()" in pod["containers"][0]["command"]
+    # One table per transaction (a psql -c each): never every table's locks at once.
+    command = pod["containers"][0]["command"]
+    assert [command[i + 1] for i, word in enumerate(command) if word == "-c"] == [
+        f"SELECT count(*) FROM maintain_all_partitions('{table}')"
+        for table in ("saga_audit_log", "saga_executions", "saga_outbox")]
     image = args[args.index("--image") + 1] if "--image" in args else "sagaz:latest"
     worker = resources["Deployment", "sagaz-worker"]["spec"]["template"]["spec"]
     assert worker["containers"][0]["image"] == image

@@ -25,6 +25,8 @@
 --    ACCESS EXCLUSIVE, so readers too plan after the move and never look for a saga where it was.
 --    Writers pause for the few milliseconds an ATTACH of a new, empty partition takes; for as
 --    long as the rows a lagging maintenance has to move take, when it has to.
+--    A lock is never upgraded from SHARE (that could deadlock with a reader turning writer), and
+--    ANALYZE runs before any of it.
 
 ALTER TABLE sagaz_partition_settings
     -- Dead letters (saga_outbox) are kept this long after their event was created, even when
@@ -40,6 +42,25 @@ UPDATE sagaz_partition_settings SET dead_letter_retention = interval '90 days'
 -- whole day of sent events to find the few dead ones.
 CREATE INDEX saga_outbox_dead_letter_created_at ON saga_outbox (created_at)
     WHERE status = 'DEAD_LETTER';
+
+
+-- Whether p_default (a DEFAULT partition, NULL for none) holds rows whose p_key is in
+-- [p_start, p_end); a NULL bound is open.
+CREATE FUNCTION sagaz_default_has_rows(
+    p_default regclass, p_key text, p_start timestamptz, p_end timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_found boolean;
+BEGIN
+    IF p_default IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE ($1 IS NULL OR %I >= $1) '
+                   'AND ($2 IS NULL OR %I < $2))', p_default, p_key, p_key)
+        INTO v_found USING p_start, p_end;
+    RETURN v_found;
+END
+$$;
 
 
 -- Makes sure a partition of p_table contains the instant p_point, clipped to the gap around it
@@ -99,15 +120,19 @@ BEGIN
     END IF;
 
     -- Writers wait on the parent from here on, before they route or plan (header, 4). Readers go
-    -- on, unless rows have to move: then they wait too.
-    EXECUTE format('LOCK TABLE %I.%I IN SHARE MODE', v_schema, p_table);
-    IF t.default_partition IS NOT NULL THEN
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= $1 AND %I < $2)',
-                       t.default_partition, t.key_column, t.key_column)
-            INTO v_has_rows USING v_start, v_end;
-    END IF;
+    -- on, unless rows have to move: then they wait too. The mode is chosen before the lock is
+    -- taken: upgrading SHARE to ACCESS EXCLUSIVE would deadlock with a transaction that read the
+    -- table and now waits to write it. Rows that arrive in DEFAULT between this look and the lock
+    -- need the upgrade after all (a rare race; PostgreSQL then resolves any deadlock).
+    v_has_rows := sagaz_default_has_rows(t.default_partition, t.key_column, v_start, v_end);
     IF v_has_rows THEN
         EXECUTE format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', v_schema, p_table);
+    ELSE
+        EXECUTE format('LOCK TABLE %I.%I IN SHARE MODE', v_schema, p_table);
+        v_has_rows := sagaz_default_has_rows(t.default_partition, t.key_column, v_start, v_end);
+        IF v_has_rows THEN
+            EXECUTE format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', v_schema, p_table);
+        END IF;
     END IF;
 
     -- A plain table shaped like the parent (columns, NOT NULL, CHECK, defaults), attached below.
@@ -291,23 +316,30 @@ $$;
 
 DROP FUNCTION maintain_all_partitions(text);
 
--- For every table of sagaz_partition_settings, in this order:
---   1. rows that landed in DEFAULT move into proper partitions ('moved', one row per partition),
+-- For every table of sagaz_partition_settings, in name order, each table in these steps:
+--   1. statistics of the parent and its partitions are refreshed ('analyzed'; autovacuum never
+--      analyzes a partitioned parent, and the planner needs its statistics). First: ANALYZE takes
+--      a while on a big table and locks nothing writers need, so it must not run while this
+--      function holds the parent in SHARE mode;
+--   2. rows that landed in DEFAULT move into proper partitions ('moved', one row per partition),
 --      which are created on the way ('created'); each period is filled completely;
---   2. the current period and `premake` ones ahead are covered ('created' for new partitions);
---   3. statistics of the parent and its partitions are refreshed ('analyzed'; autovacuum never
---      analyzes a partitioned parent, and the planner needs its statistics);
+--   3. the current period and `premake` ones ahead are covered ('created' for new partitions);
 --   4. partitions whose whole range is older than reference_time - retention are DROPped
 --      ('dropped'; for saga_executions the saga_steps rows of those sagas go first), unless they
 --      hold live rows (header, 3): then they are kept with only those rows ('kept', the detail
 --      counts them by status).
+-- When step 2 or 4 has work, the parent is locked ACCESS EXCLUSIVE before any of it, once:
+-- taking SHARE for a creation and then ACCESS EXCLUSIVE for a drop would be an upgrade, which
+-- deadlocks with a transaction that read the table and waits to write it.
 -- reference_time (default now()) is "now" for all of it.
 -- Idempotent: a second run only reports 'analyzed' (and 'kept' for what is still alive).
 --
--- Locks taken are held until the caller commits. A scheduler that wants to hold them for less
--- time calls maintain_all_partitions('saga_outbox') etc., one table per transaction, as
--- `sagaz worker` and `sagaz db maintain` do: then an application transaction that writes several
--- tables can never deadlock with it.
+-- Locks taken are held until the caller commits. Under load, call it one table per transaction,
+-- maintain_all_partitions('saga_outbox') etc., as `sagaz worker`, `sagaz db maintain` and the
+-- generated CronJob do: with all tables in one transaction it holds each table's lock while it
+-- works on the next, and an application transaction that writes several of them (a saga's
+-- commit writes saga_executions, saga_outbox and saga_audit_log) can deadlock with it; PostgreSQL
+-- then aborts one of the two.
 CREATE FUNCTION maintain_all_partitions(
     only_table text DEFAULT NULL, reference_time timestamptz DEFAULT NULL)
 RETURNS TABLE (table_name text, action text, partition_name text, detail text)
@@ -341,10 +373,24 @@ BEGIN
         PERFORM sagaz_lock_partitioned_table(t.parent);
     END LOOP;
 
-    FOR s IN SELECT st.table_name FROM sagaz_partition_settings st
+    FOR s IN SELECT st.table_name, st.dead_letter_retention FROM sagaz_partition_settings st
              WHERE st.table_name = coalesce(only_table, st.table_name) ORDER BY st.table_name LOOP
         SELECT * INTO t FROM sagaz_partitioned_table(s.table_name);
         table_name := s.table_name;
+
+        EXECUTE format('ANALYZE %s', t.parent);
+        partition_name := NULL; action := 'analyzed'; detail := NULL;
+        RETURN NEXT;
+
+        -- Calendar arithmetic in UTC, like the partition bounds ('1 month' back from the 31st).
+        v_cutoff := ((v_now AT TIME ZONE 'UTC') - t.retention) AT TIME ZONE 'UTC';
+        IF sagaz_default_has_rows(t.default_partition, t.key_column, NULL, NULL)
+           OR EXISTS (SELECT 1 FROM sagaz_partitions(t.parent) y
+                      WHERE NOT y.is_default AND y.range_end <= v_cutoff) THEN
+            -- Parent first, as writers lock it: DROP alone would lock the partition, then the
+            -- parent, and could deadlock with an insert into that partition.
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.parent);
+        END IF;
 
         -- Periods with rows stuck in DEFAULT, then the current one and `premake` ahead. Collected
         -- first: no query may still be reading DEFAULT when a partition is attached.
@@ -375,28 +421,12 @@ BEGIN
             END LOOP;
         END LOOP;
 
-        EXECUTE format('ANALYZE %s', t.parent);
-        partition_name := NULL; action := 'analyzed'; detail := NULL;
-        RETURN NEXT;
-    END LOOP;
-
-    -- Retention last: its ACCESS EXCLUSIVE locks on the parents are then held only until the
-    -- caller commits, which follows.
-    FOR s IN SELECT st.table_name, st.dead_letter_retention FROM sagaz_partition_settings st
-             WHERE st.retention IS NOT NULL AND st.table_name = coalesce(only_table, st.table_name)
-             ORDER BY st.table_name LOOP
-        SELECT * INTO t FROM sagaz_partitioned_table(s.table_name);
-        table_name := s.table_name;
-        -- Calendar arithmetic in UTC, like the partition bounds ('1 month' back from the 31st).
-        v_cutoff := ((v_now AT TIME ZONE 'UTC') - t.retention) AT TIME ZONE 'UTC';
+        CONTINUE WHEN t.retention IS NULL;
         v_live := sagaz_live_rows_condition(
             s.table_name,
             ((v_now AT TIME ZONE 'UTC') - s.dead_letter_retention) AT TIME ZONE 'UTC');
         FOR p IN SELECT * FROM sagaz_partitions(t.parent) y
                  WHERE NOT y.is_default AND y.range_end <= v_cutoff ORDER BY y.range_start LOOP
-            -- Parent first, as writers lock it: DROP alone would lock the partition, then the
-            -- parent, and could deadlock with an insert into that partition.
-            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.parent);
             SELECT * INTO x FROM sagaz_expire_partition(
                 s.table_name, p.partition_oid, p.partition_name, p.range_start, p.range_end,
                 v_live);
@@ -418,7 +448,8 @@ BEGIN
     FOR f IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = quote_ident(current_schema())::regnamespace
-          AND p.proname IN ('sagaz_fill_gap', 'sagaz_fill_period', 'sagaz_create_partition',
+          AND p.proname IN ('sagaz_default_has_rows', 'sagaz_fill_gap', 'sagaz_fill_period',
+                            'sagaz_create_partition',
                             'sagaz_live_rows_condition', 'sagaz_expire_partition',
                             'maintain_all_partitions')
     LOOP
