@@ -9,25 +9,30 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import quote
 
 from sagaz.errors import SagazError
-from sagaz.ha.local import APP_USER, PRIMARY_SETTINGS, READER_USER, REPLICATION_USER, SUPERUSER
+from sagaz.ha.local import (
+    APP_USER,
+    PGBOUNCER_ADMIN,
+    PGBOUNCER_STATS,
+    PRIMARY_SETTINGS,
+    READER_USER,
+    REPLICATION_USER,
+    SUPERUSER,
+)
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, wal_retention_settings
 
 __all__ = [
     "APP_USER", "DATABASE", "GeneratedFile", "IMAGES", "MAX_REPLICAS", "PGBOUNCER_ADMIN",
-    "READER_USER", "REPLICATION_USER", "SUPERUSER", "Secrets", "conflicts", "generate_secrets",
-    "server_settings", "url", "validate_image", "validate_namespace", "validate_replicas",
-    "validate_storage_size", "write_files",
+    "PGBOUNCER_STATS", "READER_USER", "REPLICATION_USER", "SUPERUSER", "Secrets", "conflicts",
+    "generate_secrets", "server_settings", "url", "validate_image", "validate_namespace",
+    "validate_replicas", "validate_storage_size", "write_files",
 ]
 
 DATABASE = "sagaz"
-PGBOUNCER_ADMIN = "pgbouncer_admin"
-"""PgBouncer's admin console user (SHOW POOLS, the exporter). Known only to PgBouncer's auth
-file, not to PostgreSQL: the exporter's credentials open no database."""
 
 IMAGES = {
     "postgres": "postgres:16-alpine",
@@ -65,10 +70,11 @@ class Secrets:
     replication: str
     pgbouncer_admin: str
     grafana_admin: str
+    pgbouncer_stats: str
 
 
 def generate_secrets() -> Secrets:
-    return Secrets(*(secrets.token_urlsafe(24) for _ in range(6)))
+    return Secrets(*(secrets.token_urlsafe(24) for _ in fields(Secrets)))
 
 
 def url(user: str, password: str, host: str, port: int, dbname: str = DATABASE) -> str:

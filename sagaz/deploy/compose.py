@@ -79,7 +79,8 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
     pools = _pools(services)
     names = {"superuser": bundle.SUPERUSER, "app_user": bundle.APP_USER,
              "reader_user": bundle.READER_USER, "replication_user": bundle.REPLICATION_USER,
-             "admin_user": bundle.PGBOUNCER_ADMIN, "database": bundle.DATABASE}
+             "admin_user": bundle.PGBOUNCER_ADMIN, "stats_user": bundle.PGBOUNCER_STATS,
+             "database": bundle.DATABASE}
     values = {"replicas": replicas, "replica_services": services, "pools": pools,
               "images": bundle.IMAGES, "settings": bundle.server_settings(max_slot_wal_keep_size),
               "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),

@@ -10,6 +10,7 @@ from sagaz.deploy.bundle import (
     APP_USER,
     DATABASE,
     PGBOUNCER_ADMIN,
+    PGBOUNCER_STATS,
     READER_USER,
     REPLICATION_USER,
 )
@@ -48,7 +49,7 @@ def replica_bootstrap_script() -> str:
 
 def pgbouncer_start_script() -> str:
     return render("scripts/pgbouncer-start.sh.j2", auth_file=PGBOUNCER_AUTH_FILE,
-                  admin_user=PGBOUNCER_ADMIN, **_NAMES)
+                  admin_user=PGBOUNCER_ADMIN, stats_user=PGBOUNCER_STATS, **_NAMES)
 
 
 def pgbouncer_ini(role: str, hosts: list[str]) -> str:
@@ -61,4 +62,5 @@ def pgbouncer_ini(role: str, hosts: list[str]) -> str:
         databases=[Backend(DATABASE, ",".join(hosts), 5432, DATABASE)],
         listen_addr="0.0.0.0", listen_port=POOL_PORTS[role], unix_socket_dir="", logfile="",
         pidfile="", auth_file=PGBOUNCER_AUTH_FILE, admin_user=PGBOUNCER_ADMIN,
+        stats_user=PGBOUNCER_STATS,
         **asdict(settings))

@@ -27,7 +27,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from sagaz.errors import SagazError
-from sagaz.ha.local import APP_USER, LocalCluster
+from sagaz.ha.local import READER_USER, LocalCluster
 
 __all__ = [
     "CONNECT_TIMEOUT", "IS_IN_RECOVERY", "ClusterHealth", "NodeHealth", "PoolHealth",
@@ -58,7 +58,7 @@ SELECT pg_is_in_recovery() AS in_recovery,
        (SELECT status FROM pg_stat_wal_receiver) AS receiver_status,
        (SELECT sender_host FROM pg_stat_wal_receiver) AS upstream_host
 """
-"""One row about the node it runs on (as a superuser: pg_stat_wal_receiver's sender columns)."""
+"""One row about the node it runs on (pg_stat_wal_receiver's sender columns need pg_monitor)."""
 
 REPLICATION = """
 SELECT application_name AS name, host(client_addr) AS client_addr, state, sync_state,
@@ -199,7 +199,7 @@ def collect(cluster: LocalCluster) -> ClusterHealth:
                              + (f": {primary.error}" if primary.error else ""))
         return health
     try:
-        with _connect(cluster.node_dsn(primary.name)) as conn:
+        with _connect(_monitor_dsn(cluster, primary.name)) as conn:
             cur = conn.cursor(row_factory=dict_row)
             health.replication = [ReplicationStat(**r) for r in cur.execute(REPLICATION)]
             health.slots = [SlotStat(**r) for r in cur.execute(SLOTS)]
@@ -210,7 +210,7 @@ def collect(cluster: LocalCluster) -> ClusterHealth:
     try:
         from sagaz.storage.postgresql.maintenance import partition_statistics
 
-        stats = partition_statistics(cluster.dsn(user=APP_USER))
+        stats = partition_statistics(cluster.dsn(user=READER_USER))
         health.partitions = dict(sorted(Counter(p.table_name for p in stats).items()))
     except SagazError as exc:
         health.errors.append(f"partition statistics: {exc}")
@@ -220,7 +220,7 @@ def collect(cluster: LocalCluster) -> ClusterHealth:
 def read_slots(cluster: LocalCluster) -> list[SlotStat]:
     """The primary's physical replication slots (SagazError when it does not answer)."""
     try:
-        with _connect(cluster.node_dsn(cluster.state.primary)) as conn:
+        with _connect(_monitor_dsn(cluster, cluster.state.primary)) as conn:
             return [SlotStat(**r) for r in conn.cursor(row_factory=dict_row).execute(SLOTS)]
     except psycopg.Error as exc:
         raise SagazError(f"replication slots of {cluster.state.primary}: {_reason(exc)}") from exc
@@ -249,7 +249,7 @@ def node_health(cluster: LocalCluster, name: str) -> NodeHealth:
     if not health.running:
         return health
     try:
-        with _connect(cluster.node_dsn(name)) as conn:
+        with _connect(_monitor_dsn(cluster, name)) as conn:
             row = conn.cursor(row_factory=dict_row).execute(NODE_STATUS).fetchone()
     except psycopg.Error as exc:
         health.role, health.error = "unreachable", _reason(exc)
@@ -268,7 +268,7 @@ def pool_health(cluster: LocalCluster, role: str) -> PoolHealth:
         return health
     dbname = cluster.state.dbname
     try:
-        with _connect(cluster.admin_dsn(role)) as conn:
+        with _connect(cluster.stats_dsn(role)) as conn:
             cur = conn.cursor(row_factory=dict_row)
             for db in cur.execute("SHOW DATABASES").fetchall():
                 if db["name"] == dbname:
@@ -288,6 +288,12 @@ def pool_health(cluster: LocalCluster, role: str) -> PoolHealth:
     except psycopg.Error as exc:
         health.error = _reason(exc)
     return health
+
+
+def _monitor_dsn(cluster: LocalCluster, node: str) -> str:
+    """Node ``node`` as the read-only role: its pg_monitor membership shows every figure here
+    (pg_stat_replication's lag, pg_stat_wal_receiver's sender); health needs no superuser."""
+    return cluster.node_dsn(node, user=READER_USER, dbname=cluster.state.dbname)
 
 
 def _connect(conninfo: str) -> psycopg.Connection[Any]:

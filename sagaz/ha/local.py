@@ -48,6 +48,18 @@ SUPERUSER = "postgres"
 APP_USER = "sagaz"
 READER_USER = "sagaz_reader"
 REPLICATION_USER = "replicator"
+PGBOUNCER_ADMIN = "pgbouncer_admin"
+"""PgBouncer's admin console (PAUSE, RESUME, RELOAD): failover. Known only to PgBouncer's auth
+file, not to PostgreSQL: its password opens no database."""
+PGBOUNCER_STATS = "pgbouncer_stats"
+"""PgBouncer's console, read-only (SHOW POOLS, STATS, DATABASES): health, status, exporters.
+Known only to PgBouncer's auth file, like PGBOUNCER_ADMIN."""
+GENERATED_USERS = (SUPERUSER, APP_USER, READER_USER, REPLICATION_USER, PGBOUNCER_ADMIN,
+                   PGBOUNCER_STATS)
+"""Every user with a generated password in secrets.json."""
+POOL_USERS = (APP_USER, READER_USER, PGBOUNCER_ADMIN, PGBOUNCER_STATS)
+"""The users the pools accept: neither the superuser nor the replication user goes through a
+pool."""
 
 PRIMARY_SETTINGS: dict[str, str] = {
     "wal_level": "replica",
@@ -170,10 +182,10 @@ class LocalCluster:
             targets = [s.primary] if role == "rw" else self.live_replicas() or [s.primary]
         return PgBouncer(
             self.directory / f"pgbouncer-{role}", port=s.rw_port if role == "rw" else s.ro_port,
-            backends=self.backends(targets), admin_user=SUPERUSER, role=role,
+            backends=self.backends(targets), admin_user=PGBOUNCER_ADMIN,
+            stats_user=PGBOUNCER_STATS, role=role,
             settings=WRITE_POOL if role == "rw" else READ_POOL,
-            passwords={u: self.passwords[u] for u in (SUPERUSER, APP_USER, READER_USER)
-                       if u in self.passwords})
+            passwords={u: self.passwords[u] for u in POOL_USERS if u in self.passwords})
 
     def backends(self, targets: list[str]) -> list[Backend]:
         """The [databases] entries of a pool over the nodes ``targets``."""
@@ -263,11 +275,18 @@ class LocalCluster:
             password=self.passwords[user], dbname=dbname, **extra)
 
     def admin_dsn(self, role: str, **extra: Any) -> str:
-        """A conninfo to the admin console of pgbouncer-``role`` (SHOW POOLS, PAUSE, RELOAD)."""
+        """A conninfo to the admin console of pgbouncer-``role`` (PAUSE, RESUME, RELOAD)."""
+        return self._console_dsn(role, PGBOUNCER_ADMIN, **extra)
+
+    def stats_dsn(self, role: str, **extra: Any) -> str:
+        """A conninfo to the console of pgbouncer-``role`` that may only SHOW (pools, stats)."""
+        return self._console_dsn(role, PGBOUNCER_STATS, **extra)
+
+    def _console_dsn(self, role: str, user: str, **extra: Any) -> str:
         return make_conninfo(
             "", host="127.0.0.1",
             port=self.state.rw_port if role == "rw" else self.state.ro_port,
-            user=SUPERUSER, password=self.passwords[SUPERUSER], dbname="pgbouncer", **extra)
+            user=user, password=self.passwords[user], dbname="pgbouncer", **extra)
 
     def env(self) -> dict[str, str]:
         """The variables an application of this cluster sets."""
@@ -282,9 +301,9 @@ class LocalCluster:
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
         """Create what is missing and start what is stopped; idempotent."""
         self.preflight()
-        if not self.passwords:
-            self.passwords = {u: secrets.token_urlsafe(24)
-                              for u in (SUPERUSER, APP_USER, READER_USER, REPLICATION_USER)}
+        # Also for a cluster created before a user was added (the PgBouncer console users).
+        for user in GENERATED_USERS:
+            self.passwords.setdefault(user, secrets.token_urlsafe(24))
         self.save()
         check_reachable(service_user(), self.directory)
         service_user().own(self.directory)

@@ -59,11 +59,14 @@ class PgBouncer:
     passwords: dict[str, str]
     """Users PgBouncer accepts, with their passwords (also used to log in to PostgreSQL)."""
     admin_user: str
+    """May run every console command (PAUSE, RESUME, RELOAD, SHUTDOWN)."""
     settings: PoolSettings = WRITE_POOL
     role: str = "rw"
     listen_addr: str = "127.0.0.1"
     user: ServiceUser = field(default_factory=service_user)
     process: subprocess.Popen[bytes] | None = None
+    stats_user: str = ""
+    """May only SHOW on the console (pools, stats); the admin user when empty."""
 
     @property
     def config_path(self) -> Path:
@@ -86,7 +89,8 @@ class PgBouncer:
             listen_addr=self.listen_addr, listen_port=self.port,
             unix_socket_dir=str(self.directory), logfile=str(self.log_path),
             pidfile=str(self.directory / "pgbouncer.pid"), auth_file=str(auth),
-            admin_user=self.admin_user, **asdict(self.settings)))
+            admin_user=self.admin_user, stats_user=self.stats_user or self.admin_user,
+            **asdict(self.settings)))
         self.user.own(self.directory)
 
     def configured_hosts(self, database: str) -> list[str]:

@@ -26,6 +26,11 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from privilege_probes import (
+    assert_app_role_is_confined,
+    assert_reader_is_least_privileged,
+    create_foreign_table,
+)
 
 from sagaz.cli import main
 from sagaz.storage.sql import migrations
@@ -376,7 +381,7 @@ def test_secrets_are_generated_private_and_nowhere_else(
     compose_secrets = {v for k, v in env.items() if k.endswith("_PASSWORD")}
     k8s_secret = documents(tmp_path / "k8s" / "secrets.yaml")[0]["stringData"]
     k8s_secrets = {v for k, v in k8s_secret.items() if k.endswith("-password")}
-    assert len(compose_secrets) == 6 and len(k8s_secrets) == 5
+    assert len(compose_secrets) == 7 and len(k8s_secrets) == 6
     assert all(len(s) >= 32 for s in compose_secrets | k8s_secrets)
     assert not compose_secrets & k8s_secrets  # every run generates new ones
     assert all(f":{k8s_secret['app-password']}@" in k8s_secret[key]
@@ -452,7 +457,8 @@ def test_generated_pgbouncer_ini_runs_in_a_real_pgbouncer(
     start_env = {**user.env(), "PATH": f"/usr/sbin:{os.environ['PATH']}",
                  "PGBOUNCER_AUTH_FILE": str(run / "auth" / "userlist.txt"),
                  **{k: env[k] for k in ("SAGAZ_APP_PASSWORD", "SAGAZ_READER_PASSWORD",
-                                        "SAGAZ_PGBOUNCER_ADMIN_PASSWORD")}}
+                                        "SAGAZ_PGBOUNCER_ADMIN_PASSWORD",
+                                        "SAGAZ_PGBOUNCER_STATS_PASSWORD")}}
     process = subprocess.Popen(
         ["/bin/sh", str(service_dir / "deploy" / "pgbouncer" / "pgbouncer-start.sh"),
          str(run / "pgbouncer.ini")], env=start_env, preexec_fn=user.preexec(),
@@ -478,6 +484,16 @@ def test_generated_pgbouncer_ini_runs_in_a_real_pgbouncer(
              "-d", "pgbouncer", "-c", "SHOW VERSION"], capture_output=True, text=True,
             env={**os.environ, "PGPASSWORD": "wrong"}, timeout=10)
         assert wrong.returncode != 0 and "authentication failed" in wrong.stderr
+        # The exporters' user may SHOW, not PAUSE or RELOAD.
+        def as_stats(command: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [psql, "-X", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "pgbouncer_stats",
+                 "-d", "pgbouncer", "-c", command], capture_output=True, text=True,
+                env={**os.environ, "PGPASSWORD": env["SAGAZ_PGBOUNCER_STATS_PASSWORD"]},
+                timeout=10)
+        assert as_stats("SHOW POOLS").returncode == 0
+        reload = as_stats("RELOAD")
+        assert reload.returncode != 0 and "admin access needed" in reload.stderr
     finally:
         process.terminate()
         output = process.communicate(timeout=10)[0].decode(errors="replace")
@@ -543,11 +559,19 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
         assert len(stats) > 3 + 3  # DEFAULT partitions and dated ones
         conn.execute("INSERT INTO saga_executions (saga_id, saga_name, status) "
                      "VALUES (gen_random_uuid(), 'x', 'PENDING')")
-    with psycopg.connect(dsn(names["SAGAZ_READER_USER"], env["SAGAZ_READER_PASSWORD"]),
-                         autocommit=True) as conn:
+    reader = dsn(names["SAGAZ_READER_USER"], env["SAGAZ_READER_PASSWORD"])
+    with psycopg.connect(reader, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM saga_executions").fetchone() == (1,)
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("DELETE FROM saga_executions")
+    # Least privilege, as init-primary.sh and init-schema.sh leave it (roles.sql, migrations as
+    # the application): the reader reads sagaz's tables only, the application has no
+    # cluster-wide power and does not own the database.
+    superuser = dsn(SUPERUSER, cluster.passwords[SUPERUSER])
+    assert_reader_is_least_privileged(reader, foreign_table=create_foreign_table(superuser))
+    assert_app_role_is_confined(dsn(names["SAGAZ_APP_USER"], env["SAGAZ_APP_PASSWORD"]),
+                                superuser, app_user=names["SAGAZ_APP_USER"],
+                                database=names["SAGAZ_DATABASE"])
     with psycopg.connect(dsn(SUPERUSER, cluster.passwords[SUPERUSER]),
                          autocommit=True) as conn:
         row = conn.execute("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = %s",
