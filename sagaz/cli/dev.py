@@ -233,7 +233,10 @@ def up_command(
                 **({} if max_slot_wal_keep_size is None
                    else {"max_slot_wal_keep_size": max_slot_wal_keep_size}))
         wants_supervisor = supervise and bool(cluster.state.replicas)
-        to_start = cluster.stopped_parts() if exists else ["everything"]
+        # Users missing from secrets.json: made by an earlier sagaz; up adds them and runs
+        # roles.sql again (it takes back what earlier versions granted).
+        to_start = (cluster.stopped_parts() + cluster.missing_users() if exists
+                    else ["everything"])
         if not to_start and (not wants_supervisor or supervisor_pid(cluster) is not None):
             out.print(f"the cluster in {escape(str(cluster.directory))} is already up "
                       f"({_shape(cluster)}); nothing to do", soft_wrap=True)

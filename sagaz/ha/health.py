@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from sagaz.errors import SagazError
+from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.local import READER_USER, LocalCluster
 
 __all__ = [
@@ -287,6 +287,8 @@ def pool_health(cluster: LocalCluster, role: str) -> PoolHealth:
                                          **{c: int(stat[c]) for c in _STATS_COLUMNS if c in stat}})
     except psycopg.Error as exc:
         health.error = _reason(exc)
+    except ConfigurationError as exc:  # no console password (a cluster of an earlier sagaz)
+        health.error = str(exc)
     return health
 
 

@@ -217,6 +217,11 @@ class LocalCluster:
         missing += [f"pgbouncer-{r}" for r in ("rw", "ro") if self.bouncer(r).pid is None]
         return missing
 
+    def missing_users(self) -> list[str]:
+        """Users without a password in secrets.json: a cluster made by an earlier sagaz, whose
+        roles and pools ``up`` brings up to date."""
+        return [u for u in GENERATED_USERS if u not in self.passwords]
+
     def running_parts(self) -> list[str]:
         running = [n for n in self.state.nodes if self.node(n).running]
         running += [f"pgbouncer-{r}" for r in ("rw", "ro") if self.bouncer(r).pid is not None]
@@ -283,6 +288,10 @@ class LocalCluster:
         return self._console_dsn(role, PGBOUNCER_STATS, **extra)
 
     def _console_dsn(self, role: str, user: str, **extra: Any) -> str:
+        if user not in self.passwords:
+            raise ConfigurationError(
+                f"{self.directory / 'secrets.json'} has no password for {user} (a cluster made "
+                "by an earlier sagaz): run `sagaz dev up` to add it")
         return make_conninfo(
             "", host="127.0.0.1",
             port=self.state.rw_port if role == "rw" else self.state.ro_port,

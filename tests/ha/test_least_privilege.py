@@ -195,3 +195,27 @@ def test_a_notify_from_the_reader_on_the_primary_is_only_a_hint(dev: DevCluster)
     one (on a replica, recovery refuses it). The relay takes a notification as a hint to poll,
     nothing more; pg_notify() itself is refused (privilege_probes)."""
     assert refusal(dev.cluster.dsn(user=READER_USER), "NOTIFY sagaz_outbox") is None
+
+
+def test_dev_up_takes_back_what_earlier_versions_granted(dev: DevCluster) -> None:
+    """A cluster made by an earlier sagaz: the reader held pg_read_all_data, the application
+    owned the database, the pools had no console users of their own. `dev up` (roles.sql
+    again) takes it all back."""
+    cluster = dev.cluster
+    with connect(_superuser(cluster)) as admin:
+        admin.execute(f"GRANT pg_read_all_data TO {READER_USER}")
+        admin.execute(f"ALTER DATABASE {cluster.state.dbname} OWNER TO {APP_USER}")
+    secrets_file = dev.directory / "secrets.json"
+    earlier = {u: p for u, p in json.loads(secrets_file.read_text()).items()
+               if u not in (PGBOUNCER_ADMIN, PGBOUNCER_STATS)}
+    secrets_file.write_text(json.dumps(earlier))
+    result = dev.cli("dev", "up", "--ha")
+    assert result.code == 0, result.out + result.err
+    cluster = dev.cluster
+    assert {PGBOUNCER_ADMIN, PGBOUNCER_STATS} <= set(cluster.passwords)
+    with _console(cluster, "rw", PGBOUNCER_STATS) as stats:
+        assert stats.execute("SHOW POOLS").fetchall()
+    foreign = create_foreign_table(_superuser(cluster))
+    assert_reader_is_least_privileged(cluster.dsn(user=READER_USER), foreign_table=foreign)
+    assert_app_role_is_confined(cluster.dsn(), _superuser(cluster), app_user=APP_USER,
+                                database=cluster.state.dbname)
