@@ -126,8 +126,10 @@ def assert_app_role_is_confined(app: str, superuser: str, *, app_user: str, data
         assert table_owners == {app_user}
     with connect(app) as conn:
         for statement in ("CREATE ROLE app_was_here", "CREATE DATABASE app_was_here",
-                          "ALTER DATABASE " + database + " CONNECTION LIMIT 1",
-                          "CREATE SCHEMA app_was_here", "SELECT rolpassword FROM pg_authid"):
+                          sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 1").format(
+                              sql.Identifier(database)),
+                          "CREATE SCHEMA app_was_here", "CREATE TEMPORARY TABLE t (x int)",
+                          "SELECT rolpassword FROM pg_authid"):
             try:
                 conn.execute(statement)
             except psycopg.errors.InsufficientPrivilege:
