@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sagaz.errors import SagazError, StorageError
+from sagaz.outbox.brokers import BrokerAckTimeout
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
 from sagaz.outbox.store import (
@@ -201,6 +202,12 @@ class OutboxWorker:
         events = [c.event for c in claimed]
         try:
             outcomes = await self.broker.publish_batch(events)
+        except BrokerAckTimeout as exc:
+            # Taken, never confirmed: a failed delivery of each event (counted, backed off,
+            # dead-lettered after max_attempts), not an outage that gives the claims back.
+            logger.warning("%s; %d events count a failed attempt", exc, len(events),
+                           extra={"action": "outbox_ack_timeout", "events": len(events)})
+            outcomes = [exc] * len(events)
         except Exception as exc:
             await self.outbox.release(self.worker_id, [e.event_id for e in events])
             self._broker_lost(exc, len(events))

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BROKER_FORMS",
+    "BrokerAckTimeout",
     "BrokerConnectionError",
     "Backoff",
     "DestroyableBroker",
@@ -67,6 +68,14 @@ class BrokerConnectionError(SagazError, ConnectionError):
     def __init__(self, broker: str, message: str):
         super().__init__(f"{broker}: {message}")
         self.broker = broker
+
+
+class BrokerAckTimeout(BrokerConnectionError):
+    """The broker took a batch but did not acknowledge it within the publish timeout.
+
+    To a caller that only retries it is a lost connection (the broker reconnects on the next
+    call). The outbox relay counts it as a failed delivery attempt of each event of the batch:
+    a broker that never confirms an event must not keep it out of the dead-letter queue forever."""
 
 
 @runtime_checkable

@@ -35,6 +35,7 @@ from nats.js.api import (
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers import (
     Backoff,
+    BrokerAckTimeout,
     BrokerConnectionError,
     consume_with_reconnect,
     first_or_stop,
@@ -59,8 +60,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
-# Acks that do not come within publish_timeout: the connection is as good as lost.
-_PUBLISH_LOST: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, TimeoutError)
+_PUBLISH_LOST: tuple[type[BaseException], ...] = _CONNECTION_ERRORS
 _CONSUMER_LOST: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, BrokerConnectionError)
 
 # Tries of a client's first connection beyond the first (0.5 s apart); reconnects of a connected
@@ -217,6 +217,14 @@ class NATSBroker:
                 results = await gather_unless_lost(pending.values(), lost)
                 if results is None:
                     raise nats.errors.ConnectionClosedError
+        except TimeoutError as exc:
+            for future in pending.values():
+                future.cancel()
+            # Acks that do not come within publish_timeout: start over on the next call, and let
+            # the relay count the attempt.
+            await self._drop_publisher()
+            raise BrokerAckTimeout(
+                "nats", f"no acknowledgement within {self.publish_timeout:g}s") from exc
         except _PUBLISH_LOST as exc:
             for future in pending.values():
                 future.cancel()

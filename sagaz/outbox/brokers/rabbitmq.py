@@ -29,6 +29,7 @@ from aio_pika.abc import (
 
 from sagaz.outbox.brokers import (
     Backoff,
+    BrokerAckTimeout,
     BrokerConnectionError,
     consume_with_reconnect,
     first_or_stop,
@@ -204,7 +205,7 @@ class RabbitMQBroker:
         except TimeoutError as exc:
             # Confirms that never come mean a blocked or half-dead connection: start over.
             await self._drop_publisher()
-            raise BrokerConnectionError(
+            raise BrokerAckTimeout(
                 "rabbitmq", f"no publisher confirms within {self.publish_timeout:g}s") from exc
         outcomes: list[BaseException | None] = []
         for result in results:

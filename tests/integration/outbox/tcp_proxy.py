@@ -1,6 +1,7 @@
 """A loopback TCP proxy whose connections a test can cut: a real connection loss between a
 client and a real broker, the same for every broker (none of them offers a uniform way to drop
-one client's connection from the server side)."""
+one client's connection from the server side). It can also stall: the connections stay open but
+nothing the server sends reaches the client (a broker that takes messages and never confirms)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._flow: asyncio.Event | None = None  # set while data flows; made on the proxy's loop
         self.cuts = 0
 
     def __enter__(self) -> TcpProxy:
@@ -46,8 +48,31 @@ class TcpProxy:
         done.wait(5)
         self.cuts += 1
 
+    def stall(self) -> None:
+        """From now on hold back what servers send (clients keep sending): until :meth:`resume`."""
+        self._set_flowing(False)
+
+    def resume(self) -> None:
+        self._set_flowing(True)
+
+    def _set_flowing(self, flowing: bool) -> None:
+        done = threading.Event()
+
+        def switch() -> None:
+            assert self._flow is not None
+            if flowing:
+                self._flow.set()
+            else:
+                self._flow.clear()
+            done.set()
+
+        self._loop.call_soon_threadsafe(switch)
+        done.wait(5)
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._flow = asyncio.Event()
+        self._flow.set()
         server = self._loop.run_until_complete(
             asyncio.start_server(self._serve, "127.0.0.1", self.port))
         self._started.set()
@@ -64,12 +89,15 @@ class TcpProxy:
             return
         self._writers.update((writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       downstream: bool) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await src.read(65536):
+                    if downstream and self._flow is not None:
+                        await self._flow.wait()
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
         self._writers.difference_update((writer, up_writer))
