@@ -16,16 +16,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["LOCK_FILE", "directory_lock"]
+__all__ = ["LOCK_FILE", "DirectoryBusy", "directory_lock"]
 
 LOCK_FILE = ".lock"
 
 
+class DirectoryBusy(Exception):
+    """Another command holds the lock (raised only with ``wait=False``)."""
+
+
 @contextmanager
 def directory_lock(directory: Path,
-                   on_wait: Callable[[int | None], None] = lambda _: None) -> Iterator[None]:
+                   on_wait: Callable[[int | None], None] = lambda _: None, *,
+                   wait: bool = True) -> Iterator[None]:
     """Hold the lock of ``directory`` (which must exist) for the ``with`` block. When another
-    command holds it, ``on_wait(its pid or None)`` is called once and the lock is waited for."""
+    command holds it, ``on_wait(its pid or None)`` is called once and the lock is waited for;
+    with ``wait=False``, :class:`DirectoryBusy` is raised instead (for background work that can
+    simply try again later)."""
     path = directory / LOCK_FILE
     told = False
     while True:
@@ -34,6 +41,8 @@ def directory_lock(directory: Path,
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    raise DirectoryBusy(str(directory)) from None
                 if not told:
                     on_wait(_holder(fd))
                     told = True

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sagaz.engine.retry import RetryPolicy
 from sagaz.errors import SagazError
+from sagaz.ha.dirlock import DirectoryBusy, directory_lock
 from sagaz.ha.failover import rebuild
 from sagaz.ha.health import read_slots
 from sagaz.ha.local import LocalCluster
@@ -120,7 +121,12 @@ class LostSlotHealer:
                               "reason": reason, "attempt": attempt})
         started = self._clock()
         try:
-            await asyncio.to_thread(rebuild, LocalCluster.load(directory), name)
+            await asyncio.to_thread(_rebuild_unless_busy, directory, name)
+        except DirectoryBusy:
+            # A `dev up|down|restart` or `ha promote|rejoin` is at work on the cluster (maybe on
+            # this very node): not a failure; the next pass looks again.
+            logger.info("%s: the cluster is busy with another command; rebuilding later", name,
+                        extra={"action": "replica_rebuild_deferred", "node": name})
         except (SagazError, OSError) as exc:
             self._failures[name] = attempt
             delay = self._retry.delay(attempt)
@@ -145,3 +151,11 @@ class LostSlotHealer:
         shutdown: the next pass would only start it again)."""
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+
+def _rebuild_unless_busy(directory: Path, name: str) -> None:
+    """Rebuild under the cluster directory's lock, which every command that starts or stops
+    nodes takes: never two base backups into one data directory, nor a purge of a node that is
+    being restarted."""
+    with directory_lock(directory, wait=False):
+        rebuild(LocalCluster.load(directory), name)

@@ -13,6 +13,7 @@ import pytest
 from sagaz.engine.retry import RetryPolicy
 from sagaz.errors import SagazError
 from sagaz.ha import slots
+from sagaz.ha.dirlock import directory_lock
 from sagaz.ha.local import ClusterState, LocalCluster
 
 
@@ -76,3 +77,27 @@ async def test_a_primary_that_does_not_answer_is_no_news(
     healer = slots.LostSlotHealer()
     await healer.check(cluster)
     assert healer.rebuilding == [] and not caplog.records
+
+
+async def test_no_rebuild_while_another_command_holds_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = LocalCluster(tmp_path, ClusterState(25432, "sagaz", ["node0", "node1"], "node0",
+                                                  "/nonexistent"))
+    calls: list[str] = []
+    monkeypatch.setattr(slots, "unrecoverable_replicas",
+                        lambda *_: {"node1": "its replication slot was lost"})
+    monkeypatch.setattr(slots, "rebuild", lambda _, name: calls.append(name))
+    monkeypatch.setattr(LocalCluster, "load", classmethod(lambda cls, _: cluster))
+    healer = slots.LostSlotHealer(RetryPolicy(base_delay=10.0, max_delay=10.0, jitter=False),
+                                  clock=lambda: 100.0)
+    caplog.set_level(logging.INFO, logger="sagaz.ha.slots")
+
+    with directory_lock(tmp_path):  # e.g. `sagaz ha rejoin node1` at work
+        await healer.check(cluster)
+        await healer.close()
+    assert calls == []
+    assert any("busy with another command" in r.getMessage() for r in caplog.records)
+    await healer.check(cluster)  # no failure was counted: the next pass rebuilds
+    await healer.close()
+    assert calls == ["node1"]
