@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.engine.types import StepStatus
 from sagaz.redact import redact_text
+from sagaz.storage.values import storable_text
 
 if TYPE_CHECKING:
     from sagaz.storage.base import UnitOfWork
@@ -87,13 +88,9 @@ def clip_error(text: str) -> str:
 
     Redacted before it is cut, so that a cut cannot leave half a password the redaction no
     longer recognises. NUL characters and lone surrogates (an exception may carry any string)
-    are replaced: PostgreSQL's jsonb refuses them, and a refused audit row would fail the
-    transition it records."""
-    text = redact_text(text)
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
+    are escaped (values.storable_text): PostgreSQL refuses them, and a refused row would fail
+    the write it rides with. Broker errors of the outbox relay go through here too."""
+    text = storable_text(redact_text(text))
     if len(text) <= MAX_ERROR_CHARS:
         return text
     return text[:MAX_ERROR_CHARS - 1] + "\u2026"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.outbox.event import OutboxEvent
 from sagaz.outbox.store import ClaimedEvent, DeadLetter
+from sagaz.storage.audit import clip_error
 from sagaz.storage.sql import queries
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class SQLiteOutbox:
             dead = []
             for event_id, error in failures:
                 row = conn.execute(Q["mark_failed"], {
-                    **common, "event_id": event_id, "error": error[:2000]}).fetchone()
+                    **common, "event_id": event_id, "error": clip_error(error)}).fetchone()
                 if row is not None and row[1] == "DEAD_LETTER":
                     dead.append(str(row[0]))
             return dead

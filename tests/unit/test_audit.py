@@ -157,7 +157,7 @@ def test_errors_are_redacted_cut_and_storable() -> None:
     # Redacted before the cut: a password across the limit does not leak its first half.
     near_limit = "y" * (MAX_ERROR_CHARS - 30) + " postgresql://app:s3cretpassword@db/x"
     assert "s3cret" not in clip_error(near_limit)
-    assert clip_error("nul\x00 and lone \ud800 surrogate") == "nul\\x00 and lone ? surrogate"
+    assert clip_error("nul\x00 and lone \ud800 surrogate") == "nul\\x00 and lone \\ud800 surrogate"
 
 
 @pytest.mark.parametrize(("text", "shown"), [

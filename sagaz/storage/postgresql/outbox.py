@@ -22,6 +22,7 @@ from psycopg.pq import TransactionStatus
 from sagaz.errors import StorageError
 from sagaz.outbox.event import OutboxEvent
 from sagaz.outbox.store import ClaimedEvent, DeadLetter
+from sagaz.storage.audit import clip_error
 from sagaz.storage.postgresql.storage import PostgreSQLSagaStorage, _check_dsn, redact_dsn
 from sagaz.storage.sql import queries
 
@@ -86,7 +87,7 @@ class PostgreSQLOutbox:
 
         async def op(conn: _Conn) -> list[str]:
             cur = await conn.execute(Q["outbox_mark_failed"], {
-                "ids": [i for i, _ in failures], "errors": [e[:2000] for _, e in failures],
+                "ids": [i for i, _ in failures], "errors": [clip_error(e) for _, e in failures],
                 "worker": worker, "max_attempts": max_attempts, "base_backoff": base_backoff,
                 "max_backoff": max_backoff})
             return [row[0] for row in await cur.fetchall() if row[1] == "DEAD_LETTER"]

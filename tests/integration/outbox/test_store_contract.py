@@ -38,8 +38,13 @@ async def box(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[B
 class _RefusingBroker(InMemoryBroker):
     """The subject here is the worker's failure path: a broker that refuses one event type."""
 
+    def __init__(self, message: str = "rejected"):
+        super().__init__()
+        self.message = message
+
     async def publish_batch(self, events: Sequence[OutboxEvent]) -> list[BaseException | None]:
-        return [RuntimeError("rejected") if e.event_type == "Poison" else None for e in events]
+        return [RuntimeError(self.message) if e.event_type == "Poison" else None
+                for e in events]
 
 
 class _DownBroker(InMemoryBroker):
@@ -173,19 +178,21 @@ async def test_a_release_gives_the_claims_back_without_an_attempt(box: Box) -> N
 
 async def test_refused_events_back_off_then_go_to_dead_letter(box: Box) -> None:
     await box.publish([OutboxEvent("Poison", {}), OutboxEvent("Fine", {})])
-    worker = OutboxWorker(box.outbox, _RefusingBroker(), max_attempts=3, base_backoff=0.2)
+    # Backoffs of 1 s and 2 s: wide enough that a loaded machine's delay between the mark and
+    # the look at it (next_in is measured then) cannot blur which one was applied.
+    worker = OutboxWorker(box.outbox, _RefusingBroker(), max_attempts=3, base_backoff=1.0)
     await worker.relay_once()
     poison = next(r for r in box.rows() if r.event_type == "Poison")
     assert (poison.status, poison.attempts, poison.last_error) == (
         "FAILED", 1, "RuntimeError: rejected")
-    assert 0.05 < poison.next_in <= 0.2, "first retry after base_backoff"
+    assert 0 < poison.next_in <= 1.0, "first retry after base_backoff"
     assert await worker.relay_once() == 0, "not due before its backoff"
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(poison.next_in + 0.05)
     await worker.relay_once()
     poison = next(r for r in box.rows() if r.event_type == "Poison")
     assert (poison.status, poison.attempts) == ("FAILED", 2)
-    assert 0.25 < poison.next_in <= 0.4, "the second retry waits base_backoff * 2"
-    await asyncio.sleep(0.45)
+    assert 1.0 < poison.next_in <= 2.0, "the second retry waits base_backoff * 2"
+    await asyncio.sleep(poison.next_in + 0.05)
     await worker.relay_once()
     assert worker.dead_lettered == 1
     dead = await box.outbox.dead_letters()
@@ -196,6 +203,19 @@ async def test_refused_events_back_off_then_go_to_dead_letter(box: Box) -> None:
     assert (await box.outbox.counts()).get("SENT") == 1
     await box.outbox.release("w", [dead[0].event_id])
     assert await box.outbox.purge_dead() == 0, "only dead letters are purged"
+
+
+async def test_a_broker_error_is_stored_without_secrets_or_unstorable_characters(
+    box: Box
+) -> None:
+    await box.publish([OutboxEvent("Poison", {})])
+    message = "refused by amqp://relay:s3cr3t@mq:5672/ at \x00 \ud800 " + "x" * 5000
+    await OutboxWorker(box.outbox, _RefusingBroker(message)).relay_once()
+    (row,) = box.rows()
+    assert row.attempts == 1 and row.last_error is not None
+    assert "s3cr3t" not in row.last_error and "\x00" not in row.last_error
+    assert row.last_error.startswith("RuntimeError: refused by amqp://relay:")
+    assert "\\x00 \\ud800" in row.last_error and len(row.last_error) <= 2000
 
 
 async def test_a_commit_wakes_an_idle_relay_long_before_its_poll(box: Box) -> None:
