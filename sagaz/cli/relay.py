@@ -5,7 +5,6 @@ SQLite deletes the SENT ones past their retention."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.store import PrunesSentEvents, StorageWithOutbox
 
 from .output import out
+from .scheduled import run_every
 
 if TYPE_CHECKING:
     from sagaz.outbox.worker import OutboxWorker
@@ -90,15 +90,8 @@ class SentRetention:
                     extra={"action": "outbox_retention", "deleted": deleted})
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                # A bug; the schedule must not end over it (the next run would never come).
-                logger.exception("outbox retention failed",
-                                 extra={"action": "outbox_retention_failed"})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        await run_every(self.interval, stop, self.run_once, "outbox retention",
+                        "outbox_retention_failed")
 
 
 def retention_for(relay: OutboxWorker | None, days: int, interval: float) -> SentRetention | None:

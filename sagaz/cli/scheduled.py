@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from sagaz.storage.base import SagaStorage
     from sagaz.storage.postgresql.maintenance import MaintenanceReport
 
-__all__ = ["MaintenanceSchedule", "ScheduledMaintenance", "postgres_dsn"]
+__all__ = ["MaintenanceSchedule", "ScheduledMaintenance", "postgres_dsn", "run_every"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,23 @@ def postgres_dsn(storage: SagaStorage) -> str | None:
     return None
 
 
+async def run_every(
+    interval: float, stop: asyncio.Event, job: Callable[[], Awaitable[object]], what: str,
+    action: str,
+) -> None:
+    """``job()`` now, then every ``interval`` seconds until ``stop`` is set. A job reports its
+    own failures; anything escaping it is a bug, logged with its traceback, and must not end the
+    schedule silently (the next run would never come)."""
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:
+            logger.exception("%s run failed; the next scheduled run tries again", what,
+                             extra={"action": action})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
 class ScheduledMaintenance:
     def __init__(self, dsn: str, schedule: MaintenanceSchedule):
         self.dsn = dsn
@@ -77,17 +95,8 @@ class ScheduledMaintenance:
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Run now, then every ``schedule.interval`` seconds until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                # run_once reports its own failures; anything escaping it is a bug, and must
-                # not end the schedule silently (the next run would never come).
-                logger.exception("database maintenance run failed; %s",
-                                 "the next scheduled run tries again",
-                                 extra={"action": "worker_maintenance_failed"})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.schedule.interval)
+        await run_every(self.schedule.interval, stop, self.run_once, "database maintenance",
+                        "worker_maintenance_failed")
 
     async def run_once(self) -> bool:
         """One run; False when it failed (logged, never raised) or skipped a table."""
