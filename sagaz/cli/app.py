@@ -12,6 +12,7 @@ import typer
 
 import sagaz
 
+from .backup import backup_app
 from .benchmark import benchmark_app
 from .db import db_app
 from .demo import demo
@@ -117,6 +118,7 @@ app.add_typer(outbox_app, name="outbox")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(dev_app, name="dev")
 app.add_typer(ha_app, name="ha")
+app.add_typer(backup_app, name="backup")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.archive_settings import ARCHIVE_TIMEOUT_ENV, DEFAULT_ARCHIVE_TIMEOUT
 from sagaz.ha.dirlock import LOCK_FILE, directory_lock
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
 
@@ -185,6 +186,16 @@ def up_command(
              "then rebuilt from a fresh base backup by the supervisor. Default "
              f"{DEFAULT_MAX_SLOT_WAL_KEEP_SIZE} (an existing cluster keeps its value unless "
              "given).")] = None,
+    backup: Annotated[bool, typer.Option(
+        "--backup", envvar="SAGAZ_DEV_BACKUP",
+        help="WAL archiving and backups with pgBackRest (repository under DIR/backup): "
+             "archive_mode on every node, a first full backup (from a replica). See `sagaz "
+             "backup`.")] = False,
+    archive_timeout: Annotated[int | None, typer.Option(
+        "--archive-timeout", min=1, max=3600, envvar=ARCHIVE_TIMEOUT_ENV, metavar="SECONDS",
+        show_default=False,
+        help="With --backup: archive a partly filled WAL segment after this many seconds, the "
+             f"bound on what a total loss can cost. Default {DEFAULT_ARCHIVE_TIMEOUT}.")] = None,
 ) -> None:
     """Create and start the local cluster (or whatever part of it is stopped), then print the
     SAGAZ_* URLs to use. Running it on a running cluster changes nothing (but the WAL cap when
@@ -237,7 +248,13 @@ def up_command(
         # roles.sql again (it takes back what earlier versions granted).
         to_start = (cluster.stopped_parts() + cluster.missing_users() if exists
                     else ["everything"])
-        if not to_start and (not wants_supervisor or supervisor_pid(cluster) is not None):
+        wants_backup = backup and (not cluster.state.backup or (
+            archive_timeout not in (None, cluster.state.archive_timeout)))
+        if backup and not exists:
+            cluster.state.backup = True  # the servers start with archiving on
+            cluster.state.archive_timeout = archive_timeout or DEFAULT_ARCHIVE_TIMEOUT
+        if not to_start and not wants_backup and (
+                not wants_supervisor or supervisor_pid(cluster) is not None):
             out.print(f"the cluster in {escape(str(cluster.directory))} is already up "
                       f"({_shape(cluster)}); nothing to do", soft_wrap=True)
             _print_urls(cluster, directory)
@@ -250,6 +267,11 @@ def up_command(
                     f" the local cluster in {escape(str(cluster.directory))} ({_shape(cluster)})"
                 with stage_printer(title) as stage:
                     cluster.up(stage)
+                    if backup:
+                        _enable_backups(cluster, stage, archive_timeout)
+            elif wants_backup:
+                with stage_printer("enabling backups") as stage:
+                    _enable_backups(cluster, stage, archive_timeout)
             if wants_supervisor:
                 pid = start_supervisor(cluster, check_interval)
                 out.print(f"supervisor: pid {pid}, every {check_interval:g} s (log: "
@@ -264,6 +286,13 @@ def up_command(
         return ExitCode.OK
 
     execute(body)
+
+
+def _enable_backups(cluster: LocalCluster, stage: Callable[[str], None],
+                    archive_timeout: int | None) -> None:
+    from sagaz.ha.backup.repo import enable_backups
+
+    enable_backups(cluster, stage, archive_timeout)
 
 
 @contextmanager

@@ -33,6 +33,12 @@ from typing import Any
 from psycopg.conninfo import make_conninfo
 
 from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.archive_settings import (
+    DEFAULT_ARCHIVE_TIMEOUT,
+    DEFAULT_RETENTION_FULL,
+    archive_settings,
+    find_pgbackrest,
+)
 from sagaz.ha.osuser import check_reachable, service_user
 from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, Backend, PgBouncer, find_pgbouncer
 from sagaz.ha.postgres import PostgresNode, find_bindir
@@ -93,6 +99,10 @@ class ClusterState:
     max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
     """How far a replica may fall behind before the primary gives its slot up (see
     :mod:`sagaz.ha.wal_settings`)."""
+    backup: bool = False
+    """WAL archiving and backups through pgBackRest (``sagaz dev up --backup``)."""
+    archive_timeout: int = DEFAULT_ARCHIVE_TIMEOUT
+    retention_full: int = DEFAULT_RETENTION_FULL
 
     def port(self, node: str) -> int:
         return self.base_port
@@ -164,7 +174,21 @@ class LocalCluster:
                             host=self.state.host(name), bindir=Path(self.state.bindir),
                             settings={**PRIMARY_SETTINGS,
                                       **wal_retention_settings(self.state.max_slot_wal_keep_size),
+                                      **self.archive_settings(name),
                                       "cluster_name": f"'{name}'"})
+
+    @property
+    def backup_dir(self) -> Path:
+        """pgBackRest's configuration, repository, spool and logs (see :mod:`sagaz.ha.backup`)."""
+        return self.directory / "backup"
+
+    def archive_settings(self, name: str) -> dict[str, str]:
+        """Node ``name``'s WAL archiving settings: none unless backups are on."""
+        if not self.state.backup:
+            return {}
+        return archive_settings(str(self.backup_dir / "pgbackrest.conf"),
+                                str(self.directory / name / "data"),
+                                str(self.backup_dir / "spool" / name), self.state.archive_timeout)
 
     @property
     def primary(self) -> PostgresNode:
@@ -239,6 +263,8 @@ class LocalCluster:
                     "(Debian/Ubuntu: apt-get install postgresql-15) or set SAGAZ_PG_BINDIR to the "
                     "directory holding initdb, pg_ctl and postgres")
         find_pgbouncer()
+        if self.state.backup:
+            find_pgbackrest()
         check_reachable(service_user(), self.directory)
         for host, port, what, running in self._listeners():
             if not running and not _port_free(host, port):

@@ -317,3 +317,15 @@ INSERT INTO consumer_inbox (consumer_name, event_id)
 SELECT %(consumer)s, id FROM unnest(%(event_ids)s::uuid[]) AS id
 ON CONFLICT DO NOTHING
 RETURNING event_id::text;
+
+-- Restore drill (`sagaz backup verify`): what a restored database holds.
+
+-- name: restore_drill_counts
+SELECT 'saga_executions', count(*) FROM saga_executions
+UNION ALL SELECT 'saga_steps', count(*) FROM saga_steps
+UNION ALL SELECT 'saga_outbox', count(*) FROM saga_outbox
+UNION ALL SELECT 'saga_audit_log', count(*) FROM saga_audit_log
+UNION ALL SELECT 'consumer_inbox', count(*) FROM consumer_inbox;
+
+-- name: restore_drill_newest_saga
+SELECT extract(epoch FROM max(updated_at))::float8 FROM saga_executions;

@@ -1,0 +1,74 @@
+"""Helpers for the backup tests: a local cluster with pgBackRest (``sagaz dev up --backup``),
+SQL on its nodes and on restored servers, and WAL switched into the archive on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from devcluster import DevCluster, dev_cluster
+
+from sagaz.ha.local import SUPERUSER
+
+
+def require_pgbackrest() -> None:
+    if shutil.which("pgbackrest") is None:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail("the backup tests need pgBackRest (apt-get install pgbackrest)")
+        pytest.skip("pgbackrest is not installed (apt-get install pgbackrest)")
+
+
+@contextlib.contextmanager
+def backup_cluster(replicas: int = 1, *up_args: str) -> Iterator[DevCluster]:
+    require_pgbackrest()
+    with dev_cluster(replicas, "--no-supervise", "--backup", "--archive-timeout", "2",
+                     *up_args) as dev:
+        yield dev
+
+
+def on_primary(dev: DevCluster, sql: str, params: Any = None, dbname: str | None = None) -> Any:
+    cluster = dev.cluster
+    with psycopg.connect(cluster.node_dsn(cluster.state.primary,
+                                          dbname=dbname or cluster.state.dbname),
+                         autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def on_restored(dev: DevCluster, port: int, sql: str, params: Any = None) -> list[Any]:
+    cluster = dev.cluster
+    with psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER,
+                         password=cluster.passwords[SUPERUSER], dbname=cluster.state.dbname,
+                         autocommit=True, connect_timeout=5) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def switch_and_archive(dev: DevCluster) -> str:
+    """Close the current WAL segment and wait until it is in the repository; its name."""
+    cluster = dev.cluster
+    import time
+
+    from sagaz.ha.backup.archive import archived_segments
+    from sagaz.ha.backup.repo import BackupRepository
+
+    rows = on_primary(dev, "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_switch_wal()")
+    name = str(rows[0][0])
+    archive = BackupRepository(cluster).archive_path
+    deadline = time.monotonic() + 30
+    while name not in archived_segments(archive):
+        assert time.monotonic() < deadline, f"{name} was not archived within 30 s"
+        time.sleep(0.1)
+    return name
+
+
+def restore_json(dev: DevCluster, *args: str) -> dict[str, Any]:
+    result = dev.cli("backup", "restore", "--json", *args)
+    assert result.code == 0, result.out + result.err
+    data: dict[str, Any] = json.loads(result.out)
+    return data
