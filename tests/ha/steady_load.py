@@ -30,6 +30,11 @@ class LoadReport:
     effects: Counter[tuple[str, str]]
     completion_times: list[float]
     elapsed: float
+    acknowledged_at: dict[str, float] = field(default_factory=dict)
+    """saga id -> wall-clock time (time.time()) its run() returned: point-in-time restores
+    compare it with PostgreSQL's commit times."""
+    started_at: list[float] = field(default_factory=list)
+    """Wall-clock time each saga was started, in order."""
 
     def longest_gap(self, after: float = 0.0) -> float:
         """The longest time without any saga completing (from ``after``, a perf_counter time)."""
@@ -68,6 +73,8 @@ class SteadyLoad:
         completed: dict[str, SagaStatus] = {}
         errors: list[str] = []
         times: list[float] = []
+        acknowledged: dict[str, float] = {}
+        started: list[float] = []
 
         def step(name: str) -> Any:
             async def act(ctx: Any) -> None:
@@ -79,9 +86,11 @@ class SteadyLoad:
             saga.add_step(name, step(name))
 
         async def one() -> None:
+            started.append(time.time())
             try:
                 result = await saga.execute({})
                 completed[result.saga_id] = result.status
+                acknowledged[result.saga_id] = time.time()
                 times.append(time.perf_counter())
             except Exception as exc:  # a drill counts failures instead of stopping at one
                 errors.append(f"{type(exc).__name__}: {exc}")
@@ -99,7 +108,7 @@ class SteadyLoad:
         await asyncio.gather(*tasks)
         await storage.close()
         self._report = LoadReport(i, completed, errors, effects, times,
-                                  time.perf_counter() - start)
+                                  time.perf_counter() - start, acknowledged, started)
 
 
 def verify_on_primary(conninfo: str, report: LoadReport) -> None:
