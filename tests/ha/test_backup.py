@@ -110,3 +110,22 @@ def test_a_missing_or_corrupt_segment_is_named() -> None:
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def test_restore_drill_and_retention() -> None:
+    with backup_cluster(0) as dev:
+        on_primary(dev, "SELECT 1")
+        drill = dev.cli("backup", "verify", "--json")
+        assert drill.code == 0, drill.out + drill.err
+        report = json.loads(drill.out)
+        assert report["row_counts"]["saga_executions"] == 0
+        assert report["partitions"]["saga_executions"] >= 1 and report["restore_seconds"] > 0
+        assert not list(Path(tempfile.gettempdir()).glob("sagaz-restore-drill-*"))
+        for _ in range(2):
+            made = dev.cli("backup", "run", "--type", "full", "--retention-full", "1")
+            assert made.code == 0, made.out + made.err
+        listed = json.loads(dev.cli("backup", "list", "--json").out)["backups"]
+        assert [b["type"] for b in listed] == ["full"]
+        assert "repo1-retention-full=1" in (dev.cluster.backup_dir / "pgbackrest.conf").read_text()
+        wrong = dev.cli("backup", "run", "--type", "weekly")
+        assert wrong.code == 2 and "full, diff or incr" in wrong.err
