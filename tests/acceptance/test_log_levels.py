@@ -69,6 +69,15 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "dev supervise": (["dev", "supervise", "--dir", nowhere], {}, {1, 2}),
         "ha promote": (["ha", "promote", "node1", "--dir", nowhere], {}, {1, 2}),
         "ha rejoin": (["ha", "rejoin", "node1", "--dir", nowhere], {}, {1, 2}),
+        # No cluster there: they stop at finding none (a real backup runs in tests/ha).
+        "backup run": (["backup", "run", "--dir", nowhere], {}, {1, 2}),
+        "backup list": (["backup", "list", "--dir", nowhere], {}, {1, 2}),
+        "backup check": (["backup", "check", "--dir", nowhere], {}, {1, 2}),
+        "backup restore": (["backup", "restore", "--to", "latest", "--into",
+                            str(tmp / "restored"), "--dir", nowhere], {}, {1, 2}),
+        "backup stop-restored": (["backup", "stop-restored", str(tmp / "restored")], {},
+                                 {0, 1, 2}),
+        "backup verify": (["backup", "verify", "--dir", nowhere], {}, {1, 2}),
     }
 
 
