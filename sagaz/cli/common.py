@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from enum import IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from sagaz.config import SagaConfig, get_config
 from sagaz.errors import ConfigurationError, SagaDefinitionError, StorageError
+from sagaz.private_files import HoldsPrivateFiles, loose_mode_warnings
 
-from .output import print_error
+from .output import print_error, print_warning
 
 if TYPE_CHECKING:
     from sagaz.engine.definition import Saga
     from sagaz.storage.base import SagaStorage
 
 __all__ = ["MAX_LIMIT", "MAX_OFFSET", "CliError", "ExitCode", "Storages", "execute", "fail",
-           "run_async"]
+           "run_async", "warn_loose_modes"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +84,18 @@ class Storages:
 
     def __init__(self) -> None:
         self._configs: list[SagaConfig] = []
+        self._checked: set[Path] = set()
 
     def config(self, saga: Saga | None = None) -> SagaConfig:
         """The configuration ``saga`` runs with (its own, else the global one)."""
         config = (saga.config if saga is not None else None) or get_config()
         if not any(config is known for known in self._configs):
             self._configs.append(config)
+            files = [path for storage in (config.write_storage, config.read_storage)
+                     if isinstance(storage, HoldsPrivateFiles)
+                     for path in storage.private_files()]
+            warn_loose_modes(path for path in dict.fromkeys(files) if path not in self._checked)
+            self._checked.update(files)
         return config
 
     async def close(self) -> None:
@@ -103,6 +111,12 @@ class Storages:
                     # Closing is best effort: the command's outcome is already decided.
                     logger.warning("closing %r failed", storage, exc_info=True,
                                    extra={"action": "cli_storage_close_failed"})
+
+
+def warn_loose_modes(paths: Iterable[Path]) -> None:
+    """A one-line warning for each file of ``paths`` that other users may read."""
+    for message in loose_mode_warnings(paths):
+        print_warning(message)
 
 
 def run_async(body: Callable[[Storages], Awaitable[int]]) -> int:

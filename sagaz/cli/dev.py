@@ -30,7 +30,7 @@ from sagaz.ha.archive_settings import ARCHIVE_TIMEOUT_ENV, DEFAULT_ARCHIVE_TIMEO
 from sagaz.ha.dirlock import LOCK_FILE, directory_lock
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
 
-from .common import ExitCode, execute, fail
+from .common import ExitCode, execute, fail, warn_loose_modes
 from .output import err_console, out, print_warning, table_console
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ def load_cluster(directory: Path) -> LocalCluster:
     require_driver()
     from sagaz.ha.local import LocalCluster
 
-    return LocalCluster.load(directory)
+    cluster = LocalCluster.load(directory)
+    warn_loose_modes(cluster.private_files())
+    return cluster
 
 
 @contextmanager

@@ -47,6 +47,7 @@ from sagaz.ha.wal_settings import (
     normalize_wal_size,
     wal_retention_settings,
 )
+from sagaz.private_files import make_private_dir, write_private_file
 
 __all__ = ["ClusterState", "LocalCluster", "PRIMARY_SETTINGS"]
 
@@ -157,13 +158,27 @@ class LocalCluster:
         return cls(directory, state, passwords)
 
     def save(self) -> None:
-        """Write cluster.json and secrets.json (0600), each atomically: the supervisor reads
-        cluster.json every second and must never see half a file."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.directory / "cluster.json",
-                          json.dumps(asdict(self.state), indent=2), 0o644)
-        _write_atomically(self.directory / "secrets.json",
-                          json.dumps(self.passwords, indent=2), 0o600)
+        """Write cluster.json and secrets.json (0600, in a 0700 directory), each atomically: the
+        supervisor reads cluster.json every second and must never see half a file."""
+        make_private_dir(self.directory)
+        write_private_file(self.directory / "cluster.json",
+                           json.dumps(asdict(self.state), indent=2), atomic=True)
+        self.save_passwords()
+
+    def save_passwords(self) -> None:
+        write_private_file(self.directory / "secrets.json", json.dumps(self.passwords, indent=2),
+                           atomic=True)
+
+    def private_files(self) -> list[Path]:
+        """The directory and the files of it that hold secrets or state, those that exist:
+        passwords, layout, the supervisor's log and pid, the pools' configs and auth files."""
+        d = self.directory
+        candidates = [d, d / "cluster.json", d / "secrets.json", d / "supervisor.log",
+                      d / "supervisor.pid"]
+        for role in ("rw", "ro"):
+            pool = d / f"pgbouncer-{role}"
+            candidates += [pool / "userlist.txt", pool / "pgbouncer.ini", pool / "pgbouncer.log"]
+        return [path for path in candidates if path.exists()]
 
     # -- parts -----------------------------------------------------------------------------------
 
@@ -485,15 +500,6 @@ class LocalCluster:
 
         with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=5) as conn:
             return migrate(conn)
-
-
-def _write_atomically(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
 
 
 def _port_free(host: str, port: int) -> bool:

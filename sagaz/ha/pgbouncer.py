@@ -16,6 +16,12 @@ from pathlib import Path
 from sagaz.deploy.render import render
 from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.osuser import ServiceUser, check_reachable, process_alive, service_user
+from sagaz.private_files import (
+    create_private_file,
+    make_private_dir,
+    open_private_append,
+    write_private_file,
+)
 
 __all__ = ["Backend", "PgBouncer", "PoolSettings", "READ_POOL", "WRITE_POOL", "find_pgbouncer"]
 
@@ -77,20 +83,21 @@ class PgBouncer:
         return self.directory / "pgbouncer.log"
 
     def write_config(self) -> None:
-        """Write pgbouncer.ini and the auth file (0600: it holds passwords)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Write pgbouncer.ini and the auth file (0600, in a 0700 directory: passwords)."""
+        make_private_dir(self.directory)
         check_reachable(self.user, self.directory)
         auth = self.directory / "userlist.txt"
-        auth.touch(mode=0o600)
-        auth.chmod(0o600)
-        auth.write_text("".join(f'"{u}" "{p}"\n' for u, p in sorted(self.passwords.items())))
-        self.config_path.write_text(render(
+        write_private_file(
+            auth, "".join(f'"{u}" "{p}"\n' for u, p in sorted(self.passwords.items())))
+        write_private_file(self.config_path, render(
             "pgbouncer/pgbouncer.ini.j2", role=self.role, databases=self.backends,
             listen_addr=self.listen_addr, listen_port=self.port,
             unix_socket_dir=str(self.directory), logfile=str(self.log_path),
             pidfile=str(self.directory / "pgbouncer.pid"), auth_file=str(auth),
             admin_user=self.admin_user, stats_user=self.stats_user or self.admin_user,
             **asdict(self.settings)))
+        # PgBouncer would create its log with its umask (0644): it names users and clients.
+        create_private_file(self.log_path)
         self.user.own(self.directory)
 
     def configured_hosts(self, database: str) -> list[str]:
@@ -109,7 +116,7 @@ class PgBouncer:
         self.write_config()
         (self.directory / "pgbouncer.pid").unlink(missing_ok=True)
         # Errors before the log file opens (a bad config) go to stderr: keep them.
-        with open(self.directory / "pgbouncer.stderr", "ab") as stderr:
+        with os.fdopen(open_private_append(self.directory / "pgbouncer.stderr"), "ab") as stderr:
             self.process = subprocess.Popen(
                 [binary, str(self.config_path)], cwd=self.directory, env=self.user.env(),
                 preexec_fn=self.user.preexec(), stdin=subprocess.DEVNULL,

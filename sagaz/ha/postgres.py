@@ -19,6 +19,7 @@ from psycopg.conninfo import make_conninfo
 
 from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.osuser import ServiceUser, check_reachable, process_alive, service_user
+from sagaz.private_files import write_private_file
 
 __all__ = ["PostgresNode", "conf_string", "find_bindir"]
 
@@ -95,7 +96,7 @@ class PostgresNode:
         """initdb with SCRAM authentication and a password for ``superuser``."""
         self._prepare_directory()
         pwfile = self.directory / ".initdb-password"
-        _write_secret(pwfile, password + "\n")
+        write_private_file(pwfile, password + "\n")
         self.user.own(pwfile)
         try:
             self._run([str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", superuser,
@@ -184,7 +185,7 @@ class PostgresNode:
 
     def _write_passfile(self, primary: PostgresNode, user: str, password: str) -> Path:
         passfile = self.directory / ".pgpass"
-        _write_secret(passfile, f"{primary.host}:{primary.port}:*:{user}:{password}\n")
+        write_private_file(passfile, f"{primary.host}:{primary.port}:*:{user}:{password}\n")
         self.user.own(passfile)
         return passfile
 
@@ -282,10 +283,3 @@ def conf_string(value: str) -> str:
     such as /home/o'brien/cluster would otherwise end the string and break the file)."""
     return "'" + value.replace("'", "''") + "'"
 
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write a file only its owner may read (passwords)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    path.chmod(0o600)

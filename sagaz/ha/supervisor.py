@@ -66,6 +66,7 @@ from sagaz.ha.readpool import (
     refresh_read_pool,
 )
 from sagaz.ha.slots import LostSlotHealer
+from sagaz.private_files import open_private_append, write_private_file
 
 __all__ = [
     "CHECK_TIMEOUT", "DEFAULT_INTERVAL", "Probe", "ReadPoolChange", "probe_nodes",
@@ -121,7 +122,7 @@ def run_supervisor(directory: Path, interval: float = DEFAULT_INTERVAL) -> None:
     if other is not None and other != os.getpid():
         raise SagazError(f"{directory} is already supervised by process {other}")
     pid_path = cluster.supervisor_pid_path
-    pid_path.write_text(f"{os.getpid()}\n")
+    write_private_file(pid_path, f"{os.getpid()}\n")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -144,14 +145,14 @@ def start_supervisor(cluster: LocalCluster, interval: float = DEFAULT_INTERVAL) 
     running = supervisor_pid(cluster)
     if running is not None:
         return running
-    with open(cluster.directory / "supervisor.log", "ab") as log:
+    with os.fdopen(open_private_append(cluster.directory / "supervisor.log"), "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "sagaz", "--log-level", "INFO", "dev", "supervise",
              "--dir", str(cluster.directory), "--interval", f"{interval:g}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             cwd=cluster.directory)
     # Written here too, so that `down` right after `up` finds it before the child is running.
-    cluster.supervisor_pid_path.write_text(f"{process.pid}\n")
+    write_private_file(cluster.supervisor_pid_path, f"{process.pid}\n")
     _children.append(process)
     return process.pid
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.private_files import PRIVATE_DIR_MODE, create_private_file
 from sagaz.storage.audit import AuditEntry, entries_of
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.sql import migrations, queries
@@ -53,6 +54,14 @@ class SQLiteSagaStorage(ClosesOnExit):
         """Called with the ids of outbox events right after the commit that wrote them (wakes
         the relay of this process, and its optimistic send)."""
 
+    def private_files(self) -> list[Path]:
+        """The database file and its -wal and -shm files, those that exist."""
+        if self.path is None:
+            return []
+        candidates = [self.path, *(self.path.with_name(self.path.name + suffix)
+                                   for suffix in ("-wal", "-shm"))]
+        return [p for p in candidates if p.exists()]
+
     def __repr__(self) -> str:
         return f"SQLiteSagaStorage({str(self.path or ':memory:')!r}, readonly={self.readonly})"
 
@@ -71,7 +80,10 @@ class SQLiteSagaStorage(ClosesOnExit):
                 raise StorageError(f"SQLite database {self.path} does not exist (opened read-only)")
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+            # Created 0600 before SQLite opens it: sagas hold business data. SQLite gives the
+            # -wal and -shm files it creates later the mode of the database file.
+            create_private_file(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if not self.readonly:
