@@ -14,10 +14,11 @@ from rich.markup import escape
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, MAX_SLOT_WAL_KEEP_SIZE_ENV
 
 from .common import ExitCode, execute, fail
-from .output import out
+from .output import out, print_warning
 
 if TYPE_CHECKING:
-    from sagaz.deploy.bundle import GeneratedFile
+    from sagaz.deploy.bundle import GeneratedFile, Secrets
+    from sagaz.deploy.kept_secrets import KeptSecrets
 
 __all__ = ["init"]
 
@@ -54,8 +55,13 @@ def init(
     ] = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
     force: Annotated[bool, typer.Option(
         "--force", envvar="SAGAZ_INIT_FORCE",
-        help="Overwrite existing files (with NEW passwords: a database already initialized "
-             "keeps its old ones).")] = False,
+        help="Overwrite existing files. The passwords of an existing .env (k8s/secrets.yaml) "
+             "are kept: the running database has them.")] = False,
+    rotate_secrets: Annotated[bool, typer.Option(
+        "--rotate-secrets", envvar="SAGAZ_INIT_ROTATE_SECRETS",
+        help="With --force: generate new passwords instead of keeping the existing ones. A "
+             "database already initialized keeps its old passwords until each is changed there "
+             "first (see the generated README, \"Rotating a password\").")] = False,
 ) -> None:
     """Write the files that deploy sagaz on PostgreSQL, with **generated passwords** (no default
 password anywhere).
@@ -71,7 +77,10 @@ password anywhere).
 * Without `--with-ha`: the same files for a single PostgreSQL server (both pools point at it).
 
 Existing files are never overwritten without `--force`: the command then lists them and writes
-nothing. For a local cluster without Docker, see `sagaz dev up --ha`.
+nothing. `--force` keeps the passwords of the existing `.env` / `k8s/secrets.yaml` (the running
+database has them), unless `--rotate-secrets`. A `.gitignore` keeps `.env`, `secrets.yaml`,
+`tls/` and keys out of version control (merged into an existing one). For a local cluster
+without Docker, see `sagaz dev up --ha`.
 """
 
     def body() -> int:
@@ -84,18 +93,49 @@ nothing. For a local cluster without Docker, see `sagaz dev up --ha`.
             fail("--replicas needs --with-ha (without it, sagaz init writes a single PostgreSQL "
                  "server)")
         count = (replicas if replicas is not None else 2 if k8s else 1) if with_ha else 0
+        kept = _kept_secrets(directory, k8s, keep=force and not rotate_secrets)
         files = _generate(count, with_ha, k8s, namespace, storage_size, image,
-                          max_slot_wal_keep_size)
+                          max_slot_wal_keep_size, kept.secrets)
         written = _write(directory, files, force)
         _report(directory, written, files, k8s, count, namespace or "sagaz")
+        _report_secrets(kept)
         return ExitCode.OK
 
     execute(body)
 
 
+def _kept_secrets(directory: Path, k8s: bool, *, keep: bool) -> KeptSecrets:
+    """The passwords to write: those of the existing secrets file when ``keep``, else new."""
+    from sagaz.deploy.bundle import generate_secrets
+    from sagaz.deploy.kept_secrets import KeptSecrets, kept_compose_secrets, kept_k8s_secrets
+    from sagaz.errors import SagazError
+
+    if not keep:
+        return KeptSecrets(generate_secrets(), None, [])
+    try:
+        if k8s:
+            return kept_k8s_secrets(directory / "k8s" / "secrets.yaml")
+        return kept_compose_secrets(directory / ".env")
+    except SagazError as exc:
+        fail(str(exc))
+
+
+def _report_secrets(kept: KeptSecrets) -> None:
+    if kept.source is None:
+        return
+    out.print(f"kept the passwords of {escape(str(kept.source))} (--rotate-secrets generates "
+              "new ones)", soft_wrap=True)
+    if kept.missing:
+        many = len(kept.missing) > 1
+        print_warning(f"{kept.source} had no {', '.join(kept.missing)}: generated "
+                      f"{'new ones' if many else 'a new one'}; a database already initialized "
+                      f"has {'other passwords for these roles' if many else 'another for it'}: "
+                      "set the new value there too (ALTER ROLE ... PASSWORD)")
+
+
 def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
               storage_size: str | None, image: str | None,
-              max_slot_wal_keep_size: str) -> list[GeneratedFile]:
+              max_slot_wal_keep_size: str, secrets: Secrets) -> list[GeneratedFile]:
     try:
         from sagaz.deploy import kubernetes
         from sagaz.deploy.compose import compose_files
@@ -113,9 +153,10 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
             return kubernetes.kubernetes_files(
                 replicas, namespace=namespace or kubernetes.DEFAULT_NAMESPACE,
                 storage_size=storage_size or kubernetes.DEFAULT_STORAGE_SIZE,
-                image=image or kubernetes.DEFAULT_IMAGE,
+                image=image or kubernetes.DEFAULT_IMAGE, secrets=secrets,
                 max_slot_wal_keep_size=max_slot_wal_keep_size)
-        return compose_files(replicas, max_slot_wal_keep_size=max_slot_wal_keep_size)
+        return compose_files(replicas, secrets,
+                             max_slot_wal_keep_size=max_slot_wal_keep_size)
     except SagazError as exc:
         fail(str(exc))
 

@@ -58,6 +58,9 @@ class GeneratedFile:
     """Relative to the output directory, with / separators."""
     content: str
     mode: int = 0o644
+    merge_lines: bool = False
+    """A list of lines (.gitignore) merged into an existing file instead of replacing it: the
+    lines it lacks are appended, the user's own are kept, and it never conflicts."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,8 @@ def validate_image(image: str) -> None:
 
 def conflicts(directory: Path, files: list[GeneratedFile]) -> list[Path]:
     """The files that would be overwritten (existing paths, also directories in the way)."""
-    return [directory / f.path for f in files if os.path.lexists(directory / f.path)]
+    return [directory / f.path for f in files
+            if os.path.lexists(directory / f.path) and not f.merge_lines]
 
 
 def write_files(directory: Path, files: list[GeneratedFile], *, force: bool) -> list[Path]:
@@ -162,12 +166,17 @@ def write_files(directory: Path, files: list[GeneratedFile], *, force: bool) -> 
         names = ", ".join(str(p) for p in existing)
         raise SagazError(f"{len(existing)} file{'s' if len(existing) > 1 else ''} already "
                          f"exist{'' if len(existing) > 1 else 's'}: {names}; nothing was written. "
-                         "Pass --force to overwrite them (generated secrets change: running "
-                         "databases keep their old passwords), or choose another --dir")
+                         "Pass --force to overwrite them (the passwords of an existing .env or "
+                         "secrets.yaml are kept unless --rotate-secrets), or choose another "
+                         "--dir")
     written = []
     for generated in files:
         path = directory / generated.path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if generated.merge_lines and path.is_file() and not path.is_symlink():
+            _merge_lines(path, generated.content)
+            written.append(path)
+            continue
         if path.is_symlink() or path.exists():
             path.unlink()  # a fresh inode: never write secrets through a link or looser mode
         # Created with its final mode, so a secret is never readable by others, not even briefly.
@@ -177,3 +186,18 @@ def write_files(directory: Path, files: list[GeneratedFile], *, force: bool) -> 
         path.chmod(generated.mode)  # the umask may have removed bits (0755 scripts)
         written.append(path)
     return written
+
+
+def _merge_lines(path: Path, content: str) -> None:
+    """Append to ``path`` the lines of ``content`` it does not have yet (comments only when
+    something is appended)."""
+    existing = path.read_text(encoding="utf-8")
+    have = {line.strip() for line in existing.splitlines()}
+    missing = [line for line in content.splitlines()
+               if line.strip() and not line.startswith("#") and line.strip() not in have]
+    if not missing:
+        return
+    comments = [line for line in content.splitlines() if line.startswith("#")]
+    separator = "" if not existing or existing.endswith("\n") else "\n"
+    with path.open("a", encoding="utf-8") as out:
+        out.write(separator + "\n".join(["", *comments, *missing]) + "\n")

@@ -9,7 +9,7 @@ The files (relative to the output directory)::
     init-primary.sh  replica-bootstrap.sh (with replicas)  init-schema.sh  partitioning/*.sql
     pgbouncer/pgbouncer-rw.ini  pgbouncer/pgbouncer-ro.ini  pgbouncer/pgbouncer-start.sh
     monitoring/prometheus.yml  monitoring/grafana-datasources.yml
-    README.md
+    README.md  .gitignore (.env, tls/, keys; merged into an existing one)
 
 Replica ``i`` (1-based) is the service ``postgres-replica`` (i = 1, the design's name) or
 ``postgres-replica-<i>``, published on 127.0.0.1:5432+i, with replication slot ``replica_<i>``.
@@ -34,7 +34,14 @@ from sagaz.deploy.scripts import (
 from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, PoolSettings
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
 
-__all__ = ["ReplicaService", "compose_files", "replica_services"]
+__all__ = ["GITIGNORE", "ReplicaService", "compose_files", "replica_services"]
+
+GITIGNORE = """\
+# Written by `sagaz init`: the passwords and private keys stay out of version control.
+.env
+tls/
+*.key
+"""
 
 
 @dataclass(frozen=True)
@@ -105,5 +112,6 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
         GeneratedFile("monitoring/grafana-datasources.yml",
                       render("compose/grafana-datasources.yml.j2", **values)),
         GeneratedFile("README.md", render("compose/README.md.j2", **values)),
+        GeneratedFile(".gitignore", GITIGNORE, merge_lines=True),
     ]
     return files

@@ -269,7 +269,7 @@ def test_existing_files_are_kept_without_force(
     code, out, err = init(capsys, "--dir", str(tmp_path), "--with-ha", "--force")
     assert code == 0, err
     assert (tmp_path / "README.md").exists()
-    assert (tmp_path / ".env").read_bytes() != before[tmp_path / ".env"]  # new secrets
+    assert (tmp_path / ".env").read_bytes() == before[tmp_path / ".env"]  # passwords kept
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
     for path in before:
         assert str(path) in out  # every file written is listed
