@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["LOCK_FILE", "DirectoryBusy", "directory_lock"]
+__all__ = ["LOCK_FILE", "DirectoryBusy", "directory_lock", "locked_by_a_command"]
 
 LOCK_FILE = ".lock"
 
@@ -66,6 +66,22 @@ def directory_lock(directory: Path,
         # Closing releases the lock. The file stays: unlinking it would let a waiter lock the
         # unlinked file while a newcomer locks a new one.
         os.close(fd)
+
+
+def locked_by_a_command(directory: Path) -> bool:
+    """Whether a command holds the lock of ``directory`` right now (without waiting for it).
+    The supervisor skips its pass then: the command is rewriting the files it would read."""
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the lock if it was taken
+    return False
 
 
 def _holder(fd: int) -> int | None:

@@ -174,7 +174,7 @@ class LocalCluster:
         passwords, layout, the supervisor's log and pid, the pools' configs and auth files."""
         d = self.directory
         candidates = [d, d / "cluster.json", d / "secrets.json", d / "supervisor.log",
-                      d / "supervisor.pid"]
+                      d / "supervisor.pid", d / ".secrets-rotating.json"]  # sagaz.ha.rotation
         for role in ("rw", "ro"):
             pool = d / f"pgbouncer-{role}"
             candidates += [pool / "userlist.txt", pool / "pgbouncer.ini", pool / "pgbouncer.log"]

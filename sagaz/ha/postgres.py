@@ -113,7 +113,7 @@ class PostgresNode:
         and a physical replication slot, so the primary keeps the WAL this replica still needs
         while it is down. ``create_slot=False`` when the slot exists already on the primary."""
         self._prepare_directory()
-        passfile = self._write_passfile(primary, user, password)
+        passfile = self.write_passfile(primary, user, password)
         env = {**self.user.env(), "PGPASSFILE": str(passfile)}
         self._run([str(self.bindir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port),
                    "-U", user, "-D", str(self.datadir), "-X", "stream", "-S", slot,
@@ -129,7 +129,7 @@ class PostgresNode:
 
         primary_conninfo names a pass file instead of holding the password, and carries the
         node's name as application_name: pg_stat_replication on the primary shows it."""
-        passfile = self._write_passfile(primary, user, password)
+        passfile = self.write_passfile(primary, user, password)
         conninfo = make_conninfo("", user=user, passfile=str(passfile), host=primary.host,
                                  port=primary.port, application_name=self.name)
         self.set_auto_conf({"primary_conninfo": conninfo, "primary_slot_name": slot})
@@ -183,7 +183,9 @@ class PostgresNode:
         """Remove the data directory (the node must be stopped)."""
         shutil.rmtree(self.datadir, ignore_errors=True)
 
-    def _write_passfile(self, primary: PostgresNode, user: str, password: str) -> Path:
+    def write_passfile(self, primary: PostgresNode, user: str, password: str) -> Path:
+        """The pass file primary_conninfo names (libpq reads it at each connection attempt, so a
+        new password needs no reload)."""
         passfile = self.directory / ".pgpass"
         write_private_file(passfile, f"{primary.host}:{primary.port}:*:{user}:{password}\n")
         self.user.own(passfile)

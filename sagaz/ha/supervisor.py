@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 
 from sagaz.errors import SagazError
+from sagaz.ha.dirlock import locked_by_a_command
 from sagaz.ha.local import LocalCluster
 from sagaz.ha.osuser import process_alive
 from sagaz.ha.readpool import (
@@ -98,6 +99,13 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                 logger.info("%s is gone; stopping", directory,
                             extra={"action": "supervisor_cluster_gone"})
                 return
+            if locked_by_a_command(directory):
+                # `dev rotate-secrets`, `ha promote`... are changing passwords or nodes: probing
+                # with what the files said a moment ago could take healthy replicas out.
+                logger.debug("%s is locked by a command; skipping this pass", directory,
+                             extra={"action": "supervisor_pass_skipped"})
+                await _pause(stop, interval, started)
+                continue
             try:
                 cluster = LocalCluster.load(directory)
                 await reconcile_read_pool(cluster)
@@ -107,11 +115,15 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                 # supervision: the next pass tries again.
                 logger.warning("supervisor pass failed: %s", exc,
                                extra={"action": "supervisor_pass_failed"})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(),
-                                       max(0.0, interval - (time.monotonic() - started)))
+            await _pause(stop, interval, started)
     finally:
         await healer.close()
+
+
+async def _pause(stop: asyncio.Event, interval: float, started: float) -> None:
+    """Until the next pass is due (``interval`` after ``started``) or ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(0.0, interval - (time.monotonic() - started)))
 
 
 def run_supervisor(directory: Path, interval: float = DEFAULT_INTERVAL) -> None:
