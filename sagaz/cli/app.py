@@ -21,6 +21,7 @@ from .dev_secrets import rotate_secrets_command
 from .ha import ha_app
 from .init import init
 from .outbox import outbox_app
+from .output import printable
 from .running import run as run_command
 from .running import show
 from .sagas import sagas_app
@@ -86,10 +87,18 @@ def configure_logging(level: str) -> None:
     restore_logging()
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     _installed = (handler, root.level)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines quote brokers' and servers' errors: their control characters are shown, not
+    sent to the terminal (tracebacks keep their newlines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), multiline=True)
 
 
 def restore_logging() -> None:

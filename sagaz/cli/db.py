@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.filesize import decimal
-from rich.markup import escape
 from rich.table import Table
 
 from .common import ExitCode, execute, fail
-from .output import out, print_error, print_warning, table_console
+from .output import escape, out, print_error, print_warning, table_console
 
 if TYPE_CHECKING:
     from sagaz.storage.postgresql.maintenance import PartitionStatistics

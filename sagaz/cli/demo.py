@@ -15,14 +15,13 @@ from functools import partial
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga, action, compensate
 from sagaz.engine.types import SagaResult, SagaStatus
 
 from .common import ExitCode, Storages, execute, run_async
-from .output import LiveListener, out
+from .output import LiveListener, escape, out
 
 __all__ = ["DemoFailure", "DemoStep", "OrderSaga", "demo"]
 

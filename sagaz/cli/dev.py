@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.filesize import decimal
-from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
@@ -31,7 +30,7 @@ from sagaz.ha.dirlock import LOCK_FILE, directory_lock
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
 
 from .common import ExitCode, execute, fail, warn_loose_modes
-from .output import err_console, out, print_warning, table_console
+from .output import err_console, escape, out, print_warning, table_console
 
 if TYPE_CHECKING:
     from sagaz.ha.health import ClusterHealth

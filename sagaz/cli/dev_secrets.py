@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from .common import ExitCode, execute
 from .dev import DEFAULT_DIR, DirOption, cluster_errors, cluster_lock, load_cluster, require_driver
-from .output import out, print_warning
+from .output import escape, out, print_warning
 
 __all__ = ["rotate_secrets_command"]
 

@@ -7,11 +7,10 @@ import time
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from .common import ExitCode, execute
 from .dev import DEFAULT_DIR, DirOption, cluster_errors, cluster_lock, load_cluster
-from .output import out, print_warning
+from .output import escape, out, print_warning
 
 __all__ = ["ha_app"]
 

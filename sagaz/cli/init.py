@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, MAX_SLOT_WAL_KEEP_SIZE_ENV
 
 from .common import ExitCode, execute, fail
-from .output import out, print_warning
+from .output import escape, out, print_warning
 
 if TYPE_CHECKING:
     from sagaz.deploy.bundle import GeneratedFile, Secrets

@@ -8,13 +8,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from sagaz.outbox.store import StorageWithOutbox
 
 from .common import MAX_LIMIT, ExitCode, Storages, execute, fail, run_async
-from .output import format_time, out, table_console
+from .output import escape, format_time, out, table_console
 
 if TYPE_CHECKING:
     from sagaz.outbox.store import ManagedOutboxStore
@@ -82,7 +81,7 @@ def list_dead(
             table.add_column(column, overflow="fold")
         for d in dead:
             table.add_row(d.event_id, escape(d.event_type), escape(d.key or ""), str(d.attempts),
-                          format_time(d.created_at), escape(d.last_error or ""))
+                          format_time(d.created_at), escape(d.last_error or "", multiline=True))
         table_console().print(table)
         return ExitCode.OK
 

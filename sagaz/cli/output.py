@@ -4,18 +4,19 @@ that shows a saga's progress live."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import datetime
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 
 from sagaz.engine.listeners import SagaListener
 
 __all__ = [
-    "LiveListener", "err_console", "format_time", "out", "print_error", "print_warning",
-    "table_console",
+    "LiveListener", "err_console", "escape", "format_time", "out", "printable", "print_error",
+    "print_warning", "table_console",
 ]
 
 # Rich resolves sys.stdout / sys.stderr at each write, so these also follow redirections made
@@ -23,6 +24,38 @@ __all__ = [
 # colour numbers and UUIDs at random inside messages.
 out = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+# What a terminal would act on instead of showing: C0 controls but tab (ESC starts the ANSI
+# sequences that recolour, move the cursor, retitle the window or write to the clipboard; CR
+# overwrites the line), DEL, C1 controls (0x9b is a one-byte ESC [), and the bidirectional
+# overrides that make text read otherwise than it is stored. Newline is handled apart.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\r": "\\r", "\n": "\\n", "\x1b": "\\x1b"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match[0]
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, multiline: bool = False) -> str:
+    """``text`` (a server's or broker's message, user data) with every control character a
+    terminal would act on shown as an escape (``\\x1b``, ``\\r``, ``\\u202e``), so that
+    printing it can neither forge output nor drive the terminal. Newlines stay only when
+    ``multiline`` (a message with a log excerpt); elsewhere they are shown as ``\\n``."""
+    if multiline:
+        return _CONTROLS.sub(_escaped, text)
+    return _CONTROLS.sub(_escaped, text.replace("\n", "\\n"))
+
+
+def escape(text: str, *, multiline: bool = False) -> str:
+    """:func:`printable`, and safe inside rich markup: for every piece of outside text that goes
+    into ``console.print``."""
+    return escape_markup(printable(text, multiline=multiline))
 
 
 def table_console() -> Console:
@@ -35,11 +68,11 @@ def table_console() -> Console:
 
 def print_error(message: str) -> None:
     # soft_wrap: an error stays one line however narrow the terminal, so it can be grepped.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message, multiline=True)}", soft_wrap=True)
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message, multiline=True)}", soft_wrap=True)
 
 
 def format_time(timestamp: float | None, *, millis: bool = False) -> str:
@@ -85,7 +118,8 @@ class LiveListener(SagaListener):
     ) -> None:
         then = "giving up" if final else "will retry"
         self._say(f"  [red]x[/]  step [bold]{escape(step)}[/] failed: "
-                  f"{escape(type(error).__name__)}: {escape(str(error))} ({then})")
+                  f"{escape(type(error).__name__)}: {escape(str(error), multiline=True)} "
+                  f"({then})")
 
     def compensation_started(self, saga_name: str, saga_id: str, step: str) -> None:
         self._say(f"  [yellow]<-[/] compensating step [bold]{escape(step)}[/] ...")
@@ -97,7 +131,8 @@ class LiveListener(SagaListener):
             self._say(f"  [yellow]ok[/] compensated step [bold]{escape(step)}[/]")
         else:
             self._say(f"  [bold red]!![/] compensation of step [bold]{escape(step)}[/] failed: "
-                      f"{escape(type(error).__name__)}: {escape(str(error))}")
+                      f"{escape(type(error).__name__)}: "
+                      f"{escape(str(error), multiline=True)}")
 
     def saga_finished(self, saga_name: str, saga_id: str, status: str, duration: float) -> None:
         style = _STATUS_STYLE.get(status, "bold")

@@ -14,7 +14,7 @@ from sagaz.errors import SagaFailedError
 
 from .common import ExitCode, Storages, execute, fail, run_async
 from .loading import load_saga
-from .output import err_console
+from .output import err_console, printable
 
 __all__ = ["parse_context", "read_context_text", "run", "show"]
 
@@ -91,10 +91,12 @@ async def _run(
     except SagaFailedError as exc:
         err_console.print(
             f"saga {exc.saga_name!r} {exc.saga_id}: {exc.status.value}\n"
-            f"  failed step: {exc.failed_step or '-'}\n"
-            f"  error: {exc.error or '-'}", markup=False, soft_wrap=True)
+            f"  failed step: {printable(exc.failed_step or '-')}\n"
+            f"  error: {printable(exc.error or '-', multiline=True)}", markup=False,
+            soft_wrap=True)
         for step, comp_error in sorted(exc.compensation_errors.items()):
-            err_console.print(f"  compensation of {step!r} failed: {comp_error}",
+            err_console.print(f"  compensation of {step!r} failed: "
+                              f"{printable(str(comp_error), multiline=True)}",
                               markup=False, soft_wrap=True)
         return ExitCode.FAILED
     # Plain JSON on stdout, no rich markup, so it can be piped into jq or a file.

@@ -9,14 +9,13 @@ from functools import partial
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.storage.audit import AuditEntry
 
 from .common import MAX_LIMIT, MAX_OFFSET, ExitCode, Storages, execute, fail, run_async
-from .output import format_time, out, table_console
+from .output import escape, format_time, out, table_console
 
 __all__ = ["sagas_app"]
 
@@ -99,7 +98,8 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
         ("id", saga.saga_id), ("name", escape(saga.saga_name)), ("status", _styled(saga.status)),
         ("created", format_time(saga.created_at)), ("updated", format_time(saga.updated_at)),
         ("idempotency key", escape(saga.idempotency_key or "-")),
-        ("failed step", escape(saga.failed_step or "-")), ("error", escape(saga.error or "-")),
+        ("failed step", escape(saga.failed_step or "-")),
+        ("error", escape(saga.error or "-", multiline=True)),
     ]
     if not saga.status.is_final:
         # Who runs it and until when: tells a live saga from one waiting for recovery.
@@ -113,8 +113,8 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
         table.add_column(column)
     for step in sorted(saga.steps.values(), key=lambda s: s.started_at or float("inf")):
         table.add_row(escape(step.name), step.status.value, str(step.attempts),
-                      format_time(step.started_at), escape(step.error or "-"),
-                      escape(step.compensation_error or "-"))
+                      format_time(step.started_at), escape(step.error or "-", multiline=True),
+                      escape(step.compensation_error or "-", multiline=True))
     table_console().print(table)
     table_console().print(_history_table(history))
     return ExitCode.OK
@@ -128,7 +128,7 @@ def _history_table(history: list[AuditEntry]) -> Table:
         attempt = entry.attempt
         table.add_row(format_time(entry.at, millis=True), escape(entry.event),
                       escape(entry.step or "-"), "-" if attempt is None else str(attempt),
-                      escape(entry.error or "-"))
+                      escape(entry.error or "-", multiline=True))
     return table
 
 

@@ -21,7 +21,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from sagaz.config import SagaConfig
 from sagaz.engine.recovery import RecoveryReport, recover
@@ -29,7 +28,7 @@ from sagaz.errors import StorageError
 
 from .common import ExitCode, Storages, execute, run_async
 from .loading import import_module, split_module_names
-from .output import out, print_error, print_warning
+from .output import escape, out, print_error, print_warning
 from .relay import SentRetention, relay_due_events, relay_for, retention_for
 from .scheduled import MaintenanceSchedule, ScheduledMaintenance
 
