@@ -87,8 +87,12 @@ class PgBouncer:
         make_private_dir(self.directory)
         check_reachable(self.user, self.directory)
         auth = self.directory / "userlist.txt"
+        # Replaced by a new file (a new inode), not rewritten in place: PgBouncer reloads its
+        # auth file only when device, inode, size or mtime (whole seconds) changed, and a new
+        # password of the same length written within the second would otherwise be ignored.
         write_private_file(
-            auth, "".join(f'"{u}" "{p}"\n' for u, p in sorted(self.passwords.items())))
+            auth, "".join(f'"{u}" "{p}"\n' for u, p in sorted(self.passwords.items())),
+            atomic=True)
         write_private_file(self.config_path, render(
             "pgbouncer/pgbouncer.ini.j2", role=self.role, databases=self.backends,
             listen_addr=self.listen_addr, listen_port=self.port,

@@ -47,6 +47,10 @@ ROLES = (SUPERUSER, APP_USER, READER_USER, REPLICATION_USER)
 
 REPLAY_TIMEOUT = 30.0
 """Seconds to wait for the replicas to replay the new passwords."""
+RELOAD_TIMEOUT = 10.0
+"""Seconds to wait for a PgBouncer to take its new auth file."""
+POOL_USERS = (SUPERUSER, APP_USER, READER_USER)
+"""The roles in the pools' auth files (the replication role does not go through a pool)."""
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,33 @@ def rotate_passwords(cluster: LocalCluster, roles: list[str] | None = None,
             if replica.exists:
                 replica.write_passfile(cluster.primary, REPLICATION_USER,
                                        passwords[REPLICATION_USER])
-    for role in ("rw", "ro"):
-        bouncer = cluster.bouncer(role)
+    for pool in ("rw", "ro"):
+        bouncer = cluster.bouncer(pool)
         if bouncer.pid is not None:
             bouncer.reload()
+            _wait_for_reload(cluster, bouncer.port, [r for r in passwords if r in POOL_USERS])
     return Rotation(passwords, lagging)
+
+
+def _wait_for_reload(cluster: LocalCluster, port: int, roles: list[str]) -> None:
+    """Until the pool on ``port`` accepts each of ``roles`` with its new password: PgBouncer
+    handles the SIGHUP of a RELOAD on its own time, and the command must not return while the
+    old passwords still open it."""
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    for role in roles:
+        dsn = cluster.dsn(user=role, port=port, connect_timeout=5)
+        while True:
+            try:
+                with psycopg.connect(dsn, autocommit=True, prepare_threshold=None):
+                    break
+            except psycopg.Error as exc:
+                if time.monotonic() > deadline:
+                    raise SagazError(
+                        f"the new passwords are set (secrets.json has them), but the pool on "
+                        f"port {port} does not accept {role} with its new one after "
+                        f"{RELOAD_TIMEOUT:g} s ({' '.join(str(exc).split())}): restart it "
+                        "with `sagaz dev restart pgbouncer-rw|pgbouncer-ro`") from exc
+            time.sleep(0.02)
 
 
 def _set_in_database(cluster: LocalCluster, passwords: dict[str, str]) -> str:
