@@ -130,3 +130,16 @@ def test_gitignore_really_keeps_the_secrets_out_of_git(
         ".env", "k8s/secrets.yaml", "tls/server.key", "ca.key"}
     tracked = {line[3:] for line in ignored if line.startswith("??")}
     assert "docker-compose.yaml" in tracked and "k8s/secrets-example.yaml" in tracked
+
+
+def test_every_generated_password_has_a_place_it_is_read_back_from() -> None:
+    """A new field of Secrets that --force does not read back would be regenerated on every
+    --force: the files would then hold a password the running database never had."""
+    from dataclasses import fields
+
+    from sagaz.deploy.bundle import Secrets
+    from sagaz.deploy.kept_secrets import ENV_KEYS, SECRET_KEYS
+
+    every = {f.name for f in fields(Secrets)}
+    assert set(ENV_KEYS) == every
+    assert set(SECRET_KEYS) == every - {"grafana_admin"}  # Grafana is not deployed there
