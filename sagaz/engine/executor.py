@@ -40,7 +40,7 @@ from sagaz.errors import (
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import SagaStorage, UnitOfWork
-from sagaz.storage.values import UnstorableValueError, check_json, check_text, storable_text
+from sagaz.values import UnstorableValueError, check_json, check_text, storable_text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

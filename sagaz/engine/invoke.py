@@ -11,7 +11,7 @@ from typing import Any
 
 from sagaz.engine.context import SagaContext
 from sagaz.errors import StepTimeoutError
-from sagaz.storage.values import UnstorableValueError, check_json
+from sagaz.values import UnstorableValueError, check_json
 
 __all__ = ["BadResult", "call_step", "changes_of"]
 

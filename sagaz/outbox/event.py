@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sagaz.storage.values import UnstorableValueError, check_json, check_text
+from sagaz.values import UnstorableValueError, check_json, check_text
 
 __all__ = ["OutboxEvent"]
 
@@ -31,7 +31,7 @@ class OutboxEvent:
     def __post_init__(self) -> None:
         if not self.event_type or not isinstance(self.event_type, str):
             raise ValueError("event_type must be a non-empty string, e.g. 'OrderReserved'")
-        # The storage rules (sagaz.storage.values) hold for what an event carries, so an event
+        # The storage rules (sagaz.values) hold for what an event carries, so an event
         # a step emits can never be what makes the step's commit fail.
         check_text(self.event_type, "the event_type")
         if isinstance(self.key, str):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.engine.types import StepStatus
 from sagaz.redact import redact_text
-from sagaz.storage.values import storable_text
+from sagaz.values import storable_text
 
 if TYPE_CHECKING:
     from sagaz.storage.base import UnitOfWork

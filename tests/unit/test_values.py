@@ -1,8 +1,8 @@
-"""The value rules every storage applies (sagaz.storage.values)."""
+"""The value rules every storage applies (sagaz.values)."""
 
 import pytest
 
-from sagaz.storage.values import UnstorableValueError, check_json, check_text, storable_text
+from sagaz.values import UnstorableValueError, check_json, check_text, storable_text
 
 
 def test_plain_json_passes_and_is_returned_as_text() -> None:
