@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from sagaz.benchmarks.postgres import _latency
 from sagaz.ha.local import SUPERUSER, LocalCluster
@@ -56,9 +55,8 @@ class ReplicationLag:
 
 
 def _node_dsn(cluster: LocalCluster, node: str) -> str:
-    return make_conninfo("", host=cluster.state.host(node), port=cluster.state.base_port,
-                         user=SUPERUSER, password=cluster.passwords[SUPERUSER],
-                         dbname=cluster.state.dbname, connect_timeout=5)
+    return cluster.node_dsn(node, user=SUPERUSER, dbname=cluster.state.dbname,
+                            connect_timeout=5)
 
 
 def _sample(cluster: LocalCluster, stop: threading.Event, lag: list[float],

@@ -6,6 +6,7 @@ Layout of the cluster directory (default ``.sagaz/cluster``)::
 
     cluster.json     ports, nodes, which node is the primary (no secrets)
     secrets.json     generated passwords, mode 0600
+    tls/             the cluster CA and the server certificate (sagaz.tls; 0700, keys 0600)
     node0/ node1/    one PostgreSQL server each (data/, postgres.log, socket)
     pgbouncer-rw/ pgbouncer-ro/
 
@@ -13,6 +14,10 @@ Addresses: node i listens on 127.0.0.(i+1), every node on port P (``base_port``)
 pgbouncer-ro can balance over the replicas with one host list and one port, as PgBouncer 1.18
 requires. pgbouncer-rw listens on 127.0.0.1:P+1000 and pgbouncer-ro on 127.0.0.1:P+1001 (the
 deployment's 5432/6432/6433 shifted, so a system PostgreSQL can keep its ports).
+
+Every TCP connection is TLS, verified (``sslmode=verify-full`` against ``tls/ca.crt``): the
+servers accept nothing else, the pools require it from clients and use it to the servers, and
+every conninfo this class hands out asks for it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -48,6 +54,7 @@ from sagaz.ha.wal_settings import (
     wal_retention_settings,
 )
 from sagaz.private_files import make_private_dir, write_private_file
+from sagaz.tls import TlsFiles, ensure_certificates
 
 __all__ = ["ClusterState", "LocalCluster", "PRIMARY_SETTINGS"]
 
@@ -185,7 +192,7 @@ class LocalCluster:
     def node(self, name: str) -> PostgresNode:
         # cluster_name names the processes in ps and is the application_name a standby reports
         # to its primary (pg_stat_replication), so status can tell the replicas apart.
-        return PostgresNode(name, self.directory / name, self.state.port(name),
+        return PostgresNode(name, self.directory / name, self.state.port(name), tls=self.tls,
                             host=self.state.host(name), bindir=Path(self.state.bindir),
                             settings={**PRIMARY_SETTINGS,
                                       **wal_retention_settings(self.state.max_slot_wal_keep_size),
@@ -222,7 +229,7 @@ class LocalCluster:
         return PgBouncer(
             self.directory / f"pgbouncer-{role}", port=s.rw_port if role == "rw" else s.ro_port,
             backends=self.backends(targets), admin_user=PGBOUNCER_ADMIN,
-            stats_user=PGBOUNCER_STATS, role=role,
+            stats_user=PGBOUNCER_STATS, role=role, tls=self.tls,
             settings=WRITE_POOL if role == "rw" else READ_POOL,
             passwords={u: self.passwords[u] for u in POOL_USERS if u in self.passwords})
 
@@ -243,6 +250,20 @@ class LocalCluster:
                 f"no node {name!r} in the cluster in {self.directory}; its nodes are "
                 f"{', '.join(self.state.nodes)} (primary {self.state.primary})")
         return self.node(name)
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.directory / "tls")
+
+    def tls_names(self) -> list[str]:
+        """What clients connect to: every node's address, the pools' 127.0.0.1, localhost."""
+        return ["127.0.0.1", "localhost", *(self.state.host(n) for n in self.state.nodes)]
+
+    def ensure_tls(self) -> None:
+        """The cluster CA and server certificate, made when missing or expiring (idempotent),
+        handed to the service user: PostgreSQL and PgBouncer read the key as that user."""
+        ensure_certificates(self.tls.directory, self.tls_names())
+        service_user().own(self.tls.directory)
 
     @property
     def supervisor_pid_path(self) -> Path:
@@ -303,6 +324,9 @@ class LocalCluster:
 
     # -- connection strings ----------------------------------------------------------------------
 
+    # Every conninfo verifies the server (TLS, sslmode=verify-full against the cluster CA);
+    # ``extra`` may override that (the tests that prove a plaintext connection is refused).
+
     def dsn(self, *, user: str = APP_USER, port: int | None = None, dbname: str | None = None,
             **extra: Any) -> str:
         """A conninfo to a pool (``port``: rw_port or ro_port) or, by default, straight to the
@@ -311,14 +335,15 @@ class LocalCluster:
             "", host="127.0.0.1" if port else self.state.host(self.state.primary),
             port=port or self.state.base_port,
             user=user, password=self.passwords[user], dbname=dbname or self.state.dbname,
-            **extra)
+            **{**self.tls.client_params(), **extra})
 
     def node_dsn(self, node: str, *, user: str = SUPERUSER, dbname: str = "postgres",
                  **extra: Any) -> str:
         """A conninfo straight to one node (default: the superuser, maintenance database)."""
         return make_conninfo(
             "", host=self.state.host(node), port=self.state.port(node), user=user,
-            password=self.passwords[user], dbname=dbname, **extra)
+            password=self.passwords[user], dbname=dbname,
+            **{**self.tls.client_params(), **extra})
 
     def admin_dsn(self, role: str, **extra: Any) -> str:
         """A conninfo to the admin console of pgbouncer-``role`` (PAUSE, RESUME, RELOAD)."""
@@ -336,10 +361,12 @@ class LocalCluster:
         return make_conninfo(
             "", host="127.0.0.1",
             port=self.state.rw_port if role == "rw" else self.state.ro_port,
-            user=user, password=self.passwords[user], dbname="pgbouncer", **extra)
+            user=user, password=self.passwords[user], dbname="pgbouncer",
+            **{**self.tls.client_params(), **extra})
 
     def env(self) -> dict[str, str]:
-        """The variables an application of this cluster sets."""
+        """The variables an application of this cluster sets (URLs that verify the server:
+        ``sslmode=verify-full&sslrootcert=`` the cluster CA)."""
         rw = self.dsn(port=self.state.rw_port)
         ro = self.dsn(user=READER_USER, port=self.state.ro_port)
         direct = self.dsn()
@@ -356,6 +383,7 @@ class LocalCluster:
             self.passwords.setdefault(user, secrets.token_urlsafe(24))
         self.save()
         check_reachable(service_user(), self.directory)
+        self.ensure_tls()
         service_user().own(self.directory)
         primary = self.primary
         if not primary.exists:
@@ -365,6 +393,8 @@ class LocalCluster:
             progress(f"starting {primary.name}")
             primary.write_settings()
             primary.start()
+        else:
+            self._reload_settings(primary)
         progress("roles and database (sql/roles.sql)")
         self.run_roles_sql()
         progress("schema and partitions (migrations)")
@@ -386,6 +416,8 @@ class LocalCluster:
                 progress(f"starting {replica.name}")
                 replica.write_settings()
                 replica.start()
+            else:
+                self._reload_settings(replica)
         for role in ("rw", "ro"):
             bouncer = self.bouncer(role)
             if bouncer.pid is None:
@@ -393,6 +425,24 @@ class LocalCluster:
                 bouncer.start()
             else:
                 bouncer.reload()
+
+    def _reload_settings(self, node: PostgresNode) -> None:
+        """A running node re-reads its settings, pg_hba.conf and certificates (a renewed
+        certificate, or TLS turned on in a cluster made by an older sagaz) and is waited for:
+        the next step connects over TLS."""
+        node.write_settings()
+        node.reload()
+        import psycopg
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with psycopg.connect(self.node_dsn(node.name), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def down(self, purge: bool = False) -> None:
         """Stop the supervisor, the pools and the servers (fast: running transactions are rolled
@@ -439,6 +489,7 @@ class LocalCluster:
         """sql/roles.sql through psql as the superuser: the same file init-primary.sh runs."""
         script = resources.files("sagaz.deploy").joinpath("templates", "sql", "roles.sql")
         env = {**os.environ, "PGPASSWORD": self.passwords[SUPERUSER],
+               "PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(self.tls.ca_cert),
                "SAGAZ_APP_PASSWORD": self.passwords[APP_USER],
                "SAGAZ_READER_PASSWORD": self.passwords[READER_USER],
                "SAGAZ_REPLICATION_PASSWORD": self.passwords[REPLICATION_USER]}
@@ -518,10 +569,13 @@ def _port_free(host: str, port: int) -> bool:
 
 def _url(conninfo: str) -> str:
     """A ``postgresql://`` URL for a key=value conninfo (the SAGAZ_* variables take URLs)."""
-    from urllib.parse import quote
+    from urllib.parse import quote, urlencode
 
     from psycopg.conninfo import conninfo_to_dict
 
     p = conninfo_to_dict(conninfo)
-    return (f"postgresql://{quote(str(p['user']), safe='')}:{quote(str(p['password']), safe='')}"
-            f"@{p['host']}:{p['port']}/{quote(str(p['dbname']), safe='')}")
+    url = (f"postgresql://{quote(str(p['user']), safe='')}:{quote(str(p['password']), safe='')}"
+           f"@{p['host']}:{p['port']}/{quote(str(p['dbname']), safe='')}")
+    tls: dict[str, str] = {k: str(p[k]) for k in ("sslmode", "sslrootcert") if k in p}
+    query = urlencode(tls, safe="/")
+    return f"{url}?{query}" if query else url

@@ -22,8 +22,10 @@ from sagaz.private_files import (
     open_private_append,
     write_private_file,
 )
+from sagaz.tls import TlsFiles
 
-__all__ = ["Backend", "PgBouncer", "PoolSettings", "READ_POOL", "WRITE_POOL", "find_pgbouncer"]
+__all__ = ["Backend", "PgBouncer", "PoolSettings", "READ_POOL", "WRITE_POOL", "find_pgbouncer",
+           "server_tls_sslmode", "tls_template_values"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class PgBouncer:
     settings: PoolSettings = WRITE_POOL
     role: str = "rw"
     listen_addr: str = "127.0.0.1"
+    tls: TlsFiles | None = None
+    """TLS on both sides (the local cluster's pools): clients must use it, and PgBouncer verifies
+    the servers against the CA. None for a pool in front of a server without TLS (benchmarks and
+    tests in front of a plain PostgreSQL)."""
     user: ServiceUser = field(default_factory=service_user)
     process: subprocess.Popen[bytes] | None = None
     stats_user: str = ""
@@ -99,7 +105,7 @@ class PgBouncer:
             unix_socket_dir=str(self.directory), logfile=str(self.log_path),
             pidfile=str(self.directory / "pgbouncer.pid"), auth_file=str(auth),
             admin_user=self.admin_user, stats_user=self.stats_user or self.admin_user,
-            **asdict(self.settings)))
+            **tls_template_values(self.tls, self.backends), **asdict(self.settings)))
         # PgBouncer would create its log with its umask (0644): it names users and clients.
         create_private_file(self.log_path)
         self.user.own(self.directory)
@@ -171,6 +177,27 @@ class PgBouncer:
                 os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + timeout
             time.sleep(0.02)
+
+
+def tls_template_values(tls: TlsFiles | None, backends: list[Backend]) -> dict[str, str]:
+    """The TLS paths pgbouncer.ini.j2 takes (none: no TLS section)."""
+    if tls is None:
+        return {}
+    return {"tls_cert_file": str(tls.server_cert), "tls_key_file": str(tls.server_key),
+            "tls_ca_file": str(tls.ca_cert),
+            "server_tls_sslmode": server_tls_sslmode([b.host for b in backends])}
+
+
+def server_tls_sslmode(hosts: list[str]) -> str:
+    """How PgBouncer verifies the servers of [databases] entries with these ``host=`` values.
+
+    verify-full (the CA and the host name) wherever it can. PgBouncer before 1.25 checks a host
+    list (``host=a,b``, how pgbouncer-ro balances over the replicas) as one name, the whole
+    string, and then refuses every server (pgbouncer/pgbouncer#1300): such a pool uses verify-ca,
+    the chain to the cluster CA. That CA signs nothing but the cluster's own server certificate,
+    which every server of the list holds, so the check proves the same: the server holds the
+    cluster's key."""
+    return "verify-ca" if any("," in host for host in hosts) else "verify-full"
 
 
 def find_pgbouncer() -> str:

@@ -67,9 +67,11 @@ def test_env_prints_exports_for_the_pools_and_the_primary(dev: DevCluster) -> No
     env = _env(dev)
     port = dev.base_port
     assert set(env) == {"SAGAZ_STORAGE_URL", "SAGAZ_ANALYTICS_URL", "SAGAZ_DATABASE_URL"}
-    assert env["SAGAZ_STORAGE_URL"].endswith(f"@127.0.0.1:{port + 1000}/sagaz")
-    assert env["SAGAZ_ANALYTICS_URL"].endswith(f"@127.0.0.1:{port + 1001}/sagaz")
-    assert env["SAGAZ_DATABASE_URL"].endswith(f"@127.0.0.1:{port}/sagaz")
+    # Every URL verifies the server against the cluster CA (TLS on every hop).
+    tls = f"?sslmode=verify-full&sslrootcert={dev.directory / 'tls' / 'ca.crt'}"
+    assert env["SAGAZ_STORAGE_URL"].endswith(f"@127.0.0.1:{port + 1000}/sagaz{tls}")
+    assert env["SAGAZ_ANALYTICS_URL"].endswith(f"@127.0.0.1:{port + 1001}/sagaz{tls}")
+    assert env["SAGAZ_DATABASE_URL"].endswith(f"@127.0.0.1:{port}/sagaz{tls}")
 
 
 def test_writes_go_through_the_write_pool_and_reads_come_from_the_replica(
@@ -123,7 +125,11 @@ def test_secrets_are_private_and_no_connection_is_trusted(dev: DevCluster) -> No
         hba = (dev.directory / node / "data" / "pg_hba.conf").read_text()
         rules = [line.split() for line in hba.splitlines()
                  if line.strip() and not line.lstrip().startswith("#")]
-        assert rules and all(rule[-1] == "scram-sha-256" for rule in rules), hba
+        # SCRAM for every connection that is accepted; TCP only over TLS (hostssl), a TCP
+        # connection without it is rejected.
+        assert rules and all(rule[-1] == "scram-sha-256" for rule in rules
+                             if rule[0] != "hostnossl"), hba
+        assert all(rule[0] in ("local", "hostssl") or rule[-1] == "reject" for rule in rules), hba
         assert "trust" not in hba
 
 

@@ -141,6 +141,7 @@ def test_a_multi_host_dsn_follows_the_primary_without_pgbouncer(dev: DevCluster)
     hosts = ",".join(f"{state.host(n)}:{state.base_port}" for n in state.nodes)
     password = cluster.passwords["sagaz"]
     url = (f"postgresql://sagaz:{password}@{hosts}/{state.dbname}"
-           "?target_session_attrs=read-write&connect_timeout=2")
+           "?target_session_attrs=read-write&connect_timeout=2&sslmode=verify-full"
+           f"&sslrootcert={cluster.tls.ca_cert}")
     _drill(dev, "multi-host DSN across promote", lambda: _promote(dev, state.replicas[0]),
            url=url)

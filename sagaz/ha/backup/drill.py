@@ -62,7 +62,8 @@ def restore_drill(cluster: LocalCluster, *, parent: Path | None = None,
         node_dir = scratch / "node"
         if (node_dir / "restored.json").exists():
             with contextlib.suppress(SagazError, ValueError, KeyError):
-                restored_node(node_dir, int(read_record(node_dir)["port"])).stop("immediate")
+                record = read_record(node_dir)
+                restored_node(node_dir, int(record["port"]), cluster.directory).stop("immediate")
         shutil.rmtree(scratch, ignore_errors=True)
 
 

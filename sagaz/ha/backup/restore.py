@@ -26,6 +26,7 @@ from sagaz.ha.backup.repo import BackupError, BackupRepository
 from sagaz.ha.local import APP_USER, PRIMARY_SETTINGS, SUPERUSER, LocalCluster
 from sagaz.ha.osuser import check_reachable, service_user
 from sagaz.ha.postgres import PostgresNode
+from sagaz.tls import TlsFiles
 
 __all__ = ["RestoreResult", "RestoreTarget", "restore", "restored_node", "stop_restored"]
 
@@ -83,9 +84,13 @@ class RestoreResult:
         return asdict(self)
 
 
-def restored_node(directory: Path, port: int, cluster_name: str = "restored") -> PostgresNode:
+def restored_node(directory: Path, port: int, cluster: Path,
+                  cluster_name: str = "restored") -> PostgresNode:
+    """The server restored into ``directory``: it serves TLS with the certificates of the
+    cluster in ``cluster`` (their SANs include 127.0.0.1, where it listens)."""
     settings = {**PRIMARY_SETTINGS, "archive_mode": "off", "cluster_name": f"'{cluster_name}'"}
-    return PostgresNode("restored", directory, port, host="127.0.0.1", settings=settings)
+    return PostgresNode("restored", directory, port, host="127.0.0.1", settings=settings,
+                        tls=TlsFiles(cluster / "tls"))
 
 
 def restore(cluster: LocalCluster, into: Path, target: RestoreTarget, *, start: bool = False,
@@ -110,7 +115,7 @@ def restore(cluster: LocalCluster, into: Path, target: RestoreTarget, *, start: 
     check_reachable(service_user(), into)
     into.chmod(0o700)
     service_user().own(into)
-    node = restored_node(into, _free_port())
+    node = restored_node(into, _free_port(), cluster.directory)
     progress(f"pgbackrest restore {chosen or 'latest backup'} into {node.datadir} "
              f"(to {target})")
     repo.run(f"--pg1-path={node.datadir}", "--target-timeline=latest",
@@ -159,7 +164,7 @@ def start_restored(cluster: LocalCluster, node: PostgresNode, timeout: float) ->
 def stop_restored(directory: Path) -> bool:
     """Stop the server restored into ``directory``; False when it was not running."""
     record = read_record(directory)
-    node = restored_node(directory.absolute(), int(record["port"]))
+    node = restored_node(directory.absolute(), int(record["port"]), Path(record["cluster"]))
     was_running = node.running
     node.stop("fast")
     return was_running
