@@ -18,6 +18,7 @@ from .output import escape, out, print_warning
 if TYPE_CHECKING:
     from sagaz.deploy.bundle import GeneratedFile, Secrets
     from sagaz.deploy.kept_secrets import KeptSecrets
+    from sagaz.tls import TlsFiles
 
 __all__ = ["init"]
 
@@ -52,6 +53,12 @@ def init(
              "slot up instead of keeping WAL until its disk is full (the replica then clones "
              "itself again on its next start). Leave the primary's volume room for it.")
     ] = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
+    tls_dir: Annotated[Path | None, typer.Option(
+        "--tls-dir", envvar="SAGAZ_INIT_TLS_DIR", metavar="DIR", file_okay=False,
+        show_default=False,
+        help="Your own certificates (ca.crt, server.crt, server.key; PEM) instead of the ones "
+             "sagaz init generates into tls/ (docker-compose) or k8s/tls/ (Kubernetes). "
+             "server.crt must name every service (the error lists what is missing).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", envvar="SAGAZ_INIT_FORCE",
         help="Overwrite existing files. The passwords of an existing .env (k8s/secrets.yaml) "
@@ -93,9 +100,22 @@ without Docker, see `sagaz dev up --ha`.
                  "server)")
         count = (replicas if replicas is not None else 2 if k8s else 1) if with_ha else 0
         kept = _kept_secrets(directory, k8s, keep=force and not rotate_secrets)
+        tls = _own_tls(tls_dir, count, k8s, namespace)
+        generated: list[Path] = []
         files = _generate(count, with_ha, k8s, namespace, storage_size, image,
-                          max_slot_wal_keep_size, kept.secrets)
+                          max_slot_wal_keep_size, kept.secrets, directory, tls)
+        if tls is None and k8s:
+            from sagaz.tls import TlsFiles
+
+            # Options valid: make the certificates secrets.yaml carries, and generate again.
+            generated = _generated_tls(directory, count, k8s, namespace)
+            files = _generate(count, with_ha, k8s, namespace, storage_size, image,
+                              max_slot_wal_keep_size, kept.secrets, directory,
+                              TlsFiles(_tls_dir(directory, k8s)))
         written = _write(directory, files, force)
+        if tls is None and not k8s:
+            generated = _generated_tls(directory, count, k8s, namespace)
+        written += generated
         _report(directory, written, files, k8s, count, namespace or "sagaz")
         _report_secrets(kept)
         return ExitCode.OK
@@ -119,6 +139,31 @@ def _kept_secrets(directory: Path, k8s: bool, *, keep: bool) -> KeptSecrets:
         fail(str(exc))
 
 
+def _tls_names(replicas: int, k8s: bool, namespace: str | None) -> list[str]:
+    from sagaz.deploy.compose import tls_names
+    from sagaz.deploy.tls import k8s_tls_names
+
+    return k8s_tls_names(namespace or "sagaz") if k8s else tls_names(replicas)
+
+
+def _tls_dir(directory: Path, k8s: bool) -> Path:
+    return directory.absolute() / ("k8s/tls" if k8s else "tls")
+
+
+def _own_tls(tls_dir: Path | None, replicas: int, k8s: bool,
+             namespace: str | None) -> TlsFiles | None:
+    """--tls-dir validated before anything is written (exit 2 with one line otherwise)."""
+    if tls_dir is None:
+        return None
+    from sagaz.deploy.tls import deployment_tls
+    from sagaz.errors import SagazError
+
+    try:
+        return deployment_tls(tls_dir, _tls_names(replicas, k8s, namespace), tls_dir)
+    except SagazError as exc:
+        fail(str(exc))
+
+
 def _report_secrets(kept: KeptSecrets) -> None:
     if kept.source is None:
         return
@@ -132,9 +177,19 @@ def _report_secrets(kept: KeptSecrets) -> None:
                       "set the new value there too (ALTER ROLE ... PASSWORD)")
 
 
+def _generated_tls(directory: Path, replicas: int, k8s: bool,
+                   namespace: str | None) -> list[Path]:
+    """The certificates sagaz init makes (kept when still valid: a CA clients trust stays)."""
+    from sagaz.deploy.tls import deployment_tls
+
+    tls = deployment_tls(_tls_dir(directory, k8s), _tls_names(replicas, k8s, namespace), None)
+    return [tls.ca_cert, tls.ca_key, tls.server_cert, tls.server_key]
+
+
 def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
               storage_size: str | None, image: str | None,
-              max_slot_wal_keep_size: str, secrets: Secrets) -> list[GeneratedFile]:
+              max_slot_wal_keep_size: str, secrets: Secrets, directory: Path,
+              tls: TlsFiles | None) -> list[GeneratedFile]:
     try:
         from sagaz.deploy import kubernetes
         from sagaz.deploy.compose import compose_files
@@ -153,9 +208,11 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
                 replicas, namespace=namespace or kubernetes.DEFAULT_NAMESPACE,
                 storage_size=storage_size or kubernetes.DEFAULT_STORAGE_SIZE,
                 image=image or kubernetes.DEFAULT_IMAGE, secrets=secrets,
-                max_slot_wal_keep_size=max_slot_wal_keep_size)
-        return compose_files(replicas, secrets,
-                             max_slot_wal_keep_size=max_slot_wal_keep_size)
+                max_slot_wal_keep_size=max_slot_wal_keep_size, tls=tls)
+        source = tls.directory if tls else _tls_dir(directory, k8s)
+        return compose_files(replicas, secrets, max_slot_wal_keep_size=max_slot_wal_keep_size,
+                             tls_source=str(source) if tls else "./tls",
+                             host_ca_cert=str(source / "ca.crt"))
     except SagazError as exc:
         fail(str(exc))
 
@@ -178,8 +235,9 @@ def _report(directory: Path, written: list[Path], files: list[GeneratedFile], k8
     shape = (f"a primary and {replicas} streaming replica{'s' if replicas > 1 else ''}"
              if replicas else "a single PostgreSQL server")
     out.print(f"wrote {len(written)} {kind} for {shape}:")
-    for path, generated in zip(written, files, strict=True):
-        note = "  [yellow](secrets, mode 0600)[/]" if generated.mode == 0o600 else ""
+    modes = [f.mode for f in files] + [0o644, 0o600] * ((len(written) - len(files)) // 2)
+    for path, mode in zip(written, modes, strict=True):
+        note = "  [yellow](secrets, mode 0600)[/]" if mode == 0o600 else ""
         out.print(f"  {escape(str(path))}{note}", soft_wrap=True)
     where = "" if directory == Path(".") else f"cd {directory} && "
     out.print("\nnext:")

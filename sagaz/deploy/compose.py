@@ -6,7 +6,10 @@ The files (relative to the output directory)::
                           pgbouncer-ro, prometheus, postgres-exporter, pgbouncer-exporter[-ro],
                           grafana
     .env                  generated passwords and connection URLs (mode 0600)
+    tls/                  the cluster CA and server certificate (0700, keys 0600; written by
+                          the CLI, see sagaz.deploy.tls), unless --tls-dir names your own
     init-primary.sh  replica-bootstrap.sh (with replicas)  init-schema.sh  partitioning/*.sql
+    tls-setup.sh
     pgbouncer/pgbouncer-rw.ini  pgbouncer/pgbouncer-ro.ini  pgbouncer/pgbouncer-start.sh
     monitoring/prometheus.yml  monitoring/grafana-datasources.yml
     README.md  .gitignore (.env, tls/, keys; merged into an existing one)
@@ -30,11 +33,19 @@ from sagaz.deploy.scripts import (
     pgbouncer_ini,
     pgbouncer_start_script,
     replica_bootstrap_script,
+    tls_setup_script,
+)
+from sagaz.deploy.tls import (
+    TLS_DIR,
+    TLS_SOURCE,
+    compose_tls_names,
+    postgres_tls_settings,
+    tls_query,
 )
 from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, PoolSettings
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
 
-__all__ = ["GITIGNORE", "ReplicaService", "compose_files", "replica_services"]
+__all__ = ["GITIGNORE", "ReplicaService", "compose_files", "replica_services", "tls_names"]
 
 GITIGNORE = """\
 # Written by `sagaz init`: the passwords and private keys stay out of version control.
@@ -76,10 +87,18 @@ def _pools(replicas: list[ReplicaService]) -> list[Pool]:
     ]
 
 
+def tls_names(replicas: int) -> list[str]:
+    """The names the server certificate of a deployment with ``replicas`` must carry."""
+    return compose_tls_names([r.name for r in replica_services(replicas)])
+
+
 def compose_files(replicas: int, secrets: Secrets | None = None, *,
                   max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
+                  tls_source: str = "./tls", host_ca_cert: str = "tls/ca.crt",
                   ) -> list[GeneratedFile]:
-    """Every file of the deployment; ``replicas`` 0 is a single server (no --with-ha)."""
+    """Every file of the deployment; ``replicas`` 0 is a single server (no --with-ha).
+    ``tls_source``: the certificate directory the containers mount; ``host_ca_cert``: its CA as
+    the clients of this host name it in the .env URLs (an absolute path, best)."""
     bundle.validate_replicas(replicas, minimum=0)
     secrets = secrets or bundle.generate_secrets()
     services = replica_services(replicas)
@@ -88,20 +107,26 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
              "reader_user": bundle.READER_USER, "replication_user": bundle.REPLICATION_USER,
              "admin_user": bundle.PGBOUNCER_ADMIN, "stats_user": bundle.PGBOUNCER_STATS,
              "database": bundle.DATABASE}
+    settings = [*bundle.server_settings(max_slot_wal_keep_size),
+                *postgres_tls_settings(f"{TLS_DIR}/server.crt", f"{TLS_DIR}/server.key")]
     values = {"replicas": replicas, "replica_services": services, "pools": pools,
-              "images": bundle.IMAGES, "settings": bundle.server_settings(max_slot_wal_keep_size),
+              "images": bundle.IMAGES, "settings": settings, "tls_source": tls_source,
+              "tls_mount": TLS_SOURCE, "tls_dir": TLS_DIR,
               "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
               "q": json.dumps, **names}
     files = [
         GeneratedFile("docker-compose.yaml", render("compose/docker-compose.yaml.j2", **values)),
         GeneratedFile(".env", render(
             "compose/env.j2", secrets=secrets,
-            storage_url=bundle.url(bundle.APP_USER, secrets.app, "localhost", POOL_PORTS["rw"]),
+            storage_url=bundle.url(bundle.APP_USER, secrets.app, "localhost", POOL_PORTS["rw"])
+            + tls_query(host_ca_cert),
             analytics_url=bundle.url(bundle.READER_USER, secrets.reader, "localhost",
-                                     POOL_PORTS["ro"]),
-            database_url=bundle.url(bundle.APP_USER, secrets.app, "localhost", 5432),
+                                     POOL_PORTS["ro"]) + tls_query(host_ca_cert),
+            database_url=bundle.url(bundle.APP_USER, secrets.app, "localhost", 5432)
+            + tls_query(host_ca_cert),
             **names), mode=0o600),
         GeneratedFile("init-primary.sh", init_primary_script(), 0o755),
+        GeneratedFile("tls-setup.sh", tls_setup_script(), 0o755),
         *([GeneratedFile("replica-bootstrap.sh", replica_bootstrap_script(), 0o755)]
           if replicas else []),
         *generated_schema_files(),

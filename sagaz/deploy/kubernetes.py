@@ -6,10 +6,15 @@
 
 The scripts, SQL and pgbouncer.ini files are the docker-compose deployment's, carried in
 ConfigMaps; the PostgreSQL settings and pool settings are the local cluster's.
+
+TLS: the certificates (``k8s/tls/``, made by the CLI, or ``--tls-dir``) go into the Secrets
+``sagaz-tls`` (kubernetes.io/tls with ca.crt, the shape cert-manager writes) and ``sagaz-ca``,
+mounted at :data:`sagaz.deploy.tls.K8S_TLS_DIR`; every URL and client verifies the server.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,7 +31,9 @@ from sagaz.deploy.scripts import (
     pgbouncer_start_script,
     replica_bootstrap_script,
 )
+from sagaz.deploy.tls import K8S_TLS_DIR, postgres_tls_settings, tls_query
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
+from sagaz.tls import TlsFiles
 
 __all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "DEFAULT_STORAGE_SIZE", "SECRET_NAME",
            "kubernetes_files"]
@@ -65,8 +72,10 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
                      storage_size: str = DEFAULT_STORAGE_SIZE, image: str = DEFAULT_IMAGE,
                      secrets: Secrets | None = None, subdir: str = "k8s",
                      max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
+                     tls: TlsFiles | None = None,
                      ) -> list[GeneratedFile]:
-    """Every manifest, under ``subdir``; ``replicas`` 0 is a single server (no --with-ha)."""
+    """Every manifest, under ``subdir``; ``replicas`` 0 is a single server (no --with-ha).
+    ``tls``: the certificates for the TLS Secrets (empty values without: the example's shape)."""
     bundle.validate_replicas(replicas, minimum=0)
     bundle.validate_namespace(namespace)
     bundle.validate_storage_size(storage_size)
@@ -75,28 +84,33 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
     schema = [ConfigFile(PurePosixPath(f.path).name, f.path, f.content)
               for f in generated_schema_files()]
     readers = ["postgresql-read"] if replicas else ["postgresql-primary"]
-    pools = [K8sPool("rw", POOL_PORTS["rw"], pgbouncer_ini("rw", ["postgresql-primary"])),
-             K8sPool("ro", POOL_PORTS["ro"], pgbouncer_ini("ro", readers))]
+    pem = {"tls_dir": K8S_TLS_DIR, "server_cert": "tls.crt", "server_key": "tls.key"}
+    pools = [K8sPool("rw", POOL_PORTS["rw"], pgbouncer_ini("rw", ["postgresql-primary"], **pem)),
+             K8sPool("ro", POOL_PORTS["ro"], pgbouncer_ini("ro", readers, **pem))]
+    verify = tls_query(f"{K8S_TLS_DIR}/ca.crt")
     svc = f"{namespace}.svc.cluster.local"
     urls = {
         "storage": bundle.url(bundle.APP_USER, secrets.app, f"pgbouncer-rw.{svc}",
-                              POOL_PORTS["rw"]),
+                              POOL_PORTS["rw"]) + verify,
         "analytics": bundle.url(bundle.READER_USER, secrets.reader, f"pgbouncer-ro.{svc}",
-                                POOL_PORTS["ro"]),
-        "database": bundle.url(bundle.APP_USER, secrets.app, f"postgresql-primary.{svc}", 5432),
+                                POOL_PORTS["ro"]) + verify,
+        "database": bundle.url(bundle.APP_USER, secrets.app, f"postgresql-primary.{svc}",
+                               5432) + verify,
     }
     url_forms = {
         "storage": f"postgresql://{bundle.APP_USER}:<app-password>@pgbouncer-rw.{svc}:6432/"
-                   f"{bundle.DATABASE}",
+                   f"{bundle.DATABASE}{verify}",
         "analytics": f"postgresql://{bundle.READER_USER}:<reader-password>@pgbouncer-ro.{svc}:"
-                     f"6433/{bundle.DATABASE}",
+                     f"6433/{bundle.DATABASE}{verify}",
         "database": f"postgresql://{bundle.APP_USER}:<app-password>@postgresql-primary.{svc}:"
-                    f"5432/{bundle.DATABASE}",
+                    f"5432/{bundle.DATABASE}{verify}",
     }
     values = {
         "replicas": replicas, "namespace": namespace, "storage_size": storage_size,
         "image": image, "images": bundle.IMAGES,
-        "settings": bundle.server_settings(max_slot_wal_keep_size),
+        "settings": [*bundle.server_settings(max_slot_wal_keep_size),
+                     *postgres_tls_settings(f"{K8S_TLS_DIR}/tls.crt", f"{K8S_TLS_DIR}/tls.key")],
+        "tls_dir": K8S_TLS_DIR,
         "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
         "q": json.dumps, "secret_name": SECRET_NAME, "superuser": bundle.SUPERUSER,
         "app_user": bundle.APP_USER, "reader_user": bundle.READER_USER,
@@ -115,8 +129,9 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
 
     return [
         manifest("namespace.yaml"),
-        manifest("secrets.yaml", 0o600, example=False, secrets=secrets, urls=urls),
-        manifest("secrets-example.yaml", example=True, secrets=None, urls=None),
+        manifest("secrets.yaml", 0o600, example=False, secrets=secrets, urls=urls,
+                 tls=_tls_data(tls)),
+        manifest("secrets-example.yaml", example=True, secrets=None, urls=None, tls=None),
         manifest("postgresql-ha.yaml"),
         manifest("pgbouncer.yaml"),
         manifest("maintenance-cronjob.yaml"),
@@ -126,5 +141,15 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         manifest("README.md"),
         GeneratedFile(f"{subdir}/.gitignore",
                       "# Written by `sagaz init --k8s`: the Secret with real passwords, and "
-                      "private keys.\nsecrets.yaml\n*.key\n", merge_lines=True),
+                      "private keys.\nsecrets.yaml\ntls/*.key\n*.key\n", merge_lines=True),
     ]
+
+
+def _tls_data(tls: TlsFiles | None) -> dict[str, str]:
+    """The Secrets' data: each PEM file base64-encoded (empty without certificates)."""
+    paths = {"ca_cert": "ca.crt", "ca_key": "ca.key", "server_cert": "server.crt",
+             "server_key": "server.key"}
+    if tls is None:
+        return dict.fromkeys(paths, "")
+    return {key: base64.b64encode((tls.directory / name).read_bytes()).decode()
+            for key, name in paths.items()}

@@ -15,11 +15,12 @@ from sagaz.deploy.bundle import (
     REPLICATION_USER,
 )
 from sagaz.deploy.render import render
-from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, Backend
+from sagaz.deploy.tls import TLS_DIR, TLS_SOURCE
+from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, Backend, server_tls_sslmode
 
 __all__ = [
     "PGBOUNCER_AUTH_FILE", "POOL_PORTS", "init_primary_script", "pgbouncer_ini",
-    "pgbouncer_start_script", "replica_bootstrap_script", "roles_sql",
+    "pgbouncer_start_script", "replica_bootstrap_script", "roles_sql", "tls_setup_script",
 ]
 
 PGBOUNCER_AUTH_FILE = "/tmp/pgbouncer/userlist.txt"
@@ -52,10 +53,17 @@ def pgbouncer_start_script() -> str:
                   admin_user=PGBOUNCER_ADMIN, stats_user=PGBOUNCER_STATS, **_NAMES)
 
 
-def pgbouncer_ini(role: str, hosts: list[str]) -> str:
+def tls_setup_script() -> str:
+    return render("scripts/tls-setup.sh.j2", tls_mount=TLS_SOURCE, tls_dir=TLS_DIR,
+                  tls_source_hint="tls/ or --tls-dir")
+
+
+def pgbouncer_ini(role: str, hosts: list[str], tls_dir: str = TLS_DIR,
+                  server_cert: str = "server.crt", server_key: str = "server.key") -> str:
     """pgbouncer-rw (transaction pooling to the primary) or pgbouncer-ro (over ``hosts``, the
     replicas: PgBouncer opens each new server connection to the next host of the list), from the
-    template and pool settings of the local cluster; logs go to the container's stderr."""
+    template and pool settings of the local cluster; logs go to the container's stderr. TLS to
+    clients and servers with the certificates in ``tls_dir`` (ca.crt and the server's pair)."""
     settings = WRITE_POOL if role == "rw" else READ_POOL
     return render(
         "pgbouncer/pgbouncer.ini.j2", role=role,
@@ -63,4 +71,6 @@ def pgbouncer_ini(role: str, hosts: list[str]) -> str:
         listen_addr="0.0.0.0", listen_port=POOL_PORTS[role], unix_socket_dir="", logfile="",
         pidfile="", auth_file=PGBOUNCER_AUTH_FILE, admin_user=PGBOUNCER_ADMIN,
         stats_user=PGBOUNCER_STATS,
+        tls_cert_file=f"{tls_dir}/{server_cert}", tls_key_file=f"{tls_dir}/{server_key}",
+        tls_ca_file=f"{tls_dir}/ca.crt", server_tls_sslmode=server_tls_sslmode([",".join(hosts)]),
         **asdict(settings))

@@ -116,9 +116,18 @@ def test_compose_files_pass_docker_compose_config(
     for name in ["postgres-primary", *names[:count]]:
         assert services[name]["image"] == "postgres:16-alpine"
         assert "pg_isready" in " ".join(services[name]["healthcheck"]["test"])
+    for name in ["postgres-primary", *names[:count]]:
+        # TLS: tls-setup.sh copies the key for the server's user; ssl on with it.
+        assert services[name]["entrypoint"] == ["/bin/sh", "/sagaz/tls-setup.sh"]
+        command = services[name]["command"]
+        assert "ssl=on" in command and "ssl_key_file=/tmp/sagaz-tls/server.key" in command
+        assert "./tls:/sagaz/tls-source:ro" in services[name]["volumes"] or any(
+            v.endswith("/tls:/sagaz/tls-source:ro") for v in services[name]["volumes"])
     for i, name in enumerate(names[:count], start=1):
         replica = services[name]
-        assert replica["user"] == "postgres"
+        # Root only for tls-setup.sh, which then runs everything as postgres.
+        assert "user" not in replica and replica["environment"]["SAGAZ_RUN_AS"] == "postgres"
+        assert replica["environment"]["PGSSLMODE"] == "verify-full"
         assert replica["environment"]["SAGAZ_REPLICATION_SLOT"] == f"replica_{i}"
         assert replica["depends_on"]["postgres-primary"]["condition"] == "service_healthy"
         assert replica["ports"] == [f"127.0.0.1:{5432 + i}:5432"]
@@ -388,7 +397,9 @@ def test_secrets_are_generated_private_and_nowhere_else(
                for key in ("storage-url", "database-url"))
     assert f":{env['SAGAZ_APP_PASSWORD']}@localhost:6432/" in env["SAGAZ_STORAGE_URL"]
 
-    private = {tmp_path / ".env", tmp_path / "k8s" / "secrets.yaml"}
+    private = {tmp_path / ".env", tmp_path / "k8s" / "secrets.yaml",
+               *(tmp_path / d / "tls" / key for d in (".", "k8s")
+                 for key in ("ca.key", "server.key"))}
     example = documents(tmp_path / "k8s" / "secrets-example.yaml")[0]["stringData"]
     assert set(example) == set(k8s_secret) and set(example.values()) == {""}
     for path in (p for p in tmp_path.rglob("*") if p.is_file()):
@@ -445,15 +456,21 @@ def test_generated_pgbouncer_ini_runs_in_a_real_pgbouncer(
     run.mkdir()
     port = free_port()
     ini = (service_dir / "deploy" / "pgbouncer" / f"pgbouncer-{role}.ini").read_text()
-    # Adapted only in address, port and the auth file's path.
+    # Adapted only in address, port and the paths of the auth file and certificates (what
+    # tls-setup.sh does in the container: a copy of tls/ for PgBouncer's user).
     adapted = (ini.replace("listen_addr = 0.0.0.0", "listen_addr = 127.0.0.1")
                .replace(f"listen_port = {6432 if role == 'rw' else 6433}", f"listen_port = {port}")
                .replace("auth_file = /tmp/pgbouncer/userlist.txt",
-                        f"auth_file = {run}/auth/userlist.txt"))
-    assert adapted.count(str(run)) == 1 and f"listen_port = {port}" in adapted
+                        f"auth_file = {run}/auth/userlist.txt")
+               .replace("/tmp/sagaz-tls/", f"{run}/tls/"))
+    assert adapted.count(str(run)) == 1 + 4 and f"listen_port = {port}" in adapted
+    assert "client_tls_sslmode = require" in adapted
     (run / "pgbouncer.ini").write_text(adapted)
+    shutil.copytree(service_dir / "deploy" / "tls", run / "tls")
     user = service_user()
     user.own(run, run / "pgbouncer.ini")
+    tls = {"PGSSLMODE": "verify-full",
+           "PGSSLROOTCERT": str(service_dir / "deploy" / "tls" / "ca.crt")}
     start_env = {**user.env(), "PATH": f"/usr/sbin:{os.environ['PATH']}",
                  "PGBOUNCER_AUTH_FILE": str(run / "auth" / "userlist.txt"),
                  **{k: env[k] for k in ("SAGAZ_APP_PASSWORD", "SAGAZ_READER_PASSWORD",
@@ -469,7 +486,7 @@ def test_generated_pgbouncer_ini_runs_in_a_real_pgbouncer(
             result = subprocess.run(
                 [psql, "-X", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "pgbouncer_admin",
                  "-d", "pgbouncer", "-c", "SHOW VERSION"], capture_output=True, text=True,
-                env={**os.environ, "PGPASSWORD": env["SAGAZ_PGBOUNCER_ADMIN_PASSWORD"]},
+                env={**os.environ, "PGPASSWORD": env["SAGAZ_PGBOUNCER_ADMIN_PASSWORD"], **tls},
                 timeout=10)
             if result.returncode == 0 or process.poll() is not None or time.monotonic() > deadline:
                 break
@@ -482,7 +499,7 @@ def test_generated_pgbouncer_ini_runs_in_a_real_pgbouncer(
         wrong = subprocess.run(
             [psql, "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "pgbouncer_admin",
              "-d", "pgbouncer", "-c", "SHOW VERSION"], capture_output=True, text=True,
-            env={**os.environ, "PGPASSWORD": "wrong"}, timeout=10)
+            env={**os.environ, "PGPASSWORD": "wrong", **tls}, timeout=10)
         assert wrong.returncode != 0 and "authentication failed" in wrong.stderr
         # The exporters' user may SHOW, not PAUSE or RELOAD.
         def as_stats(command: str) -> subprocess.CompletedProcess[str]:
@@ -494,6 +511,12 @@ def test_generated_pgbouncer_ini_runs_in_a_real_pgbouncer(
         assert as_stats("SHOW POOLS").returncode == 0
         reload = as_stats("RELOAD")
         assert reload.returncode != 0 and "admin access needed" in reload.stderr
+        plain = subprocess.run(
+            [psql, "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "pgbouncer_admin",
+             "-d", "pgbouncer", "-c", "SHOW VERSION"], capture_output=True, text=True,
+            env={**os.environ, "PGPASSWORD": env["SAGAZ_PGBOUNCER_ADMIN_PASSWORD"],
+                 "PGSSLMODE": "disable"}, timeout=10)
+        assert plain.returncode != 0 and "SSL required" in plain.stderr
     finally:
         process.terminate()
         output = process.communicate(timeout=10)[0].decode(errors="replace")
@@ -528,6 +551,8 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
              "SAGAZ_REPLICATION_USER": f"repl_{suffix}", "SAGAZ_DATABASE": f"db_{suffix}"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SAGAZ_"))}
     base["PATH"] = f"{cluster.state.bindir}:{base['PATH']}"
+    # As in the containers: every client verifies the server (the local cluster's CA here).
+    base.update(PGSSLMODE="verify-full", PGSSLROOTCERT=str(cluster.tls.ca_cert))
     admin = {**base, **names, "PGHOST": host, "PGPORT": port, "PGUSER": SUPERUSER,
              "PGPASSWORD": cluster.passwords[SUPERUSER],
              **{k: env[k] for k in ("SAGAZ_APP_PASSWORD", "SAGAZ_READER_PASSWORD",
@@ -548,7 +573,8 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
 
     def dsn(user: str, password: str) -> str:
         return (f"host={host} port={port} user={user} password={password} "
-                f"dbname={names['SAGAZ_DATABASE']}")
+                f"dbname={names['SAGAZ_DATABASE']} sslmode=verify-full "
+                f"sslrootcert={cluster.tls.ca_cert}")
 
     with psycopg.connect(dsn(names["SAGAZ_APP_USER"], env["SAGAZ_APP_PASSWORD"]),
                          autocommit=True) as conn:
@@ -596,6 +622,8 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
             assert (replica / "pgdata" / "standby.signal").exists()
             auto = (replica / "pgdata" / "postgresql.auto.conf").read_text()
             assert "passfile=" in auto and env["SAGAZ_REPLICATION_PASSWORD"] not in auto
+            # pg_basebackup -R kept the TLS parameters: the replica streams over verified TLS.
+            assert "sslmode=''verify-full''" in auto and str(cluster.tls.ca_cert) in auto, auto
             assert stat.S_IMODE((replica / "replication.pgpass").stat().st_mode) == 0o600
         with psycopg.connect(dsn(SUPERUSER, cluster.passwords[SUPERUSER]),
                              autocommit=True) as conn:
@@ -625,4 +653,6 @@ def test_kubernetes_carries_the_compose_files(capsys: pytest.CaptureFixture[str]
         tmp_path / "pgbouncer" / "pgbouncer-start.sh").read_text()
     compose_rw = (tmp_path / "pgbouncer" / "pgbouncer-rw.ini").read_text()
     assert configs["pgbouncer-config"]["pgbouncer-rw.ini"] == compose_rw.replace(
-        "host=postgres-primary ", "host=postgresql-primary ")
+        "host=postgres-primary ", "host=postgresql-primary ").replace(
+        "/tmp/sagaz-tls/server.", "/etc/sagaz/tls/tls.").replace(
+        "/tmp/sagaz-tls/", "/etc/sagaz/tls/")  # the Secret's file names
