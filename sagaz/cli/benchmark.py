@@ -80,15 +80,19 @@ def postgres(
     pgbouncer: Annotated[bool, typer.Option(
         "--pgbouncer/--no-pgbouncer",
         help="Also measure through a PgBouncer (transaction mode) started for the run.")] = True,
+    tls: Annotated[bool, typer.Option(
+        "--tls/--no-tls",
+        help="Also measure each path over TLS (direct: when the server has ssl on; PgBouncer: "
+             "TLS to its clients, and to the server when it offers it), side by side.")] = True,
 ) -> None:
-    """The PostgreSQL write path, direct and through PgBouncer."""
+    """The PostgreSQL write path, direct and through PgBouncer, without and with TLS."""
 
     def body() -> int:
         from sagaz.benchmarks.postgres import format_report, run_postgres_benchmark
 
         result = run_postgres_benchmark(
             dsn, sagas=sagas, concurrency=concurrency, runs=runs, rate=rate,
-            latency_seconds=latency_seconds, pgbouncer=pgbouncer)
+            latency_seconds=latency_seconds, pgbouncer=pgbouncer, tls=tls)
         out.print(format_report(result), soft_wrap=True, highlight=False)
         return ExitCode.OK
 

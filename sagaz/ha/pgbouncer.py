@@ -75,6 +75,9 @@ class PgBouncer:
     """TLS on both sides (the local cluster's pools): clients must use it, and PgBouncer verifies
     the servers against the CA. None for a pool in front of a server without TLS (benchmarks and
     tests in front of a plain PostgreSQL)."""
+    server_tls_sslmode: str | None = None
+    """Overrides how the servers are verified (default: :func:`server_tls_sslmode`); the write
+    benchmark uses ``require`` or ``disable`` in front of a server whose CA it does not know."""
     user: ServiceUser = field(default_factory=service_user)
     process: subprocess.Popen[bytes] | None = None
     stats_user: str = ""
@@ -105,7 +108,8 @@ class PgBouncer:
             unix_socket_dir=str(self.directory), logfile=str(self.log_path),
             pidfile=str(self.directory / "pgbouncer.pid"), auth_file=str(auth),
             admin_user=self.admin_user, stats_user=self.stats_user or self.admin_user,
-            **tls_template_values(self.tls, self.backends), **asdict(self.settings)))
+            **tls_template_values(self.tls, self.backends, self.server_tls_sslmode),
+            **asdict(self.settings)))
         # PgBouncer would create its log with its umask (0644): it names users and clients.
         create_private_file(self.log_path)
         self.user.own(self.directory)
@@ -179,13 +183,14 @@ class PgBouncer:
             time.sleep(0.02)
 
 
-def tls_template_values(tls: TlsFiles | None, backends: list[Backend]) -> dict[str, str]:
+def tls_template_values(tls: TlsFiles | None, backends: list[Backend],
+                        server_mode: str | None = None) -> dict[str, str]:
     """The TLS paths pgbouncer.ini.j2 takes (none: no TLS section)."""
     if tls is None:
         return {}
     return {"tls_cert_file": str(tls.server_cert), "tls_key_file": str(tls.server_key),
             "tls_ca_file": str(tls.ca_cert),
-            "server_tls_sslmode": server_tls_sslmode([b.host for b in backends])}
+            "server_tls_sslmode": server_mode or server_tls_sslmode([b.host for b in backends])}
 
 
 def server_tls_sslmode(hosts: list[str]) -> str:

@@ -14,6 +14,9 @@ def test_benchmark_postgres_runs_small(pg_server: str) -> None:
          "--latency-seconds", "0.3"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "direct" in result.stdout and "PgBouncer (transaction mode)" in result.stdout
+    # The same paths over TLS, side by side (TLS to clients only when the server has ssl off;
+    # then there is no "direct, TLS" line).
+    assert "PgBouncer (transaction mode), TLS" in result.stdout
     assert "4.0 state rows" in result.stdout
     assert "with the audit log: 1.0 rows" in result.stdout  # saga_completed
 
