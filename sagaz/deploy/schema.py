@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sagaz.deploy.bundle import GeneratedFile
 from sagaz.deploy.render import render
-from sagaz.storage.sql import Migration, migrations
+from sagaz.storage.sql import MIGRATION_LOCK_KEY, Migration, migrations
 
 __all__ = [
     "INITIAL_PARTITIONS", "SchemaFile", "generated_schema_files", "init_schema_script",
@@ -74,8 +74,6 @@ def initial_partitions() -> str:
 
 
 def init_schema_script() -> str:
-    from sagaz.storage.postgresql.migrate import MIGRATION_LOCK_KEY
-
     return render("scripts/init-schema.sh.j2", files=schema_files(),
                   lock_key=MIGRATION_LOCK_KEY)
 

@@ -36,8 +36,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import make_conninfo
-
+# psycopg is imported where a connection string is built, not here: `sagaz init` imports this
+# module for its names and settings and must work without a database driver.
 from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.archive_settings import (
     DEFAULT_ARCHIVE_TIMEOUT,
@@ -331,6 +331,7 @@ class LocalCluster:
             **extra: Any) -> str:
         """A conninfo to a pool (``port``: rw_port or ro_port) or, by default, straight to the
         primary."""
+        from psycopg.conninfo import make_conninfo
         return make_conninfo(
             "", host="127.0.0.1" if port else self.state.host(self.state.primary),
             port=port or self.state.base_port,
@@ -340,6 +341,7 @@ class LocalCluster:
     def node_dsn(self, node: str, *, user: str = SUPERUSER, dbname: str = "postgres",
                  **extra: Any) -> str:
         """A conninfo straight to one node (default: the superuser, maintenance database)."""
+        from psycopg.conninfo import make_conninfo
         return make_conninfo(
             "", host=self.state.host(node), port=self.state.port(node), user=user,
             password=self.passwords[user], dbname=dbname,
@@ -358,6 +360,7 @@ class LocalCluster:
             raise ConfigurationError(
                 f"{self.directory / 'secrets.json'} has no password for {user} (a cluster made "
                 "by an earlier sagaz): run `sagaz dev up` to add it")
+        from psycopg.conninfo import make_conninfo
         return make_conninfo(
             "", host="127.0.0.1",
             port=self.state.rw_port if role == "rw" else self.state.ro_port,

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
-
+# psycopg is imported where a connection string is built, not here: `sagaz init` imports this
+# module for its names and settings and must work without a database driver.
 from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.osuser import ServiceUser, check_reachable, process_alive, service_user
 from sagaz.private_files import write_private_file
@@ -139,6 +139,7 @@ class PostgresNode:
         primary_conninfo names a pass file instead of holding the password, and carries the
         node's name as application_name: pg_stat_replication on the primary shows it."""
         passfile = self.write_passfile(primary, user, password)
+        from psycopg.conninfo import make_conninfo
         conninfo = make_conninfo("", user=user, passfile=str(passfile), host=primary.host,
                                  port=primary.port, application_name=self.name,
                                  **self.tls.client_params())
@@ -171,6 +172,7 @@ class PostgresNode:
         standby in seconds whatever the database size. Needs data checksums (initdb
         ``--data-checksums``) or wal_log_hints; a target that was not shut down cleanly goes
         through crash recovery first (pg_rewind does that by itself)."""
+        from psycopg.conninfo import make_conninfo
         conninfo = make_conninfo("", host=source.host, port=source.port, user=superuser,
                                  dbname="postgres", connect_timeout=5,
                                  **self.tls.client_params())

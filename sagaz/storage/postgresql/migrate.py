@@ -28,7 +28,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
 from sagaz.errors import StorageError
-from sagaz.storage.sql import Migration, migrations
+from sagaz.storage.sql import MIGRATION_LOCK_KEY, Migration, migrations
 
 __all__ = ["MIGRATION_LOCK_KEY", "migrate", "migrate_async"]
 
@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 DIALECT = "postgresql"
 
-MIGRATION_LOCK_KEY = int.from_bytes(b"sagazmig", "big")
-"""The ``pg_advisory_xact_lock`` key serializing migrations within one database."""
 
 # The migration machinery's own SQL. It is the bootstrap of the named-query files, not one of
 # them: it must work before anything else of the schema exists.

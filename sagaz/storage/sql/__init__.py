@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-__all__ = ["Migration", "migrations", "queries"]
+__all__ = ["MIGRATION_LOCK_KEY", "Migration", "migrations", "queries"]
+
+MIGRATION_LOCK_KEY = int.from_bytes(b"sagazmig", "big")
+"""The ``pg_advisory_xact_lock`` key serializing PostgreSQL migrations within one database: here,
+not in the driver's module, because the generated deployments' init-schema.sh takes it too."""
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
