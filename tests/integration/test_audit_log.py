@@ -128,7 +128,7 @@ async def test_an_error_text_no_database_can_store_still_commits(storage: SagaSt
     attempt = failed_attempt("a", 1, ValueError("nul \x00 and lone \ud800 here"), 1.0)
     await storage.commit(UnitOfWork(state.saga_id, "holder", failed_attempts=[attempt]), LEASE)
     history = await storage.get_history(state.saga_id)
-    assert history[-1].error == "ValueError: nul \\x00 and lone ? here"
+    assert history[-1].error == "ValueError: nul \\x00 and lone \\ud800 here"
 
 
 async def test_a_fenced_out_commit_writes_no_audit_row(storage: SagaStorage) -> None:
