@@ -17,6 +17,7 @@ from .benchmark import benchmark_app
 from .db import db_app
 from .demo import demo
 from .dev import dev_app
+from .dev_restore import restore_command as dev_restore_command
 from .dev_secrets import rotate_secrets_command
 from .ha import ha_app
 from .init import init
@@ -127,6 +128,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(benchmark_app, name="benchmark")
 dev_app.command("rotate-secrets")(rotate_secrets_command)  # its own module: dev.py is full
+dev_app.command("restore")(dev_restore_command)
 app.add_typer(dev_app, name="dev")
 app.add_typer(ha_app, name="ha")
 app.add_typer(backup_app, name="backup")

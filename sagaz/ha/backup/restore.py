@@ -28,7 +28,8 @@ from sagaz.ha.osuser import check_reachable, service_user
 from sagaz.ha.postgres import PostgresNode
 from sagaz.tls import TlsFiles
 
-__all__ = ["RestoreResult", "RestoreTarget", "restore", "restored_node", "stop_restored"]
+__all__ = ["RestoreResult", "RestoreTarget", "require_whole_archive", "restore", "restore_data",
+           "restored_node", "start_restored", "stop_restored"]
 
 Progress = Callable[[str], None]
 
@@ -102,32 +103,15 @@ def restore(cluster: LocalCluster, into: Path, target: RestoreTarget, *, start: 
     repo.require_enabled()
     into = into.absolute()
     _require_new_directory(cluster, into)
-    progress("checking the WAL archive (continuity, pgbackrest verify)")
-    report = check_archive(repo, primary=primary_archiver(repo))
-    holes = [p for p in report.problems if "missing" in p or "corrupt" in p or "no backup" in p]
-    if holes:
-        raise BackupError(f"not restoring: {holes[0]}")
-    chosen = backup_set or _backup_for(repo, target)
-    backups = repo.info().backups
-    label = chosen or (backups[-1].label if backups and target.kind == "latest" else None)
+    require_whole_archive(repo, progress)
     started = time.monotonic()
     into.mkdir(parents=True, exist_ok=True)
     check_reachable(service_user(), into)
     into.chmod(0o700)
     service_user().own(into)
     node = restored_node(into, _free_port(), cluster.directory)
-    progress(f"pgbackrest restore {chosen or 'latest backup'} into {node.datadir} "
-             f"(to {target})")
-    repo.run(f"--pg1-path={node.datadir}", "--target-timeline=latest",
-             *(["--set=" + chosen] if chosen else []), *target.pgbackrest_options(), "restore",
-             what="pgbackrest restore")
-    # A backup taken from a standby carries its standby settings and slots: history here.
-    node.set_auto_conf({"primary_conninfo": None, "primary_slot_name": None})
-    node.drop_local_slots()
-    (node.datadir / "standby.signal").unlink(missing_ok=True)
-    node.write_settings()
-    result = RestoreResult(str(into), str(target), label or "chosen by pgBackRest",
-                           time.monotonic() - started)
+    label = restore_data(repo, node, target, backup_set, progress)
+    result = RestoreResult(str(into), str(target), label, time.monotonic() - started)
     _write_record(into, {"port": node.port, "cluster": str(cluster.directory),
                          "target": str(target), "backup": result.backup})
     if start:
@@ -138,6 +122,37 @@ def restore(cluster: LocalCluster, into: Path, target: RestoreTarget, *, start: 
         result.url = (f"postgresql://{APP_USER}@127.0.0.1:{node.port}/{cluster.state.dbname}")
         result.seconds = time.monotonic() - started
     return result
+
+
+def require_whole_archive(repo: BackupRepository, progress: Progress) -> None:
+    """Refuse a restore the archive cannot complete: no backup, a missing or corrupt segment
+    (PostgreSQL would take the hole as the end of the archive and stop there without a word)."""
+    progress("checking the WAL archive (continuity, pgbackrest verify)")
+    report = check_archive(repo, primary=primary_archiver(repo))
+    holes = [p for p in report.problems if "missing" in p or "corrupt" in p or "no backup" in p]
+    if holes:
+        raise BackupError(f"not restoring: {holes[0]}")
+
+
+def restore_data(repo: BackupRepository, node: PostgresNode, target: RestoreTarget,
+                 backup_set: str | None, progress: Progress) -> str:
+    """``pgbackrest restore`` into ``node``'s (absent or empty) data directory, set up to
+    recover to ``target`` and promote there on its next start, with ``node``'s own settings;
+    the label of the backup restored."""
+    chosen = backup_set or _backup_for(repo, target)
+    backups = repo.info().backups
+    label = chosen or (backups[-1].label if backups and target.kind == "latest" else None)
+    progress(f"pgbackrest restore {chosen or 'latest backup'} into {node.datadir} "
+             f"(to {target})")
+    repo.run(f"--pg1-path={node.datadir}", "--target-timeline=latest",
+             *(["--set=" + chosen] if chosen else []), *target.pgbackrest_options(), "restore",
+             what="pgbackrest restore")
+    # A backup taken from a standby carries its standby settings and slots: history here.
+    node.set_auto_conf({"primary_conninfo": None, "primary_slot_name": None})
+    node.drop_local_slots()
+    (node.datadir / "standby.signal").unlink(missing_ok=True)
+    node.write_settings()
+    return label or "chosen by pgBackRest"
 
 
 def start_restored(cluster: LocalCluster, node: PostgresNode, timeout: float) -> None:
@@ -226,7 +241,7 @@ def _query(cluster: LocalCluster, node: PostgresNode, sql: str) -> Any:
     import psycopg
 
     try:
-        with psycopg.connect(host="127.0.0.1", port=node.port, user=SUPERUSER,
+        with psycopg.connect(host=node.host, port=node.port, user=SUPERUSER,
                              password=cluster.passwords[SUPERUSER], dbname="postgres",
                              connect_timeout=5, autocommit=True) as conn:
             row = conn.execute(sql).fetchone()
