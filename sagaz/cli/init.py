@@ -16,6 +16,7 @@ from .common import ExitCode, execute, fail
 from .output import escape, out, print_warning
 
 if TYPE_CHECKING:
+    from sagaz.deploy.backup import S3Repository
     from sagaz.deploy.bundle import GeneratedFile, Secrets
     from sagaz.deploy.kept_secrets import KeptSecrets
     from sagaz.tls import TlsFiles
@@ -59,6 +60,21 @@ def init(
         help="Your own certificates (ca.crt, server.crt, server.key; PEM) instead of the ones "
              "sagaz init generates into tls/ (docker-compose) or k8s/tls/ (Kubernetes). "
              "server.crt must name every service (the error lists what is missing).")] = None,
+    backup_s3_bucket: Annotated[str | None, typer.Option(
+        "--backup-s3-bucket", envvar="SAGAZ_BACKUP_S3_BUCKET", metavar="BUCKET",
+        show_default=False,
+        help="Backups (pgBackRest) to this S3-compatible bucket instead of a named volume; "
+             "with --backup-s3-endpoint and --backup-s3-region. The access key goes in .env "
+             "(SAGAZ_BACKUP_S3_KEY, SAGAZ_BACKUP_S3_KEY_SECRET), never in the generated "
+             "files.")] = None,
+    backup_s3_endpoint: Annotated[str | None, typer.Option(
+        "--backup-s3-endpoint", envvar="SAGAZ_BACKUP_S3_ENDPOINT", metavar="HOST[:PORT]",
+        show_default=False,
+        help="The object store's host, e.g. s3.eu-west-1.amazonaws.com or "
+             "minio.internal:9000.")] = None,
+    backup_s3_region: Annotated[str | None, typer.Option(
+        "--backup-s3-region", envvar="SAGAZ_BACKUP_S3_REGION", metavar="REGION",
+        show_default=False, help="The bucket's region, e.g. eu-west-1.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", envvar="SAGAZ_INIT_FORCE",
         help="Overwrite existing files. The passwords of an existing .env (k8s/secrets.yaml) "
@@ -99,11 +115,15 @@ without Docker, see `sagaz dev up --ha`.
             fail("--replicas needs --with-ha (without it, sagaz init writes a single PostgreSQL "
                  "server)")
         count = (replicas if replicas is not None else 2 if k8s else 1) if with_ha else 0
+        s3 = _s3_repository(backup_s3_bucket, backup_s3_endpoint, backup_s3_region)
+        if s3 is not None and k8s:
+            fail("--backup-s3-bucket/--backup-s3-endpoint/--backup-s3-region apply to the "
+                 "docker-compose deployment only: leave them out with --k8s")
         kept = _kept_secrets(directory, k8s, keep=force and not rotate_secrets)
         tls = _own_tls(tls_dir, count, k8s, namespace)
         generated: list[Path] = []
         files = _generate(count, with_ha, k8s, namespace, storage_size, image,
-                          max_slot_wal_keep_size, kept.secrets, directory, tls)
+                          max_slot_wal_keep_size, kept.secrets, directory, tls, s3)
         if tls is None and k8s:
             from sagaz.tls import TlsFiles
 
@@ -111,7 +131,7 @@ without Docker, see `sagaz dev up --ha`.
             generated = _generated_tls(directory, count, k8s, namespace)
             files = _generate(count, with_ha, k8s, namespace, storage_size, image,
                               max_slot_wal_keep_size, kept.secrets, directory,
-                              TlsFiles(_tls_dir(directory, k8s)))
+                              TlsFiles(_tls_dir(directory, k8s)), s3)
         written = _write(directory, files, force)
         if tls is None and not k8s:
             generated = _generated_tls(directory, count, k8s, namespace)
@@ -121,6 +141,17 @@ without Docker, see `sagaz dev up --ha`.
         return ExitCode.OK
 
     execute(body)
+
+
+def _s3_repository(bucket: str | None, endpoint: str | None,
+                   region: str | None) -> S3Repository | None:
+    from sagaz.deploy.backup import s3_repository
+    from sagaz.errors import SagazError
+
+    try:
+        return s3_repository(bucket, endpoint, region)
+    except SagazError as exc:
+        fail(str(exc))
 
 
 def _kept_secrets(directory: Path, k8s: bool, *, keep: bool) -> KeptSecrets:
@@ -189,7 +220,7 @@ def _generated_tls(directory: Path, replicas: int, k8s: bool,
 def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
               storage_size: str | None, image: str | None,
               max_slot_wal_keep_size: str, secrets: Secrets, directory: Path,
-              tls: TlsFiles | None) -> list[GeneratedFile]:
+              tls: TlsFiles | None, s3: S3Repository | None) -> list[GeneratedFile]:
     # No database driver needed (tests/acceptance/test_init_without_driver.py).
     from sagaz.deploy import kubernetes
     from sagaz.deploy.bundle import validate_replicas
@@ -207,7 +238,7 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
         source = tls.directory if tls else _tls_dir(directory, k8s)
         return compose_files(replicas, secrets, max_slot_wal_keep_size=max_slot_wal_keep_size,
                              tls_source=str(source) if tls else "./tls",
-                             host_ca_cert=str(source / "ca.crt"))
+                             host_ca_cert=str(source / "ca.crt"), backup_s3=s3)
     except SagazError as exc:
         fail(str(exc))
 

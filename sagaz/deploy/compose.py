@@ -2,7 +2,8 @@
 
 The files (relative to the output directory)::
 
-    docker-compose.yaml   postgres-primary, postgres-replica[-N], postgres-init, pgbouncer-rw,
+    docker-compose.yaml   postgres-primary, postgres-replica[-N], pgbackrest-backup,
+                          postgres-init, pgbouncer-rw,
                           pgbouncer-ro, prometheus, postgres-exporter, pgbouncer-exporter[-ro],
                           grafana
     .env                  generated passwords and connection URLs (mode 0600)
@@ -11,6 +12,7 @@ The files (relative to the output directory)::
     init-primary.sh  replica-bootstrap.sh (with replicas)  init-schema.sh  partitioning/*.sql
     tls-setup.sh
     pgbouncer/pgbouncer-rw.ini  pgbouncer/pgbouncer-ro.ini  pgbouncer/pgbouncer-start.sh
+    pgbackrest/pgbackrest.conf  pgbackrest/Dockerfile  pgbackrest/pgbackrest-backup.sh
     monitoring/prometheus.yml  monitoring/grafana-datasources.yml
     README.md  .gitignore (.env, tls/, keys; merged into an existing one)
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from sagaz.deploy import backup as backups
 from sagaz.deploy import bundle
 from sagaz.deploy.bundle import GeneratedFile, Secrets
 from sagaz.deploy.render import render
@@ -95,10 +98,12 @@ def tls_names(replicas: int) -> list[str]:
 def compose_files(replicas: int, secrets: Secrets | None = None, *,
                   max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
                   tls_source: str = "./tls", host_ca_cert: str = "tls/ca.crt",
+                  backup_s3: backups.S3Repository | None = None,
                   ) -> list[GeneratedFile]:
     """Every file of the deployment; ``replicas`` 0 is a single server (no --with-ha).
     ``tls_source``: the certificate directory the containers mount; ``host_ca_cert``: its CA as
-    the clients of this host name it in the .env URLs (an absolute path, best)."""
+    the clients of this host name it in the .env URLs (an absolute path, best). Backups go to a
+    named volume, or to ``backup_s3``."""
     bundle.validate_replicas(replicas, minimum=0)
     secrets = secrets or bundle.generate_secrets()
     services = replica_services(replicas)
@@ -110,8 +115,10 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
     settings = [*bundle.server_settings(max_slot_wal_keep_size),
                 *postgres_tls_settings(f"{TLS_DIR}/server.crt", f"{TLS_DIR}/server.key")]
     values = {"replicas": replicas, "replica_services": services, "pools": pools,
-              "images": bundle.IMAGES, "settings": settings, "tls_source": tls_source,
-              "tls_mount": TLS_SOURCE, "tls_dir": TLS_DIR,
+              "images": bundle.IMAGES, "settings": [*settings, *backups.archive_arguments()],
+              "tls_source": tls_source, "tls_mount": TLS_SOURCE, "tls_dir": TLS_DIR,
+              "backup": {"s3": backup_s3, "image": backups.BACKUP_IMAGE,
+                         "paths": backups.CONTAINER_PATHS},
               "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
               "q": json.dumps, **names}
     files = [
@@ -124,7 +131,7 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
                                      POOL_PORTS["ro"]) + tls_query(host_ca_cert),
             database_url=bundle.url(bundle.APP_USER, secrets.app, "localhost", 5432)
             + tls_query(host_ca_cert),
-            **names), mode=0o600),
+            backup_s3=backup_s3, **names), mode=0o600),
         GeneratedFile("init-primary.sh", init_primary_script(), 0o755),
         GeneratedFile("tls-setup.sh", tls_setup_script(), 0o755),
         *([GeneratedFile("replica-bootstrap.sh", replica_bootstrap_script(), 0o755)]
@@ -133,6 +140,10 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
         *(GeneratedFile(f"pgbouncer/pgbouncer-{pool.role}.ini",
                         pgbouncer_ini(pool.role, pool.backends)) for pool in pools),
         GeneratedFile("pgbouncer/pgbouncer-start.sh", pgbouncer_start_script(), 0o755),
+        GeneratedFile("pgbackrest/pgbackrest.conf", backups.pgbackrest_conf(s3=backup_s3)),
+        GeneratedFile("pgbackrest/Dockerfile",
+                      backups.backup_dockerfile(bundle.IMAGES["postgres"])),
+        GeneratedFile("pgbackrest/pgbackrest-backup.sh", backups.backup_schedule_script(), 0o755),
         GeneratedFile("monitoring/prometheus.yml", render("compose/prometheus.yml.j2", **values)),
         GeneratedFile("monitoring/grafana-datasources.yml",
                       render("compose/grafana-datasources.yml.j2", **values)),

@@ -35,7 +35,8 @@ from privilege_probes import (
 from sagaz.cli import main
 from sagaz.storage.sql import migrations
 
-COMPOSE_SERVICES = {"postgres-primary", "postgres-init", "pgbouncer-rw", "pgbouncer-ro",
+COMPOSE_SERVICES = {"postgres-primary", "postgres-init", "pgbackrest-backup", "pgbouncer-rw",
+                    "pgbouncer-ro",
                     "prometheus", "postgres-exporter", "pgbouncer-exporter",
                     "pgbouncer-exporter-ro", "grafana"}
 K8S_MANIFESTS = ["namespace.yaml", "secrets.yaml", "secrets-example.yaml", "postgresql-ha.yaml",
@@ -114,7 +115,8 @@ def test_compose_files_pass_docker_compose_config(
     names = ["postgres-replica"] + [f"postgres-replica-{i}" for i in range(2, count + 1)]
     assert set(services) == COMPOSE_SERVICES | set(names[:count])
     for name in ["postgres-primary", *names[:count]]:
-        assert services[name]["image"] == "postgres:16-alpine"
+        assert services[name]["image"] == "sagaz/postgres-pgbackrest:16-alpine"
+        assert services[name]["build"] == "./pgbackrest"
         assert "pg_isready" in " ".join(services[name]["healthcheck"]["test"])
     for name in ["postgres-primary", *names[:count]]:
         # TLS: tls-setup.sh copies the key for the server's user; ssl on with it.
