@@ -1,7 +1,8 @@
 """``sagaz init --k8s [--with-ha]``: Kubernetes manifests for sagaz on PostgreSQL, under ``k8s/``::
 
     namespace.yaml  secrets.yaml (generated passwords, mode 0600)  secrets-example.yaml
-    postgresql-ha.yaml  pgbouncer.yaml  maintenance-cronjob.yaml  sagaz-worker.yaml
+    postgresql-ha.yaml  pgbouncer.yaml  maintenance-cronjob.yaml  pgbackrest-backup.yaml
+    pgbackrest/Dockerfile  sagaz-worker.yaml
     network-policies.yaml  kustomization.yaml  README.md  .gitignore
 
 The scripts, SQL and pgbouncer.ini files are the docker-compose deployment's, carried in
@@ -20,6 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from sagaz.deploy import backup as backups
 from sagaz.deploy import bundle
 from sagaz.deploy.bundle import GeneratedFile, Secrets
 from sagaz.deploy.render import render
@@ -32,6 +34,7 @@ from sagaz.deploy.scripts import (
     replica_bootstrap_script,
 )
 from sagaz.deploy.tls import K8S_TLS_DIR, postgres_tls_settings, tls_query
+from sagaz.ha.archive_settings import STANZA
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
 from sagaz.tls import TlsFiles
 
@@ -45,7 +48,8 @@ SECRET_NAME = "sagaz-postgres"
 
 # In the order `kubectl apply -k` should create them: the Secret before the pods that read it.
 RESOURCES = ["namespace.yaml", "secrets.yaml", "postgresql-ha.yaml", "pgbouncer.yaml",
-             "maintenance-cronjob.yaml", "sagaz-worker.yaml", "network-policies.yaml"]
+             "maintenance-cronjob.yaml", "pgbackrest-backup.yaml", "sagaz-worker.yaml",
+             "network-policies.yaml"]
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,11 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         "replicas": replicas, "namespace": namespace, "storage_size": storage_size,
         "image": image, "images": bundle.IMAGES,
         "settings": [*bundle.server_settings(max_slot_wal_keep_size),
-                     *postgres_tls_settings(f"{K8S_TLS_DIR}/tls.crt", f"{K8S_TLS_DIR}/tls.key")],
+                     *postgres_tls_settings(f"{K8S_TLS_DIR}/tls.crt", f"{K8S_TLS_DIR}/tls.key"),
+                     *backups.archive_arguments()],
         "tls_dir": K8S_TLS_DIR,
+        "backup_image": backups.BACKUP_IMAGE, "backup_paths": backups.CONTAINER_PATHS,
+        "pgbackrest_conf": backups.pgbackrest_conf(), "stanza": STANZA,
         "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
         "q": json.dumps, "secret_name": SECRET_NAME, "superuser": bundle.SUPERUSER,
         "app_user": bundle.APP_USER, "reader_user": bundle.READER_USER,
@@ -135,6 +142,9 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         manifest("postgresql-ha.yaml"),
         manifest("pgbouncer.yaml"),
         manifest("maintenance-cronjob.yaml"),
+        manifest("pgbackrest-backup.yaml"),
+        GeneratedFile(f"{subdir}/pgbackrest/Dockerfile",
+                      backups.backup_dockerfile(bundle.IMAGES["postgres"])),
         manifest("sagaz-worker.yaml"),
         manifest("network-policies.yaml"),
         manifest("kustomization.yaml"),

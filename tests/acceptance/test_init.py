@@ -40,7 +40,8 @@ COMPOSE_SERVICES = {"postgres-primary", "postgres-init", "pgbackrest-backup", "p
                     "prometheus", "postgres-exporter", "pgbouncer-exporter",
                     "pgbouncer-exporter-ro", "grafana"}
 K8S_MANIFESTS = ["namespace.yaml", "secrets.yaml", "secrets-example.yaml", "postgresql-ha.yaml",
-                 "pgbouncer.yaml", "maintenance-cronjob.yaml", "sagaz-worker.yaml",
+                 "pgbouncer.yaml", "maintenance-cronjob.yaml", "pgbackrest-backup.yaml",
+                 "sagaz-worker.yaml",
                  "network-policies.yaml"]
 # A weak or well-known password: user:password@ in URLs, or a *PASSWORD* key set to one.
 WEAK = re.compile(

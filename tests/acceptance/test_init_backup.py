@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,47 @@ def test_generated_pgbackrest_config_archives_and_backs_up_a_real_server(
         assert os.listdir(service_dir / "repo" / "archive" / "sagaz")
     finally:
         node.stop("immediate")
+
+
+def test_kubernetes_backups_archive_and_run_weekly_full_daily_diff(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    from test_init import documents
+
+    directory = generate(capsys, tmp_path, "--k8s", "--with-ha") / "k8s"
+    resources = {(d["kind"], d["metadata"]["name"]): d
+                 for d in documents(directory / "pgbackrest-backup.yaml")}
+    schedules = {name: r["spec"]["schedule"] for (kind, name), r in resources.items()
+                 if kind == "CronJob"}
+    assert schedules == {"pgbackrest-full": "0 1 * * 0", "pgbackrest-diff": "0 1 * * 1-6"}
+    for kind in ("full", "diff"):
+        pod = resources["CronJob", f"pgbackrest-{kind}"]["spec"]["jobTemplate"]["spec"][
+            "template"]["spec"]
+        assert pod["serviceAccountName"] == "pgbackrest-backup"
+        assert f"backup --type={kind}" in pod["containers"][0]["command"][-1]
+    assert resources["Role", "pgbackrest-backup"]["rules"][1] == {
+        "apiGroups": [""], "resources": ["pods/exec"], "resourceNames": ["postgresql-0"],
+        "verbs": ["create"]}
+    conf = resources["ConfigMap", "pgbackrest-config"]["data"]["pgbackrest.conf"]
+    from sagaz.deploy.backup import pgbackrest_conf
+
+    assert conf == pgbackrest_conf()  # the one compose mounts
+    sts = next(d for d in documents(directory / "postgresql-ha.yaml")
+               if d["kind"] == "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "sagaz/postgres-pgbackrest:16-alpine"
+    assert "archive_mode=on" in container["args"]
+    compose = _compose(generate(capsys, tmp_path / "compose", "--with-ha"))
+    compose_args = compose["services"]["postgres-primary"]["command"]  # type: ignore[index]
+    assert [a for a in container["args"] if a.startswith("archive_")] == [
+        a for a in compose_args if a.startswith("archive_")]
+    assert (directory / "pgbackrest" / "Dockerfile").exists()
+
+
+def test_archive_settings_import_without_a_database_driver() -> None:
+    """`sagaz init` needs no driver: the archive settings module is driver-free."""
+    code = ("import sys; sys.modules['psycopg'] = None; "
+            "import sagaz.ha.archive_settings, sagaz.deploy.backup")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
