@@ -68,6 +68,7 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "dev restart": (["dev", "restart", "node0", "--dir", nowhere], {}, {1, 2}),
         "dev supervise": (["dev", "supervise", "--dir", nowhere], {}, {1, 2}),
         "dev rotate-secrets": (["dev", "rotate-secrets", "--dir", nowhere], {}, {2}),
+        "dev restore": (["dev", "restore", "--to", "latest", "--dir", nowhere], {}, {2}),
         "ha promote": (["ha", "promote", "node1", "--dir", nowhere], {}, {1, 2}),
         "ha rejoin": (["ha", "rejoin", "node1", "--dir", nowhere], {}, {1, 2}),
         # No cluster there: they stop at finding none (a real backup runs in tests/ha).
