@@ -122,6 +122,7 @@ def test_generated_pgbackrest_config_archives_and_backs_up_a_real_server(
     from sagaz.deploy.backup import BackupPaths, archive_arguments, pgbackrest_conf
     from sagaz.ha.osuser import service_user
     from sagaz.ha.postgres import PostgresNode, conf_string
+    from sagaz.tls import ensure_certificates
 
     pgbackrest = require_tool(shutil.which("pgbackrest"), "pgbackrest (apt-get install "
                                                           "pgbackrest)")
@@ -144,7 +145,9 @@ def test_generated_pgbackrest_config_archives_and_backs_up_a_real_server(
     for argument in archive_arguments(paths, timeout=5):
         name, value = argument.split("=", 1)
         settings[name] = value if name == "archive_mode" else conf_string(value)
-    node = PostgresNode("backup-test", node_dir, port, settings=settings)
+    tls = ensure_certificates(service_dir / "tls", ["127.0.0.1", "localhost"])
+    user.own(tls.directory)
+    node = PostgresNode("backup-test", node_dir, port, settings=settings, tls=tls)
     node.init_primary("postgres", "pw-backup-test")
     node.start()
     try:
