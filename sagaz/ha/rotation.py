@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from sagaz.errors import ConfigurationError, SagazError
-from sagaz.ha.local import APP_USER, READER_USER, REPLICATION_USER, SUPERUSER
+from sagaz.ha.local import APP_USER, POOL_USERS, READER_USER, REPLICATION_USER, SUPERUSER
 from sagaz.private_files import write_private_file
 
 if TYPE_CHECKING:
@@ -49,8 +49,6 @@ REPLAY_TIMEOUT = 30.0
 """Seconds to wait for the replicas to replay the new passwords."""
 RELOAD_TIMEOUT = 10.0
 """Seconds to wait for a PgBouncer to take its new auth file."""
-POOL_USERS = (SUPERUSER, APP_USER, READER_USER)
-"""The roles in the pools' auth files (the replication role does not go through a pool)."""
 
 
 @dataclass(frozen=True)
