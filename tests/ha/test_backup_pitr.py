@@ -153,11 +153,12 @@ def test_latest_after_sigkill_of_the_whole_cluster_loses_only_the_last_seconds()
             sagas = _restored_sagas(dev, _port(restored["url"]))
         finally:
             dev.cli("backup", "stop-restored", str(into))
-        missing = {s: t for s, t in acknowledged.items() if s not in sagas}
+        # Lost: absent, or back in an earlier state (its creation was archived, its completion
+        # was not): either way the acknowledged outcome is what the last seconds took.
+        missing = {s: t for s, t in acknowledged.items() if sagas.get(s) != ("COMPLETED", 3)}
         window = killed_at - min(missing.values()) if missing else 0.0
         print(f"\nRPO drill: {len(missing)} of {len(acknowledged)} acknowledged sagas missing "
-              f"after SIGKILL of the cluster; window {window:.2f} s (archive_timeout {timeout} "
-              f"s); restore {restored['seconds']:.2f} s")
-        # Everything acknowledged before the last archive_timeout (and the push) came back.
+              f"or unfinished after SIGKILL of the cluster; window {window:.2f} s "
+              f"(archive_timeout {timeout} s); restore {restored['seconds']:.2f} s")
+        # Everything acknowledged before the last archive_timeout (and the push) came back whole.
         assert window <= 2 * timeout + 1.0, (len(missing), window)
-        assert all(sagas[s] == ("COMPLETED", 3) for s in acknowledged if s in sagas)

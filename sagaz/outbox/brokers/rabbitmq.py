@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aio_pika.connection
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
@@ -119,9 +120,14 @@ class RabbitMQBroker:
                     and not self._channel.is_closed):
                 return self._exchange
             await self._drop_publisher()
+            # aio_pika.connect() in two steps, so that a connection that failed can be closed
+            # here: left to its __del__, its close() is scheduled on a loop that may be ending
+            # ("coroutine 'Connection.close' was never awaited" at a worker's exit).
+            connection = aio_pika.Connection(aio_pika.connection.make_url(self.url))
             try:
-                connection = await aio_pika.connect(self.url)
+                await connection.connect()
             except _CONNECTION_ERRORS as exc:
+                await connection.close()
                 raise BrokerConnectionError(
                     "rabbitmq", f"cannot connect to {redact_url(self.url)}: {exc}") from exc
             try:
