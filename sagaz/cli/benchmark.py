@@ -26,6 +26,9 @@ machine, so run them where you deploy.
   bytes and WAL per saga; direct and through a PgBouncer it starts (transaction mode).
 * `replication`: replication lag (commit to replayed on a replica) under a saga load, on a local
   cluster (primary, replica, PgBouncer) it starts in a temporary directory and removes.
+* `backup`: on a temporary local cluster with pgBackRest (filled to --size-mb), restore
+  throughput against a plain `cp -a` of the data directory, and run() latency through
+  pgbouncer-rw with WAL archiving on and off, side by side (about 5 minutes at 1 GiB).
 * `outbox`: the outbox end to end per broker (relay throughput, commit-to-broker-ack latency at
   5,000 events/s with LISTEN/NOTIFY) and the consumer inbox; needs the brokers on loopback.
 * `brokers`: raw publish throughput of each broker client, without the database.
@@ -132,6 +135,45 @@ def replication(
         from sagaz.benchmarks.replication import format_report, run_replication_benchmark
 
         result = run_replication_benchmark(rate, seconds, base_port)
+        out.print(format_report(result), soft_wrap=True, highlight=False)
+        return ExitCode.OK
+
+    _with_psycopg(body)
+
+
+@benchmark_app.command()
+def backup(
+    # Checked by check_arguments (one line, exit 2), not by click's range checks (a box).
+    size_mb: Annotated[int, typer.Option(
+        "--size-mb", help="Fill the database to this many MiB (at least 16) before the full "
+                          "backup.")] = 1024,
+    runs: Annotated[int, typer.Option("--runs", help="Runs per measurement (1 to 50).")] = 3,
+    rate: Annotated[float, typer.Option(
+        "--rate", help="Offered sagas/s of the write-path runs.")] = 1_000.0,
+    seconds: Annotated[float, typer.Option(
+        "--seconds", help="Length of each write-path run (at least 1).")] = 10.0,
+    base_port: Annotated[int, typer.Option(
+        "--base-port", help="Ports of the temporary cluster (it takes this one and the next "
+                            "1001).")] = 46432,
+) -> None:
+    """Restore throughput against cp -a, and the write path with archiving on and off."""
+
+    def body() -> int:
+        from sagaz.benchmarks.backup import (
+            check_arguments,
+            format_report,
+            require_binaries,
+            run_backup_benchmark,
+        )
+
+        from .dev import cluster_errors, stage_printer
+
+        check_arguments(size_mb, runs, rate, seconds, base_port)
+        require_binaries()  # before anything is created: what to install, in one line
+        with cluster_errors(), stage_printer(
+                f"benchmark backup: {size_mb} MiB, {runs} runs") as stage:
+            result = run_backup_benchmark(size_mb, runs, rate, seconds, base_port,
+                                          progress=stage)
         out.print(format_report(result), soft_wrap=True, highlight=False)
         return ExitCode.OK
 

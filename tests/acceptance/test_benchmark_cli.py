@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,3 +37,30 @@ def test_benchmark_postgres_unreachable_server_exits_3() -> None:
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     assert "cannot reach" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_benchmark_backup_validates_its_arguments_in_one_line() -> None:
+    """Bad sizes and rates stop before any cluster is made: exit 2, one line saying what to give
+    (a real run takes minutes: tests/benchmarks/test_backup_benchmark.py)."""
+    for args, expected in ((["--size-mb", "15"], "--size-mb 15 is too small: give at least 16"),
+                           (["--runs", "0"], "--runs 0: give 1 to 50"),
+                           (["--rate", "0"], "--rate 0: give the offered sagas/s"),
+                           (["--seconds", "0.5"], "--seconds 0.5: give 1 to 3600"),
+                           (["--base-port", "80"], "--base-port 80: give 1024 to 64000")):
+        result = subprocess.run([sys.executable, "-m", "sagaz", "benchmark", "backup", *args],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), result.stderr
+        assert result.stdout == ""
+
+
+def test_benchmark_backup_without_the_server_binaries_exits_2_in_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sagaz", "benchmark", "backup", "--size-mb", "16"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SAGAZ_PG_BINDIR": "/nonexistent/bin"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds no initdb and postgres" in lines[0], result.stderr
+    assert "benchmark backup:" not in result.stdout  # nothing was started

@@ -61,6 +61,7 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "benchmark replication": (["benchmark", "replication", "--seconds", "0"], {}, {2}),
         "benchmark outbox": (["benchmark", "outbox", "--events", "1"], {}, {2}),
         "benchmark brokers": (["benchmark", "brokers", "--events", "1"], {}, {2}),
+        "benchmark backup": (["benchmark", "backup", "--size-mb", "1"], {}, {2}),
         "dev up": (["dev", "up", "--replicas", "999", "--dir", nowhere], {}, {2}),
         "dev env": (["dev", "env", "--dir", nowhere], {}, {1, 2}),
         "dev status": (["dev", "status", "--dir", nowhere], {}, {1, 2}),
