@@ -28,7 +28,7 @@ machine, so run them where you deploy.
   cluster (primary, replica, PgBouncer) it starts in a temporary directory and removes.
 * `backup`: on a temporary local cluster with pgBackRest (filled to --size-mb), restore
   throughput against a plain `cp -a` of the data directory, and run() latency through
-  pgbouncer-rw with WAL archiving on and off, side by side (about 5 minutes at 1 GiB).
+  pgbouncer-rw with WAL archiving on and off, side by side (about 3 minutes at 1 GiB).
 * `outbox`: the outbox end to end per broker (relay throughput, commit-to-broker-ack latency at
   5,000 events/s with LISTEN/NOTIFY) and the consumer inbox; needs the brokers on loopback.
 * `brokers`: raw publish throughput of each broker client, without the database.
