@@ -312,6 +312,17 @@ def cluster_lock(directory: Path) -> Iterator[None]:
              "`sagaz dev up --ha`")
 
 
+@contextmanager
+def locked_cluster(directory: Path) -> Iterator[LocalCluster]:
+    """The existing cluster of ``directory``, loaded under its lock (:func:`cluster_lock`) for
+    commands that stop and start its parts; the usage error saying how to start one when there
+    is none."""
+    if not (directory / "cluster.json").exists():
+        load_cluster(directory)  # fails with that message
+    with cluster_lock(directory):
+        yield load_cluster(directory)
+
+
 def _remove_new_cluster(directory: Path, new_directory: bool, existing: set[Path]) -> None:
     """Undo a failed creation: stop what it started, delete what it wrote (only that)."""
     try:
@@ -533,10 +544,7 @@ def restart_command(
 
     def body() -> int:
         require_driver()
-        if not (directory / "cluster.json").exists():
-            load_cluster(directory)  # the usage error saying how to start one
-        with cluster_lock(directory):
-            cluster = load_cluster(directory)
+        with locked_cluster(directory) as cluster:
             started = time.monotonic()
             with cluster_errors():
                 cluster.restart(name)

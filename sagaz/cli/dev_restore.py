@@ -14,8 +14,7 @@ from .dev import (
     DEFAULT_DIR,
     DirOption,
     cluster_errors,
-    cluster_lock,
-    load_cluster,
+    locked_cluster,
     require_driver,
     stage_printer,
 )
@@ -44,13 +43,10 @@ def restore_command(
 
     def body() -> int:
         require_driver()
-        if not (directory / "cluster.json").exists():
-            load_cluster(directory)  # the usage error saying how to start one
         from sagaz.ha.backup.restore import RestoreTarget
 
-        target = RestoreTarget.parse(to)
-        with cluster_lock(directory):
-            cluster = load_cluster(directory)
+        with locked_cluster(directory) as cluster:
+            target = RestoreTarget.parse(to)
             from sagaz.ha.backup.cluster_restore import restore_cluster
             from sagaz.ha.backup.repo import BackupRepository
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .common import ExitCode, execute
-from .dev import DEFAULT_DIR, DirOption, cluster_errors, cluster_lock, load_cluster, require_driver
+from .dev import DEFAULT_DIR, DirOption, cluster_errors, locked_cluster, require_driver
 from .output import escape, out, print_warning
 
 __all__ = ["rotate_secrets_command"]
@@ -29,10 +29,7 @@ def rotate_secrets_command(
 
     def body() -> int:
         require_driver()
-        if not (directory / "cluster.json").exists():
-            load_cluster(directory)  # the usage error saying how to start one
-        with cluster_lock(directory):
-            cluster = load_cluster(directory)
+        with locked_cluster(directory) as cluster:
             from sagaz.ha.rotation import rotate_passwords
 
             with cluster_errors():
