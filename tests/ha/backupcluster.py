@@ -7,7 +7,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -29,7 +31,26 @@ def backup_cluster(replicas: int = 1, *up_args: str) -> Iterator[DevCluster]:
     require_pgbackrest()
     with dev_cluster(replicas, "--no-supervise", "--backup", "--archive-timeout", "2",
                      *up_args) as dev:
-        yield dev
+        try:
+            yield dev
+        finally:
+            _stop_restored_servers(dev)
+
+
+# The servers restore_json() started (``--start``), stopped when their cluster's test ends even
+# if the test failed or its own stop-restored did not work.
+_RESTORED: dict[int, list[Path]] = {}
+
+
+def _stop_restored_servers(dev: DevCluster) -> None:
+    from sagaz.ha.backup.restore import stop_restored
+
+    for directory in _RESTORED.pop(id(dev), []):
+        with contextlib.suppress(Exception):
+            stop_restored(directory)
+        pidfile = directory / "data" / "postmaster.pid"
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(pidfile.read_text().split("\n", 1)[0]), signal.SIGKILL)
 
 
 def on_primary(dev: DevCluster, sql: str, params: Any = None, dbname: str | None = None) -> Any:
@@ -68,6 +89,8 @@ def switch_and_archive(dev: DevCluster) -> str:
 
 
 def restore_json(dev: DevCluster, *args: str) -> dict[str, Any]:
+    if "--start" in args:
+        _RESTORED.setdefault(id(dev), []).append(Path(args[args.index("--into") + 1]))
     result = dev.cli("backup", "restore", "--json", *args)
     assert result.code == 0, result.out + result.err
     data: dict[str, Any] = json.loads(result.out)

@@ -10,6 +10,7 @@ roles and passwords (it is a copy of the cluster). ``DIR/restored.json`` records
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -116,8 +117,15 @@ def restore(cluster: LocalCluster, into: Path, target: RestoreTarget, *, start: 
                          "target": str(target), "backup": result.backup})
     if start:
         progress(f"starting it on 127.0.0.1:{node.port}; replaying WAL to {target}")
-        start_restored(cluster, node, timeout)
-        result.restored_lsn = _replayed_lsn(cluster, node)
+        try:
+            start_restored(cluster, node, timeout)
+            result.restored_lsn = _replayed_lsn(cluster, node)
+        except BaseException:
+            # A server still recovering (timeout) or half started must not outlive the command
+            # that could not deliver it: nobody would know to stop it.
+            with contextlib.suppress(Exception):
+                node.stop("immediate")
+            raise
         result.port = node.port
         result.url = (f"postgresql://{APP_USER}@127.0.0.1:{node.port}/{cluster.state.dbname}")
         result.seconds = time.monotonic() - started
