@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -20,7 +21,11 @@ from partition_helpers import PARTITIONED, count, drop_dated_partitions
 from sagaz import Saga, SagaConfig, SagaStatus
 from sagaz.engine.types import SagaResult
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
-from sagaz.storage.postgresql.maintenance import maintain_partitions
+from sagaz.storage.postgresql.maintenance import (
+    MaintenanceReport,
+    PartitionAction,
+    maintain_partitions,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +64,21 @@ class AuditWriter(threading.Thread):
             self.errors.append(exc)
 
 
-@pytest.mark.parametrize("round_", range(2))
+def _all_tables_in_one_call(dsn: str) -> MaintenanceReport:
+    """maintain_all_partitions() of every table in one transaction (pg_cron's or a script's
+    form): it must not deadlock with the sagas' commits either."""
+    report = MaintenanceReport()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT * FROM maintain_all_partitions()").fetchall()
+    report.actions.extend(PartitionAction(*row) for row in rows)
+    return report
+
+
+@pytest.mark.parametrize("maintain", [maintain_partitions, _all_tables_in_one_call],
+                         ids=["one-table-per-transaction", "all-tables-in-one-call"])
 async def test_maintenance_catching_up_under_load_breaks_no_saga(
-    pg_dsn: str, caplog: pytest.LogCaptureFixture, round_: int
+    pg_dsn: str, caplog: pytest.LogCaptureFixture,
+    maintain: Callable[[str], MaintenanceReport],
 ) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         drop_dated_partitions(conn)
@@ -88,7 +105,7 @@ async def test_maintenance_catching_up_under_load_breaks_no_saga(
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             stuck = {table: count(conn, f"{table}_default") for table in PARTITIONED}
         # The worker's maintenance (one transaction per table), in a thread as the worker runs it.
-        report = await asyncio.to_thread(maintain_partitions, pg_dsn)
+        report = await asyncio.to_thread(maintain, pg_dsn)
         await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*clients)

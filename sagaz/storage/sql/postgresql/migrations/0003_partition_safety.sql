@@ -328,18 +328,15 @@ DROP FUNCTION maintain_all_partitions(text);
 --      ('dropped'; for saga_executions the saga_steps rows of those sagas go first), unless they
 --      hold live rows (header, 3): then they are kept with only those rows ('kept', the detail
 --      counts them by status).
--- When step 2 or 4 has work, the parent is locked ACCESS EXCLUSIVE before any of it, once:
--- taking SHARE for a creation and then ACCESS EXCLUSIVE for a drop would be an upgrade, which
--- deadlocks with a transaction that read the table and waits to write it.
+-- Step 1 runs for every table first; then every parent is locked once, in the writers' order,
+-- in the strongest mode its work needs (see the body), and steps 2-4 follow.
 -- reference_time (default now()) is "now" for all of it.
 -- Idempotent: a second run only reports 'analyzed' (and 'kept' for what is still alive).
 --
--- Locks taken are held until the caller commits. Under load, call it one table per transaction,
--- maintain_all_partitions('saga_outbox') etc., as `sagaz worker`, `sagaz db maintain` and the
--- generated CronJob do: with all tables in one transaction it holds each table's lock while it
--- works on the next, and an application transaction that writes several of them (a saga's
--- commit writes saga_executions, saga_outbox and saga_audit_log) can deadlock with it; PostgreSQL
--- then aborts one of the two.
+-- Locks taken are held until the caller commits. All tables in one call is safe under load (the
+-- locks follow the writers' order), but holds every table's lock until the end; one table per
+-- transaction, maintain_all_partitions('saga_outbox') etc., as `sagaz worker`, `sagaz db
+-- maintain` and the generated CronJob do, pauses each table's writers only for its own work.
 CREATE FUNCTION maintain_all_partitions(
     only_table text DEFAULT NULL, reference_time timestamptz DEFAULT NULL)
 RETURNS TABLE (table_name text, action text, partition_name text, detail text)
@@ -373,24 +370,43 @@ BEGIN
         PERFORM sagaz_lock_partitioned_table(t.parent);
     END LOOP;
 
-    FOR s IN SELECT st.table_name, st.dead_letter_retention FROM sagaz_partition_settings st
+    -- Statistics first, for every table, while no lock writers wait for is held (step 1).
+    FOR s IN SELECT st.table_name FROM sagaz_partition_settings st
              WHERE st.table_name = coalesce(only_table, st.table_name) ORDER BY st.table_name LOOP
         SELECT * INTO t FROM sagaz_partitioned_table(s.table_name);
-        table_name := s.table_name;
-
         EXECUTE format('ANALYZE %s', t.parent);
-        partition_name := NULL; action := 'analyzed'; detail := NULL;
+        table_name := s.table_name; partition_name := NULL; action := 'analyzed'; detail := NULL;
         RETURN NEXT;
+    END LOOP;
 
+    -- Every parent in the order a saga's commit writes them (saga_executions, saga_outbox,
+    -- saga_audit_log, then any other by name), each at once in the strongest mode its work needs:
+    -- ACCESS EXCLUSIVE when rows move out of DEFAULT or a partition expires (parent first, as
+    -- writers lock it: DROP alone would lock the partition, then the parent, and could deadlock
+    -- with an insert into it), else SHARE (a partition may be attached). The same order as the
+    -- writers and no upgrade later: a run of all tables in one transaction cannot deadlock with
+    -- a saga's commit, nor with a transaction that read a table and then writes it.
+    FOR s IN SELECT st.table_name FROM sagaz_partition_settings st
+             WHERE st.table_name = coalesce(only_table, st.table_name)
+             ORDER BY array_position(ARRAY['saga_executions', 'saga_outbox', 'saga_audit_log'],
+                                     st.table_name::text) NULLS LAST, st.table_name LOOP
+        SELECT * INTO t FROM sagaz_partitioned_table(s.table_name);
         -- Calendar arithmetic in UTC, like the partition bounds ('1 month' back from the 31st).
         v_cutoff := ((v_now AT TIME ZONE 'UTC') - t.retention) AT TIME ZONE 'UTC';
         IF sagaz_default_has_rows(t.default_partition, t.key_column, NULL, NULL)
            OR EXISTS (SELECT 1 FROM sagaz_partitions(t.parent) y
                       WHERE NOT y.is_default AND y.range_end <= v_cutoff) THEN
-            -- Parent first, as writers lock it: DROP alone would lock the partition, then the
-            -- parent, and could deadlock with an insert into that partition.
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.parent);
+        ELSE
+            EXECUTE format('LOCK TABLE %s IN SHARE MODE', t.parent);
         END IF;
+    END LOOP;
+
+    FOR s IN SELECT st.table_name, st.dead_letter_retention FROM sagaz_partition_settings st
+             WHERE st.table_name = coalesce(only_table, st.table_name) ORDER BY st.table_name LOOP
+        SELECT * INTO t FROM sagaz_partitioned_table(s.table_name);
+        table_name := s.table_name;
+        v_cutoff := ((v_now AT TIME ZONE 'UTC') - t.retention) AT TIME ZONE 'UTC';
 
         -- Periods with rows stuck in DEFAULT, then the current one and `premake` ahead. Collected
         -- first: no query may still be reading DEFAULT when a partition is attached.
