@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from devcluster import DevCluster, dev_cluster
+from devcluster import DevCluster, dev_cluster, run_cli
 
 from sagaz.ha.local import SUPERUSER
 
@@ -86,6 +86,12 @@ def switch_and_archive(dev: DevCluster) -> str:
         assert time.monotonic() < deadline, f"{name} was not archived within 30 s"
         time.sleep(0.1)
     return name
+
+
+def stop_restored_server(directory: str) -> None:
+    """`sagaz backup stop-restored DIR` (it takes no --dir: it needs no cluster)."""
+    result = run_cli("backup", "stop-restored", directory)
+    assert result.code == 0, result.out + result.err
 
 
 def restore_json(dev: DevCluster, *args: str) -> dict[str, Any]:

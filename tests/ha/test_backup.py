@@ -10,7 +10,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from backupcluster import backup_cluster, on_primary, on_restored, restore_json, switch_and_archive
+from backupcluster import (
+    backup_cluster,
+    on_primary,
+    on_restored,
+    restore_json,
+    stop_restored_server,
+    switch_and_archive,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +72,7 @@ def test_backups_from_the_replica_and_archiving_across_promote_and_rejoin() -> N
                                                 "SELECT tablename FROM pg_tables")}
             assert {"before_promote", "after_promote", "after_rejoin"} <= tables
         finally:
-            dev.cli("backup", "stop-restored", str(parent / "r"))
+            stop_restored_server(str(parent / "r"))
 
 
 def test_restore_refuses_a_used_directory_and_a_bad_target() -> None:

@@ -22,7 +22,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from backupcluster import backup_cluster, on_restored, restore_json, switch_and_archive
+from backupcluster import (
+    backup_cluster,
+    on_restored,
+    restore_json,
+    stop_restored_server,
+    switch_and_archive,
+)
 from devcluster import DevCluster, processes_of
 from steady_load import SteadyLoad
 
@@ -101,7 +107,7 @@ def test_restore_to_a_time_under_load_keeps_exactly_what_was_acknowledged() -> N
             assert len(sagas) <= len(before) + RATE, "more sagas restored than started before T"
             _check_schema_and_partitions(dev, _port(restored["url"]))
         finally:
-            dev.cli("backup", "stop-restored", str(into))
+            stop_restored_server(str(into))
 
 
 def test_differential_and_incremental_restore_to_the_same_state_as_full() -> None:
@@ -128,7 +134,7 @@ def test_differential_and_incremental_restore_to_the_same_state_as_full() -> Non
             try:
                 states[kind] = _restored_sagas(dev, _port(restored["url"]))
             finally:
-                dev.cli("backup", "stop-restored", str(into))
+                stop_restored_server(str(into))
         assert states["diff"] == states["full"] == states["incr"]
         assert set(report.acknowledged_at) <= set(states["full"])
 
@@ -152,7 +158,7 @@ def test_latest_after_sigkill_of_the_whole_cluster_loses_only_the_last_seconds()
         try:
             sagas = _restored_sagas(dev, _port(restored["url"]))
         finally:
-            dev.cli("backup", "stop-restored", str(into))
+            stop_restored_server(str(into))
         # Lost: absent, or back in an earlier state (its creation was archived, its completion
         # was not): either way the acknowledged outcome is what the last seconds took.
         missing = {s: t for s, t in acknowledged.items() if sagas.get(s) != ("COMPLETED", 3)}
