@@ -73,22 +73,6 @@ async def test_a_completed_saga_records_only_its_completion() -> None:
     assert history[0].at is not None
 
 
-async def test_a_retried_failing_step_and_its_compensation_are_told_in_order() -> None:
-    storage = InMemorySagaStorage()
-    result = await flaky_order(storage, charge_fails=3).execute({})
-    assert result.status is SagaStatus.COMPENSATED
-    last = "ConnectionError: bank down (try 3)"
-    assert story(await storage.get_history(result.saga_id)) == [
-        ("attempt_failed", "charge", 1, "ConnectionError: bank down (try 1)"),
-        ("attempt_failed", "charge", 2, "ConnectionError: bank down (try 2)"),
-        ("attempt_failed", "charge", 3, last),
-        ("step_failed", "charge", 3, last),
-        ("saga_compensating", "charge", None, last),
-        ("step_compensated", "reserve", 1, None),
-        ("saga_compensated", None, None, None),
-    ]
-
-
 async def test_failed_compensation_attempts_and_a_failed_saga_are_recorded() -> None:
     storage = InMemorySagaStorage()
     result = await flaky_order(storage, charge_fails=3, undo_fails=3).execute({})
