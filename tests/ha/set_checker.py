@@ -1,0 +1,106 @@
+"""A set checker in the manner of Jepsen's set workload: it compares what the clients of a
+:class:`~steady_load.SteadyLoad` were told with what the final primary holds.
+
+- acknowledged: run() returned (COMPLETED);
+- found: acknowledged sagas present on the primary, COMPLETED, with their three steps;
+- lost: acknowledged sagas missing there, or not COMPLETED (the client was lied to);
+- duplicated: (saga, step) whose action ran more than once, in the load or in recovery;
+- client errors: calls that raised; in flight: sagas of such calls that the primary holds;
+- unfinished: sagas on the primary still not final (after recovery there must be none);
+- write gap: the longest time without a completed saga; rto: from the fault to the first
+  acknowledgement of a saga started after it (the new leader serving).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from steady_load import STEPS, LoadReport
+
+from sagaz import SagaStatus
+
+
+@dataclass
+class SetResult:
+    scenario: str
+    acknowledged: int
+    found: int
+    lost: list[str]
+    duplicated: list[tuple[str, str]]
+    client_errors: int
+    in_flight: int
+    """Sagas whose call raised but which the primary holds (they started before the fault)."""
+    unfinished: list[str]
+    gap: float
+    rto: float | None
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.duplicated and not self.unfinished
+
+    def line(self) -> str:
+        rto = "-" if self.rto is None else f"{self.rto:.2f} s"
+        return (f"[{self.scenario}] write gap {self.gap:.2f} s, rto {rto}, acknowledged "
+                f"{self.acknowledged}, found {self.found}, lost {len(self.lost)}, duplicated "
+                f"{len(self.duplicated)}, client errors {self.client_errors}, in flight "
+                f"{self.in_flight}, unfinished {len(self.unfinished)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "gap": round(self.gap, 3),
+                "rto": None if self.rto is None else round(self.rto, 3),
+                "acknowledged": self.acknowledged, "found": self.found, "lost": len(self.lost),
+                "duplicated": len(self.duplicated), "client_errors": self.client_errors,
+                "in_flight": self.in_flight, "unfinished": len(self.unfinished)}
+
+
+def write_gap(report: LoadReport, start: float, end: float) -> float:
+    """The longest time in [start, end] (perf_counter) during which no saga was acknowledged."""
+    times = sorted(t for t in report.completion_times if start <= t <= end)
+    edges = [start, *times, end]
+    return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def recovery_time(report: LoadReport, fault: float) -> float | None:
+    """From ``fault`` to the first acknowledgement of a saga invoked after it."""
+    after = [op.returned for op in report.history
+             if op.invoked >= fault and op.status is not None and op.returned is not None]
+    return min(after) - fault if after else None
+
+
+def check(scenario: str, report: LoadReport, primary: str, *, fault: float,
+          end: float | None = None) -> SetResult:
+    """Read the final primary (``primary``: a conninfo straight to it) and judge the history."""
+    told = {op.saga_id: op.status for op in report.history if op.status is not None}
+    failed = [op.saga_id for op in report.history if op.status is None]
+    every = [op.saga_id for op in report.history]
+    with psycopg.connect(primary, autocommit=True, connect_timeout=5) as conn:
+        held = dict(conn.execute(
+            "SELECT saga_id::text, status FROM saga_executions WHERE saga_id = ANY(%s::uuid[])",
+            (every,)).fetchall())
+        steps = dict(conn.execute(
+            "SELECT saga_id::text, count(*) FROM saga_steps WHERE saga_id = ANY(%s::uuid[]) "
+            "AND status = 'COMPLETED' GROUP BY saga_id", (list(told),)).fetchall())
+    found = [sid for sid, status in told.items()
+             if held.get(sid) == status.value
+             and (status is not SagaStatus.COMPLETED or steps.get(sid) == len(STEPS))]
+    lost = sorted(set(told) - set(found))
+    unfinished = sorted(sid for sid, status in held.items() if not SagaStatus(status).is_final)
+    duplicated = sorted(key for key, n in report.steps.actions.items() if n > 1)
+    kinds: dict[str, int] = {}
+    for op in report.history:
+        if op.error is not None:
+            kind = op.error.split(":", 1)[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+    first = min((op.invoked for op in report.history), default=fault)
+    last = end if end is not None else max(
+        (op.returned for op in report.history if op.returned is not None), default=fault)
+    return SetResult(
+        scenario=scenario, acknowledged=len(told), found=len(found), lost=lost,
+        duplicated=duplicated, client_errors=len(failed),
+        in_flight=len([sid for sid in failed if sid in held]), unfinished=unfinished,
+        gap=write_gap(report, max(fault - 1.0, first), last), rto=recovery_time(report, fault),
+        error_kinds=kinds)
