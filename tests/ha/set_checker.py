@@ -7,8 +7,9 @@
 - duplicated: (saga, step) whose action ran more than once, in the load or in recovery;
 - client errors: calls that raised; in flight: sagas of such calls that the primary holds;
 - unfinished: sagas on the primary still not final (after recovery there must be none);
-- write gap: the longest time without a completed saga; rto: from the fault to the first
-  acknowledgement of a saga started after it (the new leader serving).
+- write gap: the longest time without a completed saga (from a second before the fault on);
+  rto: from the fault to the acknowledgement that ended that gap (writes served again); 0 when
+  the gap is under OUTAGE seconds, the jitter of a load that never stopped.
 """
 
 from __future__ import annotations
@@ -57,18 +58,27 @@ class SetResult:
                 "in_flight": self.in_flight, "unfinished": len(self.unfinished)}
 
 
-def write_gap(report: LoadReport, start: float, end: float) -> float:
-    """The longest time in [start, end] (perf_counter) during which no saga was acknowledged."""
+def longest_gap(report: LoadReport, start: float, end: float) -> tuple[float, float]:
+    """The longest interval in [start, end] (perf_counter) without an acknowledged saga."""
     times = sorted(t for t in report.completion_times if start <= t <= end)
-    edges = [start, *times, end]
-    return max(b - a for a, b in itertools.pairwise(edges))
+    return max(itertools.pairwise([start, *times, end]), key=lambda ab: ab[1] - ab[0])
 
 
-def recovery_time(report: LoadReport, fault: float) -> float | None:
-    """From ``fault`` to the first acknowledgement of a saga invoked after it."""
-    after = [op.returned for op in report.history
-             if op.invoked >= fault and op.status is not None and op.returned is not None]
-    return min(after) - fault if after else None
+def write_gap(report: LoadReport, start: float, end: float) -> float:
+    a, b = longest_gap(report, start, end)
+    return b - a
+
+
+OUTAGE = 1.0
+
+
+def recovery_time(report: LoadReport, fault: float, start: float, end: float) -> float | None:
+    """From ``fault`` to the acknowledgement that ended the longest gap in [start, end]; None
+    when no saga was acknowledged after the fault at all."""
+    if not [t for t in report.completion_times if fault <= t <= end]:
+        return None
+    began, resumed = longest_gap(report, start, end)
+    return 0.0 if resumed - began < OUTAGE else max(0.0, resumed - fault)
 
 
 def check(scenario: str, report: LoadReport, primary: str, *, fault: float,
@@ -95,12 +105,12 @@ def check(scenario: str, report: LoadReport, primary: str, *, fault: float,
         if op.error is not None:
             kind = op.error.split(":", 1)[0]
             kinds[kind] = kinds.get(kind, 0) + 1
-    first = min((op.invoked for op in report.history), default=fault)
+    window = max(fault - 1.0, min((op.invoked for op in report.history), default=fault))
     last = end if end is not None else max(
         (op.returned for op in report.history if op.returned is not None), default=fault)
     return SetResult(
         scenario=scenario, acknowledged=len(told), found=len(found), lost=lost,
         duplicated=duplicated, client_errors=len(failed),
         in_flight=len([sid for sid in failed if sid in held]), unfinished=unfinished,
-        gap=write_gap(report, max(fault - 1.0, first), last), rto=recovery_time(report, fault),
+        gap=write_gap(report, window, last), rto=recovery_time(report, fault, window, last),
         error_kinds=kinds)

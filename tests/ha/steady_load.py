@@ -103,6 +103,8 @@ class SteadyLoad:
     netns: str | None = None
     """The network namespace the load's connections start from (tests/ha/netns.py)."""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    history: list[Op] = field(default_factory=list)
+    """The calls so far (the load's thread appends; readers take a copy: ``list(...)``)."""
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _report: LoadReport | None = None
@@ -137,7 +139,7 @@ class SteadyLoad:
         times: list[float] = []
         acknowledged: dict[str, float] = {}
         started: list[float] = []
-        history: list[Op] = []
+        history = self.history
         saga = drill_saga(SagaConfig(storage=storage, lease_seconds=self.lease_seconds), effects)
 
         async def one() -> None:

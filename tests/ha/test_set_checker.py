@@ -11,7 +11,7 @@ from collections import Counter
 
 import psycopg
 from pg_fixtures import as_url
-from set_checker import check, write_gap
+from set_checker import check, recovery_time, write_gap
 from steady_load import SAGA_NAME, LoadReport, Op, SteadyLoad, recover_in_flight
 
 from sagaz import SagaStatus
@@ -33,7 +33,7 @@ def test_a_clean_history_passes(pg_dsn: str) -> None:
     print(result.line())
     assert result.ok and result.client_errors == 0
     assert result.acknowledged == result.found == len(report.history) > 50
-    assert result.rto is not None and result.rto < 1.0
+    assert result.rto == 0.0, "no outage"
     assert 0 < result.gap < 1.0
 
 
@@ -85,3 +85,13 @@ def test_the_write_gap_counts_the_edges_of_the_window() -> None:
     assert write_gap(report, 9.0, 14.0) == 2.5
     assert write_gap(report, 9.0, 20.0) == 7.0
     assert write_gap(report, 11.0, 12.0) == 1.0
+
+
+def test_the_recovery_time_runs_from_the_fault_to_the_end_of_the_outage() -> None:
+    times = [t / 10 for t in range(100, 120)] + [t / 10 for t in range(150, 170)]
+    report = LoadReport(0, {}, [], Counter(), times, 0.0)
+    # Writes stopped at 11.9, the fault was noticed at 11.5, writes resumed at 15.0.
+    assert recovery_time(report, fault=11.5, start=10.5, end=17.0) == 3.5
+    steady = LoadReport(0, {}, [], Counter(), [t / 10 for t in range(100, 170)], 0.0)
+    assert recovery_time(steady, fault=11.5, start=10.5, end=17.0) == 0.0
+    assert recovery_time(steady, fault=18.0, start=17.0, end=19.0) is None
