@@ -27,6 +27,8 @@ from sagaz import SagaStatus
 @dataclass
 class SetResult:
     scenario: str
+    offered: int
+    """Calls started."""
     acknowledged: int
     found: int
     lost: list[str]
@@ -53,7 +55,8 @@ class SetResult:
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "gap": round(self.gap, 3),
                 "rto": None if self.rto is None else round(self.rto, 3),
-                "acknowledged": self.acknowledged, "found": self.found, "lost": len(self.lost),
+                "offered": self.offered, "acknowledged": self.acknowledged,
+                "found": self.found, "lost": len(self.lost),
                 "duplicated": len(self.duplicated), "client_errors": self.client_errors,
                 "in_flight": self.in_flight, "unfinished": len(self.unfinished)}
 
@@ -109,7 +112,8 @@ def check(scenario: str, report: LoadReport, primary: str, *, fault: float,
     last = end if end is not None else max(
         (op.returned for op in report.history if op.returned is not None), default=fault)
     return SetResult(
-        scenario=scenario, acknowledged=len(told), found=len(found), lost=lost,
+        scenario=scenario, offered=len(report.history), acknowledged=len(told),
+        found=len(found), lost=lost,
         duplicated=duplicated, client_errors=len(failed),
         in_flight=len([sid for sid in failed if sid in held]), unfinished=unfinished,
         gap=write_gap(report, window, last), rto=recovery_time(report, fault, window, last),
