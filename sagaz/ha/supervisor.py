@@ -37,6 +37,12 @@ it fell further behind than ``max_slot_wal_keep_size``, see :mod:`sagaz.ha.wal_s
 fresh base backup and a new slot, in the background so the read pool keeps being reconciled
 meanwhile (:mod:`sagaz.ha.slots`).
 
+In a cluster with automatic failover (``dev up --ha --failover``) Patroni decides the roles and
+clones or rewinds replicas itself; the supervisor is then the one place that points the pools at
+what Patroni decided: pgbouncer-rw at the leader, pgbouncer-ro at the replicas that stream, from
+the members' REST API (:meth:`sagaz.ha.patroni_cluster.PatroniCluster.follow`, with the logic
+:mod:`sagaz.deploy.patroni_follow` shares with docker-compose).
+
 It runs as ``sagaz dev supervise --dir D`` (started in the background by ``sagaz dev up``, pid in
 ``D/supervisor.pid``, log in ``D/supervisor.log``, stopped by ``sagaz dev down``).
 """
@@ -108,8 +114,12 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                 continue
             try:
                 cluster = LocalCluster.load(directory)
-                await reconcile_read_pool(cluster)
-                await healer.check(cluster)
+                if cluster.state.patroni is not None:
+                    # Patroni decides the roles (and rebuilds replicas); the pools follow it.
+                    await asyncio.to_thread(_follow_patroni, cluster)
+                else:
+                    await reconcile_read_pool(cluster)
+                    await healer.check(cluster)
             except (SagazError, OSError, ValueError) as exc:
                 # One bad pass (a file being rewritten, PgBouncer restarting) must not end the
                 # supervision: the next pass tries again.
@@ -118,6 +128,12 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
             await _pause(stop, interval, started)
     finally:
         await healer.close()
+
+
+def _follow_patroni(cluster: LocalCluster) -> None:
+    from sagaz.ha.patroni_cluster import PatroniCluster
+
+    PatroniCluster(cluster).follow()
 
 
 async def _pause(stop: asyncio.Event, interval: float, started: float) -> None:

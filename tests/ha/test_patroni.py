@@ -1,0 +1,180 @@
+"""Automatic failover of the local cluster (``sagaz dev up --ha --failover``): real etcd, Patroni
+and PostgreSQL on loopback. One three-node cluster serves the tests of this module in order
+(bring-up, writes, status, refusals, then the switchover and the postmaster kill, which change
+the leader); synchronous mode has a cluster of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from patronicluster import FailoverCluster, Writer, failover_cluster, server_of, wait_until
+
+pytestmark = [pytest.mark.slow]
+
+TABLE = "failover_probe"
+
+
+@pytest.fixture(scope="module")
+def failover() -> Iterator[FailoverCluster]:
+    with failover_cluster() as cluster:
+        with psycopg.connect(cluster.pool_dsn(), autocommit=True,
+                             prepare_threshold=None) as conn:
+            conn.execute(f"CREATE TABLE {TABLE} (v bigint PRIMARY KEY)")
+        yield cluster
+
+
+def _status(failover: FailoverCluster) -> dict[str, object]:
+    result = failover.cli("dev", "status", "--json")
+    return dict(json.loads(result.out))
+
+
+def _healthy_status(failover: FailoverCluster, timeout: float = 30) -> dict[str, object]:
+    """The status once every member serves and the pools follow (a rejoin takes a moment)."""
+    return dict(wait_until(lambda: (s := _status(failover))["healthy"] and s, timeout,
+                           "a healthy cluster"))
+
+
+def _load(writer: Writer, stop: threading.Event, start: int) -> None:
+    value = start
+    while not stop.is_set():
+        writer.write_once(value)
+        value += 1
+        time.sleep(0.01)
+
+
+def _under_load(failover: FailoverCluster, dsn: str, start: int):  # type: ignore[no-untyped-def]
+    writer = Writer(dsn, TABLE)
+    stop = threading.Event()
+    thread = threading.Thread(target=_load, args=(writer, stop, start), daemon=True)
+    thread.start()
+    return writer, stop, thread
+
+
+def _rows(failover: FailoverCluster) -> set[int]:
+    with psycopg.connect(failover.pool_dsn(), autocommit=True, prepare_threshold=None) as conn:
+        return {r[0] for r in conn.execute(f"SELECT v FROM {TABLE}").fetchall()}
+
+
+@pytest.mark.timeout(240)
+def test_bring_up_status_lists_leader_replicas_and_health(failover: FailoverCluster) -> None:
+    status = _healthy_status(failover)
+    assert status["leader"] == "node0"
+    assert sorted(status["replicas"]) == ["node1", "node2"]  # type: ignore[arg-type]
+    assert status["timeline"] == 1
+    assert status["failsafe_mode"] is True and status["synchronous_mode"] is False
+    assert status["sync_standby"] == []
+    members = {m["name"]: m for m in status["members"]}  # type: ignore[attr-defined]
+    assert members["node0"]["role"] == "leader" and members["node0"]["lag_bytes"] is None
+    for replica in ("node1", "node2"):
+        assert members[replica]["state"] == "streaming"
+        assert isinstance(members[replica]["lag_bytes"], int)
+    assert all(m["patroni"] is True and m["etcd"] is True for m in members.values())
+    assert status["pools"] == {"rw": ["node0"], "ro": ["node1", "node2"]}
+    assert isinstance(status["supervisor_pid"], int)
+
+
+def test_writes_through_the_pool_and_the_multihost_dsn(failover: FailoverCluster) -> None:
+    cluster = failover.cluster
+    assert server_of(failover.pool_dsn()) == ("127.0.0.1", False)
+    multihost = cluster.multihost_dsn(connect_timeout=2)
+    assert server_of(multihost) == ("127.0.0.1", False)
+    with psycopg.connect(multihost, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {TABLE} (v) VALUES (-1)")
+    env = failover.cli("dev", "env").out
+    assert "SAGAZ_STORAGE_URL='postgresql://sagaz:" in env
+    assert f"@127.0.0.1:{cluster.state.rw_port}/sagaz?" in env
+    assert "target_session_attrs=read-write" in env
+    assert -1 in _rows(failover)
+
+
+def test_secrets_and_state_files_are_private(failover: FailoverCluster) -> None:
+    d = failover.directory
+    for path in [d / "secrets.json", d / "cluster.json",
+                 *(d / f"node{i}" / name for i in range(3)
+                   for name in ("patroni.yml", "patroni.log", "etcd.log", "postgres.log"))]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for i in range(3):
+        assert stat.S_IMODE((d / f"node{i}").stat().st_mode) == 0o700
+    secrets = json.loads((d / "secrets.json").read_text())
+    assert secrets["patroni"] and secrets["patroni"] not in failover.up.out
+
+
+def test_manual_promote_and_rejoin_refuse_pointing_to_switchover(
+        failover: FailoverCluster) -> None:
+    promote = failover.cli("ha", "promote", "node1")
+    assert promote.code == 2
+    assert "sagaz ha switchover --to node1" in " ".join(promote.err.split())
+    rejoin = failover.cli("ha", "rejoin", "node1")
+    assert rejoin.code == 2 and "Patroni rejoins" in " ".join(rejoin.err.split())
+
+
+@pytest.mark.timeout(180)
+def test_switchover_moves_the_pool_and_the_old_leader_rejoins(
+        failover: FailoverCluster) -> None:
+    writer, stop, thread = _under_load(failover, failover.pool_dsn(), 1_000_000)
+    time.sleep(1)
+    try:
+        result = failover.cli("ha", "switchover", "--to", "node1")
+        assert result.code == 0, result.out + result.err
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert server_of(failover.pool_dsn()) == ("127.0.0.2", False)
+    status = _healthy_status(failover, timeout=60)
+    assert status["leader"] == "node1" and status["timeline"] == 2
+    members = {m["name"]: m for m in status["members"]}  # type: ignore[attr-defined]
+    assert members["node0"]["role"] == "replica" and members["node0"]["state"] == "streaming"
+    acknowledged = {v for v, _ in writer.acknowledged}
+    assert acknowledged and acknowledged <= _rows(failover)
+    print(f"switchover: write gap {writer.longest_gap():.2f} s, {len(acknowledged)} "
+          f"acknowledged, {writer.errors} client errors")
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_of_the_leaders_postmaster_is_recovered(failover: FailoverCluster) -> None:
+    cluster = failover.cluster
+    leader = cluster.leader()
+    assert leader is not None
+    postmaster = cluster.local.node(leader).pid
+    assert postmaster is not None
+    writer, stop, thread = _under_load(failover, failover.pool_dsn(), 2_000_000)
+    time.sleep(1)
+    killed = time.monotonic()
+    os.kill(postmaster, signal.SIGKILL)
+    try:
+        wait_until(lambda: writer.acknowledged and writer.acknowledged[-1][1] > killed + 0.1,
+                   60, "a write acknowledged after the kill")
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join(10)
+    status = _healthy_status(failover, timeout=90)
+    outcome = ("Patroni restarted it" if status["leader"] == leader
+               else f"failed over to {status['leader']}")
+    acknowledged = {v for v, _ in writer.acknowledged}
+    assert acknowledged <= _rows(failover)
+    print(f"postmaster SIGKILL on {leader}: {outcome}; write gap {writer.longest_gap():.2f} s, "
+          f"{len(acknowledged)} acknowledged, {writer.errors} client errors")
+
+
+@pytest.mark.timeout(240)
+def test_sync_mode_shows_a_synchronous_standby() -> None:
+    with failover_cluster("--sync", nodes=2) as sync:
+        status = _healthy_status(sync)
+        assert status["synchronous_mode"] is True
+        assert status["sync_standby"] == ["node1"]
+        members = {m["name"]: m for m in status["members"]}  # type: ignore[attr-defined]
+        assert members["node1"]["role"] == "sync_standby"
+        with psycopg.connect(sync.cluster.local.node_dsn("node0"), autocommit=True) as conn:
+            rows = conn.execute("SELECT application_name, sync_state FROM "
+                                "pg_stat_replication").fetchall()
+        assert rows == [("node1", "sync")]
