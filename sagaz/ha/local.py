@@ -332,8 +332,11 @@ class LocalCluster:
 
     def _listeners(self) -> list[tuple[str, int, str, bool]]:
         s = self.state
+        # A node behind a command prefix (a network namespace of its own) listens where this
+        # process cannot look.
+        prefixed = (s.patroni or {}).get("prefixes", {})
         found = [(s.host(n), s.port(n), f"PostgreSQL {n}", self.node(n).running)
-                 for n in s.nodes]
+                 for n in s.nodes if not prefixed.get(n)]
         for role in ("rw", "ro"):
             bouncer = self.bouncer(role, [s.primary])
             found.append((bouncer.listen_addr, bouncer.port, f"pgbouncer-{role}",

@@ -18,6 +18,7 @@ from typing import Any
 
 from devcluster import CliResult, require_cluster_binaries, run_cli
 from netns import SUBNET, Topology, run_in, topology
+
 from sagaz.deploy.patroni import PatroniSettings
 from sagaz.ha.patroni_cluster import PatroniCluster
 
@@ -54,7 +55,8 @@ class NamespacedCluster:
 
     @property
     def state(self) -> PatroniCluster:
-        """The cluster as cluster.json says now (the supervisor records the leader)."""
+        """The cluster as cluster.json and secrets.json say now (the supervisor records the
+        leader; `dev up` generated the passwords)."""
         return PatroniCluster.load(self.directory)
 
     # -- FaultCluster ----------------------------------------------------------------------------
@@ -63,22 +65,24 @@ class NamespacedCluster:
         return self.nodes.index(node)
 
     def members(self) -> dict[str, dict[str, Any]]:
-        document = self.client(lambda: self.patroni.cluster_document(timeout=1.0), 10)
+        document = self.client(lambda: self.state.cluster_document(timeout=1.0), 10)
         return {m["name"]: m for m in (document or {}).get("members", [])}
 
     def postmaster_pid(self, node: str) -> int | None:
-        pid: int | None = self.patroni.local.node(node).pid
+        pid: int | None = self.state.local.node(node).pid
         return pid
 
     def patroni_pid(self, node: str) -> int | None:
-        return self.patroni.patroni(node).pid
+        return self.state.patroni(node).pid
 
     def etcd_pid(self, node: str) -> int | None:
-        return self.patroni.etcd(node).pid
+        return self.state.etcd(node).pid
 
     def start_node(self, node: str) -> None:
-        self.patroni.etcd(node).start()
-        self.patroni.patroni(node).start()
+        # As `sagaz dev up` would after a reboot: start what of the node is not running.
+        state = self.state
+        state.etcd(node).start()
+        state.patroni(node).start()
 
     def switchover(self) -> str:
         result = self.cli("ha", "switchover")
@@ -86,22 +90,18 @@ class NamespacedCluster:
         return result.out
 
     def pool_url(self) -> str:
-        return str(self.patroni.local.env()["SAGAZ_STORAGE_URL"])
+        return str(self.state.local.env()["SAGAZ_STORAGE_URL"])
 
     def multi_host_url(self) -> str:
-        local = self.patroni.local
-        s = local.state
-        hosts = ",".join(f"{s.host(n)}:{s.base_port}" for n in s.nodes)
-        return (f"postgresql://sagaz:{local.passwords['sagaz']}@{hosts}/{s.dbname}"
-                "?target_session_attrs=read-write&connect_timeout=2&sslmode=verify-full"
-                f"&sslrootcert={local.tls.ca_cert}")
+        return self.state.multihost_url()
 
     def leader_conninfo(self) -> str:
         from fault_scenarios import leader_of
 
         leader = leader_of(self.members())
         assert leader is not None, "no leader to check"
-        return str(self.patroni.local.node_dsn(leader, dbname=self.patroni.state.dbname))
+        state = self.state
+        return str(state.local.node_dsn(leader, user="sagaz", dbname=state.state.dbname))
 
 
 @contextlib.contextmanager
@@ -113,6 +113,8 @@ def namespaced_cluster(*, sync: bool, nodes: int = 3) -> Iterator[NamespacedClus
         parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
         cluster = NamespacedCluster(net, parent / "cluster", sync=sync, nodes=nodes)
         try:
+            # The layout (addresses, prefixes) is the test's: `dev up` starts what it describes.
+            cluster.patroni.local.save()
             up = cluster.cli("dev", "up", "--ha", "--failover", timeout=300)
             assert up.code == 0, up.out + up.err
             yield cluster
