@@ -5,6 +5,8 @@
 - found: acknowledged sagas present on the primary, COMPLETED, with their three steps;
 - lost: acknowledged sagas missing there, or not COMPLETED (the client was lied to);
 - duplicated: (saga, step) whose action ran more than once, in the load or in recovery;
+- duplicated events: an outbox event or audit-log entry of a saga stored twice (a commit sent
+  again after its outcome was lost must not add its rows again);
 - client errors: calls that raised; in flight: sagas of such calls that the primary holds;
 - unfinished: sagas on the primary still not final (after recovery there must be none);
 - write gap: the longest time without a completed saga (from a second before the fault on);
@@ -33,6 +35,8 @@ class SetResult:
     found: int
     lost: list[str]
     duplicated: list[tuple[str, str]]
+    duplicated_events: list[tuple[str, str]]
+    """(saga id, event) stored more than once in the outbox or the audit log."""
     client_errors: int
     in_flight: int
     """Sagas whose call raised but which the primary holds (they started before the fault)."""
@@ -43,13 +47,15 @@ class SetResult:
 
     @property
     def ok(self) -> bool:
-        return not self.lost and not self.duplicated and not self.unfinished
+        return (not self.lost and not self.duplicated and not self.duplicated_events
+                and not self.unfinished)
 
     def line(self) -> str:
         rto = "-" if self.rto is None else f"{self.rto:.2f} s"
         return (f"[{self.scenario}] write gap {self.gap:.2f} s, rto {rto}, acknowledged "
                 f"{self.acknowledged}, found {self.found}, lost {len(self.lost)}, duplicated "
-                f"{len(self.duplicated)}, client errors {self.client_errors}, in flight "
+                f"{len(self.duplicated)}, duplicated events {len(self.duplicated_events)}, "
+                f"client errors {self.client_errors}, in flight "
                 f"{self.in_flight}, unfinished {len(self.unfinished)}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,7 +63,9 @@ class SetResult:
                 "rto": None if self.rto is None else round(self.rto, 3),
                 "offered": self.offered, "acknowledged": self.acknowledged,
                 "found": self.found, "lost": len(self.lost),
-                "duplicated": len(self.duplicated), "client_errors": self.client_errors,
+                "duplicated": len(self.duplicated),
+                "duplicated_events": len(self.duplicated_events),
+                "client_errors": self.client_errors,
                 "in_flight": self.in_flight, "unfinished": len(self.unfinished)}
 
 
@@ -97,6 +105,12 @@ def check(scenario: str, report: LoadReport, primary: str, *, fault: float,
         steps = dict(conn.execute(
             "SELECT saga_id::text, count(*) FROM saga_steps WHERE saga_id = ANY(%s::uuid[]) "
             "AND status = 'COMPLETED' GROUP BY saga_id", (list(told),)).fetchall())
+        twice = conn.execute(
+            "SELECT saga_id::text, event_type FROM saga_outbox WHERE saga_id = ANY(%s::uuid[]) "
+            "GROUP BY saga_id, event_type HAVING count(*) > 1 "
+            "UNION ALL "
+            "SELECT saga_id::text, event FROM saga_audit_log WHERE saga_id = ANY(%s::uuid[]) "
+            "GROUP BY saga_id, event, details HAVING count(*) > 1", (every, every)).fetchall()
     found = [sid for sid, status in told.items()
              if held.get(sid) == status.value
              and (status is not SagaStatus.COMPLETED or steps.get(sid) == len(STEPS))]
@@ -114,7 +128,8 @@ def check(scenario: str, report: LoadReport, primary: str, *, fault: float,
     return SetResult(
         scenario=scenario, offered=len(report.history), acknowledged=len(told),
         found=len(found), lost=lost,
-        duplicated=duplicated, client_errors=len(failed),
+        duplicated=duplicated, duplicated_events=sorted((str(a), str(b)) for a, b in twice),
+        client_errors=len(failed),
         in_flight=len([sid for sid in failed if sid in held]), unfinished=unfinished,
         gap=write_gap(report, window, last), rto=recovery_time(report, fault, window, last),
         error_kinds=kinds)

@@ -43,6 +43,8 @@ def _judge(result: ScenarioResult) -> None:
     for load, checked in result.results.items():
         assert not checked.lost, f"{load}: acknowledged sagas lost: {checked.lost[:5]}"
         assert not checked.duplicated, f"{load}: steps ran twice: {checked.duplicated[:5]}"
+        assert not checked.duplicated_events, \
+            f"{load}: stored twice: {checked.duplicated_events[:5]}"
         assert not checked.unfinished, f"{load}: left unfinished: {checked.unfinished[:5]}"
         # The load ran all along: at least half of what it offered was acknowledged.
         assert checked.acknowledged >= 0.5 * checked.offered, checked.line()

@@ -47,10 +47,21 @@ def test_lost_and_duplicated_steps_are_reported(pg_dsn: str) -> None:
         third = report.history[2].saga_id
         conn.execute("DELETE FROM saga_steps WHERE saga_id = %s AND step_name = 'ship'", (third,))
     report.steps.actions[(report.history[3].saga_id, "charge")] += 1
+    fifth = report.history[4].saga_id
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # As a commit applied twice would: the saga's completion event and history row again.
+        conn.execute(
+            "INSERT INTO saga_outbox (event_id, saga_id, event_type, aggregate_id, payload, "
+            "headers) SELECT gen_random_uuid(), saga_id, event_type, aggregate_id, payload, "
+            "headers FROM saga_outbox WHERE saga_id = %s", (fifth,))
+        conn.execute("INSERT INTO saga_audit_log (saga_id, event, details, created_at) "
+                     "SELECT saga_id, event, details, created_at FROM saga_audit_log "
+                     "WHERE saga_id = %s", (fifth,))
     result = check("broken", report, pg_dsn, fault=middle)
     print(result.line())
     assert sorted(result.lost) == sorted([*gone, third])
     assert result.duplicated == [(report.history[3].saga_id, "charge")]
+    assert result.duplicated_events == [(fifth, "SagaCompleted"), (fifth, "saga_completed")]
     assert not result.ok
 
 
