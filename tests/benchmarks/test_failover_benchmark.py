@@ -8,8 +8,10 @@ and without; prints per scenario and mode the median and the spread (min-max) of
   libpq multi-host DSN; one saga every 10 ms each, three steps per saga);
 - leader after: from the fault until Patroni named another leader ("-" when it kept its own);
 - RTO: from the fault until the pool's load acknowledged sagas again;
-- acknowledged (both loads), and the totals over every round of lost, duplicated and client
-  errors.
+- acknowledged (both loads), and the totals over every round of lost, duplicated (steps run
+  twice, outbox events or history rows stored twice) and client errors.
+
+Every run is also printed as one "json {...}" line.
 
 The cluster runs nine processes besides the loads: pinned to one core (as `make bench` pins the
 other benchmarks) it would measure the scheduler, so this benchmark runs on every core again.
@@ -17,6 +19,7 @@ other benchmarks) it would measure the scheduler, so this benchmark runs on ever
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -61,7 +64,8 @@ def format_table(mode: str, results: dict[str, list[ScenarioResult]]) -> str:
     for name, runs in results.items():
         loads = [r.results for r in runs]
         total = sum(len(x.lost) for res in loads for x in res.values())
-        dup = sum(len(x.duplicated) for res in loads for x in res.values())
+        dup = sum(len(x.duplicated) + len(x.duplicated_events)
+                  for res in loads for x in res.values())
         errors = sum(x.client_errors for res in loads for x in res.values())
         acknowledged = [float(sum(x.acknowledged for x in res.values())) for res in loads]
         lines.append(
@@ -83,6 +87,10 @@ def test_failover_under_faults(mode: str) -> None:
             for name in FAULTS:
                 result = run_scenario(cluster, name)
                 print("\n" + "\n".join(result.lines()), flush=True)
+                print("json " + json.dumps({
+                    "mode": mode, "scenario": name, "leader_after": result.leader_changed_after,
+                    "healthy_after": result.rejoined_after, "rewound": result.rewound,
+                    "loads": {k: v.as_dict() for k, v in result.results.items()}}))
                 results[name].append(result)
     print("\n" + format_table(mode, results))
     for runs in results.values():

@@ -57,6 +57,8 @@ class FaultCluster(Protocol):
     def multi_host_url(self) -> str: ...
     def leader_conninfo(self) -> str:
         """Straight to the current leader, for the checker."""
+    def patroni_log(self, node: str) -> str:
+        """What ``node``'s Patroni logged so far."""
 
 
 def leader_of(members: dict[str, dict[str, Any]]) -> str | None:
@@ -141,6 +143,10 @@ FAULTS: dict[str, Callable[[FaultCluster, str], None]] = {
 }
 
 
+REWIND = "running pg_rewind from"
+"""What Patroni logs when it rewinds a former leader onto the new leader's timeline."""
+
+
 # -- one scenario -----------------------------------------------------------------------------
 
 
@@ -154,6 +160,8 @@ class ScenarioResult:
     e.g. restarted the killed postmaster in place)."""
     rejoined_after: float
     """Seconds from the fault until every member streamed from the leader again."""
+    rewound: bool = False
+    """Whether Patroni ran pg_rewind on the old leader to make it a replica again."""
     results: dict[str, SetResult] = field(default_factory=dict)
     """By load: "pool" (pgbouncer-rw), "multi-host"."""
 
@@ -161,7 +169,8 @@ class ScenarioResult:
         moved = ("kept its leader" if self.leader_changed_after is None else
                  f"{self.old_leader} -> {self.new_leader} after "
                  f"{self.leader_changed_after:.1f} s")
-        head = f"== {self.scenario}: {moved}; healthy again after {self.rejoined_after:.1f} s"
+        head = (f"== {self.scenario}: {moved}; healthy again after {self.rejoined_after:.1f} s"
+                f"{' (old leader rewound)' if self.rewound else ''}")
         return [head, *(f"   {load:10} {r.line()}" for load, r in self.results.items())]
 
 
@@ -217,6 +226,7 @@ def run_scenario(cluster: FaultCluster, name: str, *, rate: float = RATE, settle
                interval=0.5)
     old = leader_of(cluster.members())
     assert old is not None
+    rewinds_before = cluster.patroni_log(old).count(REWIND)
     with loads(cluster, rate) as running:
         time.sleep(2.0)
         fault_at = time.perf_counter()
@@ -240,7 +250,8 @@ def run_scenario(cluster: FaultCluster, name: str, *, rate: float = RATE, settle
                f"{name}: the old leader {old} streaming again", interval=0.5)
     rejoined_after = time.perf_counter() - fault_at
     new = leader_of(cluster.members()) or "?"
-    result = ScenarioResult(name, old, new, watch.changed_after, rejoined_after)
+    result = ScenarioResult(name, old, new, watch.changed_after, rejoined_after,
+                            cluster.patroni_log(old).count(REWIND) > rewinds_before)
     ns = cluster.topology.switch
     # Both loads' interrupted sagas at once: each recovery first waits for their leases.
     with ThreadPoolExecutor(len(reports)) as pool:

@@ -95,6 +95,10 @@ class NamespacedCluster:
     def multi_host_url(self) -> str:
         return self.state.multihost_url()
 
+    def patroni_log(self, node: str) -> str:
+        path = self.state.node_dir(node) / "patroni.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def leader_conninfo(self) -> str:
         from fault_scenarios import leader_of
 
