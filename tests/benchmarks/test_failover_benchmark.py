@@ -1,7 +1,8 @@
 """Failover under faults, measured (not part of the default suite: `make bench`, or this file
 alone). The scenarios of tests/ha/test_failover_faults.py (postmaster SIGKILL, node crash,
 partition of the leader for 30 s, switchover, etcd SIGSTOPped for 15 s) on a 3-node cluster in
-network namespaces, ROUNDS rounds each (default 3, SAGAZ_BENCH_FAILOVER_ROUNDS), with --sync
+network namespaces, ROUNDS rounds each (default 3, SAGAZ_BENCH_FAILOVER_ROUNDS; a subset with
+SAGAZ_BENCH_FAILOVER_SCENARIOS="partition 30 s,switchover"), with --sync
 and without; prints per scenario and mode the median and the spread (min-max) of:
 
 - write gap: the longest time without an acknowledged saga, per load (pgbouncer-rw and the
@@ -34,6 +35,9 @@ from fault_scenarios import FAULTS, ScenarioResult, run_scenario
 from nscluster import namespaced_cluster
 
 ROUNDS = int(os.environ.get("SAGAZ_BENCH_FAILOVER_ROUNDS", "3"))
+SCENARIOS = [name for name in FAULTS
+             if name in os.environ.get("SAGAZ_BENCH_FAILOVER_SCENARIOS", ",".join(FAULTS))]
+"""SAGAZ_BENCH_FAILOVER_SCENARIOS: a comma-separated subset of the scenarios (default all)."""
 
 
 def _spread(values: list[float], unit: str = " s") -> str:
@@ -81,10 +85,10 @@ def format_table(mode: str, results: dict[str, list[ScenarioResult]]) -> str:
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_failover_under_faults(mode: str) -> None:
     os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    results: dict[str, list[ScenarioResult]] = {name: [] for name in FAULTS}
+    results: dict[str, list[ScenarioResult]] = {name: [] for name in SCENARIOS}
     with namespaced_cluster(sync=mode == "sync") as cluster:
         for _ in range(ROUNDS):
-            for name in FAULTS:
+            for name in SCENARIOS:
                 result = run_scenario(cluster, name)
                 print("\n" + "\n".join(result.lines()), flush=True)
                 print("json " + json.dumps({

@@ -20,6 +20,7 @@ from devcluster import CliResult, require_cluster_binaries, run_cli
 from netns import SUBNET, Topology, run_in, topology
 
 from sagaz.deploy.patroni import PatroniSettings
+from sagaz.deploy.patroni_follow import agreed_view, fetch_views
 from sagaz.ha.patroni_cluster import PatroniCluster
 
 BASE_PORT = 5432
@@ -65,7 +66,15 @@ class NamespacedCluster:
         return self.nodes.index(node)
 
     def members(self) -> dict[str, dict[str, Any]]:
-        document = self.client(lambda: self.state.cluster_document(timeout=1.0), 10)
+        # As a majority of the members sees it: a partitioned leader goes on naming itself
+        # until it notices, and it is the member the clients reach first.
+        def agreed() -> dict[str, Any] | None:
+            state = self.state
+            views = fetch_views([state.api_endpoint(n) for n in self.nodes],
+                                state.api_context(), 1.0)
+            return agreed_view(views, len(self.nodes))
+
+        document = self.client(agreed, 10)
         return {m["name"]: m for m in (document or {}).get("members", [])}
 
     def postmaster_pid(self, node: str) -> int | None:
