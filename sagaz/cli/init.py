@@ -28,6 +28,10 @@ def init(
     with_ha: Annotated[bool, typer.Option(
         "--with-ha", envvar="SAGAZ_INIT_WITH_HA",
         help="A primary with streaming replicas (--replicas) instead of a single server.")] = False,
+    failover: Annotated[bool, typer.Option(
+        "--failover", envvar="SAGAZ_INIT_FAILOVER",
+        help="With --with-ha (docker-compose): automatic failover, 3 etcd members and 3 Patroni "
+             "nodes; the pools follow the leader.")] = False,
     k8s: Annotated[bool, typer.Option(
         "--k8s", envvar="SAGAZ_INIT_K8S",
         help="Kubernetes manifests (under DIR/k8s/) instead of docker-compose files.")] = False,
@@ -106,6 +110,12 @@ without Docker, see `sagaz dev up --ha`.
 """
 
     def body() -> int:
+        if failover:
+            from .init_failover import init_failover
+
+            return init_failover(with_ha=with_ha, k8s=k8s, replicas=replicas,
+                                 directory=directory, tls_dir=tls_dir, force=force,
+                                 rotate_secrets=rotate_secrets)
         given = {"--namespace": namespace, "--storage-size": storage_size, "--image": image}
         if not k8s and any(value is not None for value in given.values()):
             names = ", ".join(name for name, value in given.items() if value is not None)
