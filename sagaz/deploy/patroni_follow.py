@@ -169,6 +169,26 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.source) as source:
             _write_private(args.config, source.read())
     command = [c for c in args.command if c != "--"] or ["pgbouncer", args.config]
+
+    def follow_once() -> bool:
+        """Rewrite the config when the targets changed; whether it did."""
+        document = agreed_view(fetch_views(endpoints, context), len(endpoints))
+        if document is None:
+            return False
+        targets = follow_targets(document)
+        hosts = ([targets.leader_host] if targets.leader_host else []) \
+            if args.role == "rw" else targets.read_hosts()
+        with open(args.config) as config:
+            ini = config.read()
+        if not hosts or configured_hosts(ini, args.dbname) == hosts:
+            return False
+        _write_private(args.config, rewrite_database_hosts(ini, args.dbname, hosts))
+        print(f"pgbouncer-{args.role} now on {','.join(hosts)}", flush=True)
+        return True
+
+    # Once before PgBouncer starts: it starts on the right servers, and is not sent SIGHUP
+    # before it handles it (the default action of SIGHUP ends a process).
+    follow_once()
     # The command must exec PgBouncer (pgbouncer-start.sh does): SIGHUP goes to this pid.
     child = subprocess.Popen(command)
 
@@ -177,18 +197,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    time.sleep(args.interval)
     while child.poll() is None:
-        document = agreed_view(fetch_views(endpoints, context), len(endpoints))
-        if document is not None:
-            targets = follow_targets(document)
-            hosts = ([targets.leader_host] if targets.leader_host else []) \
-                if args.role == "rw" else targets.read_hosts()
-            with open(args.config) as config:
-                ini = config.read()
-            if hosts and configured_hosts(ini, args.dbname) != hosts:
-                _write_private(args.config, rewrite_database_hosts(ini, args.dbname, hosts))
-                child.send_signal(signal.SIGHUP)
-                print(f"pgbouncer-{args.role} now on {','.join(hosts)}", flush=True)
+        if follow_once():
+            child.send_signal(signal.SIGHUP)
         time.sleep(args.interval)
     return child.returncode or 0
 

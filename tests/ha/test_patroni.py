@@ -5,17 +5,24 @@ the leader); synchronous mode has a cluster of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import signal
+import socket
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from patronicluster import FailoverCluster, Writer, failover_cluster, server_of, wait_until
+
+from sagaz.deploy import patroni_follow
 
 pytestmark = [pytest.mark.slow]
 
@@ -29,6 +36,13 @@ def failover() -> Iterator[FailoverCluster]:
                              prepare_threshold=None) as conn:
             conn.execute(f"CREATE TABLE {TABLE} (v bigint PRIMARY KEY)")
         yield cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _status(failover: FailoverCluster) -> dict[str, object]:
@@ -178,3 +192,66 @@ def test_sync_mode_shows_a_synchronous_standby() -> None:
             rows = conn.execute("SELECT application_name, sync_state FROM "
                                 "pg_stat_replication").fetchall()
         assert rows == [("node1", "sync")]
+
+
+@pytest.mark.timeout(120)
+def test_the_compose_follower_points_its_pgbouncer_at_the_leader(
+        failover: FailoverCluster) -> None:
+    """pgbouncer/patroni-follow.py of `sagaz init --with-ha --failover`, run as it runs in the
+    container (it starts PgBouncer and re-points it), against this real cluster: a pool
+    configured on a replica starts on the leader, and follows a switchover."""
+    from sagaz.ha.osuser import service_user
+    from sagaz.ha.patroni_cluster import patroni_command
+    from sagaz.ha.pgbouncer import find_pgbouncer
+
+    cluster = failover.cluster
+    leader = cluster.leader()
+    replica = next(n for n in cluster.state.nodes if n != leader)
+    port = free_port()
+    # Next to the cluster: a directory the service user can reach (deleted with the cluster).
+    pool_dir = failover.directory.parent / "follower-pool"
+    bouncer = cluster.local.bouncer("rw", [replica])
+    bouncer = dataclasses.replace(bouncer, directory=pool_dir, port=port, process=None)
+    bouncer.write_config()
+    # As in the container: the follower and its PgBouncer run as the service user.
+    user = service_user()
+    as_user = [] if user.is_current else ["setpriv", f"--reuid={user.uid}",
+                                          f"--regid={user.gid}", "--init-groups", "--"]
+    python = patroni_command(user)[0][0]
+    follower = subprocess.Popen(
+        [*as_user, python, str(Path(patroni_follow.__file__)), "--role", "rw",
+         "--config", str(bouncer.config_path), "--dbname", cluster.state.dbname,
+         "--members", ",".join(cluster.api_endpoint(n) for n in cluster.state.nodes),
+         "--cafile", str(cluster.local.tls.ca_cert), "--interval", "0.5",
+         "--", find_pgbouncer(), str(bouncer.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    dsn = cluster.local.dsn(port=port, connect_timeout=2)
+    try:
+        try:
+            wait_until(lambda: server_of(dsn) == (cluster.state.host(str(leader)), False), 30,
+                       "the follower's pool on the leader")
+        except AssertionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(follower.pid, signal.SIGTERM)
+            output = follower.communicate(timeout=10)[0].decode(errors="replace")
+            raise AssertionError(f"follower output:\n{output}") from None
+        assert bouncer.configured_hosts(cluster.state.dbname) == [
+            cluster.state.host(str(leader))]
+        assert stat.S_IMODE(bouncer.config_path.stat().st_mode) == 0o600
+        # And a running PgBouncer is re-pointed (rewrite + SIGHUP) when the leader changes.
+        result = failover.cli("ha", "switchover")
+        assert result.code == 0, result.out + result.err
+        new_leader = failover.cluster.state.host(str(failover.cluster.leader()))
+        assert new_leader != cluster.state.host(str(leader))
+        wait_until(lambda: server_of(dsn) == (new_leader, False), 30,
+                   "the follower's pool on the new leader")
+        assert follower.poll() is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(follower.pid, signal.SIGTERM)
+        try:
+            follower.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(follower.pid, signal.SIGKILL)
+            follower.wait(10)
+        bouncer.stop()
