@@ -9,10 +9,12 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -153,6 +155,21 @@ def test_switchover_moves_the_pool_and_the_old_leader_rejoins(
           f"acknowledged, {writer.errors} client errors")
 
 
+@pytest.mark.timeout(120)
+def test_failover_to_a_named_replica_and_bad_names(failover: FailoverCluster) -> None:
+    unknown = failover.cli("ha", "switchover", "--to", "node9")
+    assert unknown.code == 2 and "no node 'node9'" in " ".join(unknown.err.split())
+    leader = failover.cluster.leader()
+    itself = failover.cli("ha", "failover", "--to", str(leader))
+    assert itself.code == 2 and "is the leader already" in " ".join(itself.err.split())
+    target = next(n for n in ("node2", "node0") if n != leader)
+    result = failover.cli("ha", "failover", "--to", target)
+    assert result.code == 0, result.out + result.err
+    assert f"{target} is the leader" in result.out
+    status = _healthy_status(failover, timeout=60)
+    assert status["leader"] == target and status["pools"]["rw"] == [target]  # type: ignore[index]
+
+
 @pytest.mark.timeout(180)
 def test_sigkill_of_the_leaders_postmaster_is_recovered(failover: FailoverCluster) -> None:
     cluster = failover.cluster
@@ -255,3 +272,35 @@ def test_the_compose_follower_points_its_pgbouncer_at_the_leader(
             os.killpg(follower.pid, signal.SIGKILL)
             follower.wait(10)
         bouncer.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_node_behind_a_command_prefix_on_an_explicit_address() -> None:
+    """What a node in a network namespace of its own needs: its processes start behind a
+    command prefix (here `env`, which execs like `ip netns exec` does) as the service user, on
+    the address given, and stop by the pid recorded."""
+    from devcluster import kill_leftovers
+    from patronicluster import free_failover_port, require_failover_binaries
+
+    from sagaz.ha.osuser import service_user
+    from sagaz.ha.patroni_cluster import PatroniCluster
+
+    require_failover_binaries()
+    parent = Path(tempfile.mkdtemp(prefix="sagaz-failover-test-"))
+    parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
+    cluster = PatroniCluster.new(parent / "cluster", nodes=1, base_port=free_failover_port(5),
+                                 hosts=["127.0.0.5"], prefixes={"node0": ["env"]})
+    try:
+        cluster.up()
+        assert cluster.leader() == "node0"
+        assert server_of(cluster.local.dsn(port=cluster.state.rw_port)) == ("127.0.0.5", False)
+        for daemon in (cluster.etcd("node0"), cluster.patroni("node0")):
+            pid = daemon.pid
+            assert pid is not None
+            assert os.stat(f"/proc/{pid}").st_uid == service_user().uid
+            assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != b"env"
+    finally:
+        cluster.down(purge=True)
+        kill_leftovers(parent)
+        shutil.rmtree(parent, ignore_errors=True)
+    assert cluster.running_parts() == []
