@@ -85,8 +85,7 @@ def saga_id_for(saga_name: str, saga_id: str | None, idempotency_key: str | None
 
 
 def _random_uuid() -> str:
-    """A random (version 4) UUID string; the same as ``str(uuid.uuid4())`` at a third of the cost,
-    which matters on the hot path of short sagas."""
+    """``str(uuid.uuid4())`` at a third of its cost: it is on the hot path of short sagas."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
@@ -233,12 +232,15 @@ class SagaExecution:
         try:
             try:
                 result = await self._drive()
-            except LeaseLostError:
+            except LeaseLostError as lost:
                 logger.warning("saga %s taken over by recovery; waiting for its outcome", saga_id,
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
+                self._notify("saga_interrupted", self.saga.name, saga_id, lost)  # rare: no guard
                 keeper.discard(saga_id)
                 result = await _poll_outcome(self.saga, self.storage, saga_id)
         except BaseException as exc:
+            if not isinstance(exc, LeaseLostError):
+                self._notify("saga_interrupted", self.saga.name, saga_id, exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: nobody may be waiting
             raise
@@ -252,6 +254,8 @@ class SagaExecution:
     async def _drive(self) -> SagaResult:
         state = self.state
         if self.listeners:
+            if self.recovering:
+                self._notify("saga_recovered", self.saga.name, state.saga_id)
             self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
         if state.status in (SagaStatus.RUNNING, SagaStatus.PENDING):
             command: plan.Command | None = None
