@@ -93,7 +93,8 @@ def worker(
     SAGAZ_BROKER_URL it also relays the outbox's events to the broker (SQLite or PostgreSQL; on
     PostgreSQL woken by NOTIFY when SAGAZ_DATABASE_URL gives a direct connection; on SQLite it
     deletes SENT events past their retention). On a PostgreSQL storage it also maintains the
-    database (partitions, inbox) daily."""
+    database (partitions, inbox) daily. With --metrics-port it serves /metrics, /healthz and
+    /readyz for Prometheus and Kubernetes probes."""
 
     def body() -> int:
         modules = split_module_names(imports or [])
