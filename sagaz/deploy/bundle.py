@@ -36,6 +36,9 @@ DATABASE = "sagaz"
 
 IMAGES = {
     "postgres": "postgres:16-alpine",
+    # The operand image CloudNativePG documents (PostgreSQL 16, Debian bookworm, with the tools
+    # its instance manager uses); the Cluster of `sagaz init --k8s`.
+    "cnpg_postgres": "ghcr.io/cloudnative-pg/postgresql:16-standard-bookworm",
     # Alpine, runs as uid 70; has no pg_isready, hence the /proc/net/tcp health checks.
     "pgbouncer": "edoburu/pgbouncer:v1.24.1-p0",
     "kubectl": "registry.k8s.io/kubectl:v1.31.0",
