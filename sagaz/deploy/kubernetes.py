@@ -78,7 +78,8 @@ class ManagedRole:
 
 def _pool(role: str, settings: PoolSettings, mode: str, service: str) -> Pool:
     parameters = {
-        "max_client_conn": settings.max_client_conn, "default_pool_size": settings.default_pool_size,
+        "max_client_conn": settings.max_client_conn,
+        "default_pool_size": settings.default_pool_size,
         "min_pool_size": settings.min_pool_size, "reserve_pool_size": settings.reserve_pool_size,
         "server_login_retry": settings.server_login_retry,
         "query_wait_timeout": settings.query_wait_timeout,
