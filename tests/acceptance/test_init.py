@@ -177,11 +177,13 @@ def test_options_from_environment(
     monkeypatch.setenv("SAGAZ_INIT_WITH_HA", "1")
     monkeypatch.setenv("SAGAZ_INIT_REPLICAS", "3")
     monkeypatch.setenv("SAGAZ_K8S_NAMESPACE", "from-env")
+    monkeypatch.setenv("SAGAZ_INIT_SYNC", "1")
     code, _out, err = init(capsys)
     assert code == 0, err
     cluster = next(d for d in documents(tmp_path / "k8s" / "postgresql-cluster.yaml")
                    if d["kind"] == "Cluster")
     assert (cluster["metadata"]["namespace"], cluster["spec"]["instances"]) == ("from-env", 4)
+    assert cluster["spec"]["postgresql"]["synchronous"]["dataDurability"] == "required"
 
 
 def _postgres_args(directory: Path) -> dict[str, list[str]]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from init_helpers import _no_sagaz_env, documents, generate, init
-from k8s_validation import validate_manifests
+from k8s_validation import POD_MONITOR_SCHEMA, crd_schemas, schema_errors, validate_manifests
 
 from sagaz.deploy.bundle import APP_USER, DATABASE, READER_USER
 from sagaz.deploy.cnpg_sql import roles_sql, schema_sql
@@ -211,6 +211,29 @@ def _check_clients(resources: dict[tuple[str, str], dict[str, Any]], args: list[
     monitor = resources["PodMonitor", "postgresql"]["spec"]["podMetricsEndpoints"][0]
     assert (monitor["scheme"], monitor["tlsConfig"]["ca"]["secret"]["name"]) == (
         "https", "postgresql-ca")
+
+
+def test_the_schemas_refuse_what_the_api_server_would(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    """The validation can fail: an unknown field, a value out of an enum, a missing required
+    field, in a Cluster, a Pooler and a PodMonitor."""
+    directory = generate(capsys, tmp_path, "--k8s", "--with-ha") / "k8s"
+    cluster = next(d for d in documents(directory / "postgresql-cluster.yaml")
+                   if d["kind"] == "Cluster")
+    cluster["spec"]["postgresql"]["synchronous"] = {"method": "any", "number": 1,
+                                                    "dataDurability": "always"}
+    cluster["spec"]["bootstrap"]["initdb"]["postInitApplicationSQLRef"] = {}
+    errors = schema_errors(cluster, crd_schemas()["postgresql.cnpg.io/v1", "Cluster"])
+    assert len(errors) == 2 and any("'always' is not one of" in e for e in errors), errors
+    assert any("'postInitApplicationSQLRef' was unexpected" in e for e in errors), errors
+    pooler = documents(directory / "poolers.yaml")[0]
+    del pooler["spec"]["cluster"]
+    assert schema_errors(pooler, crd_schemas()["postgresql.cnpg.io/v1", "Pooler"]) == [
+        "spec: 'cluster' is a required property"]
+    monitor = documents(directory / "pod-monitors.yaml")[0]
+    monitor["spec"]["podMetricsEndpoints"][0]["tlsConfig"]["insecure"] = True
+    assert len(schema_errors(monitor, POD_MONITOR_SCHEMA)) == 1
 
 
 def test_bootstrap_sql_is_roles_sql_and_the_migrations(
