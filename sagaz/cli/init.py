@@ -65,6 +65,12 @@ def init(
         help="Your own certificates (ca.crt, server.crt, server.key; PEM) instead of the ones "
              "sagaz init generates into tls/ (docker-compose) or k8s/tls/ (Kubernetes). "
              "server.crt must name every service (the error lists what is missing).")] = None,
+    backup_snapshot_class: Annotated[str | None, typer.Option(
+        "--backup-snapshot-class", envvar="SAGAZ_BACKUP_SNAPSHOT_CLASS", metavar="CLASS",
+        show_default=False,
+        help="--k8s: daily backups as CloudNativePG volume snapshots with this "
+             "VolumeSnapshotClass (`kubectl get volumesnapshotclass`). Without it the "
+             "Kubernetes deployment has no backups.")] = None,
     backup_s3_bucket: Annotated[str | None, typer.Option(
         "--backup-s3-bucket", envvar="SAGAZ_BACKUP_S3_BUCKET", metavar="BUCKET",
         show_default=False,
@@ -112,7 +118,8 @@ without Docker, see `sagaz dev up --ha`.
 """
 
     def body() -> int:
-        given = {"--namespace": namespace, "--storage-size": storage_size, "--image": image}
+        given = {"--namespace": namespace, "--storage-size": storage_size, "--image": image,
+                 "--backup-snapshot-class": backup_snapshot_class}
         if not k8s and any(value is not None for value in given.values()):
             names = ", ".join(name for name, value in given.items() if value is not None)
             verb = "applies" if names.count("--") == 1 else "apply"
@@ -134,12 +141,16 @@ without Docker, see `sagaz dev up --ha`.
         generated: list[Path] = []
         # Kubernetes without --tls-dir: the operator's own certificates, none to make here.
         files = _generate(count, with_ha, k8s, namespace, storage_size, image,
-                          max_slot_wal_keep_size, kept.secrets, directory, tls, s3, sync)
+                          max_slot_wal_keep_size, kept.secrets, directory, tls, s3, sync,
+                          backup_snapshot_class)
         written = _write(directory, files, force)
         if tls is None and not k8s:
             generated = _generated_tls(directory, count, k8s, namespace)
         written += generated
         _report(directory, written, files, k8s, count, namespace or "sagaz")
+        if k8s and backup_snapshot_class is None:
+            out.print("no backups: add --backup-snapshot-class CLASS for daily volume snapshots "
+                      "(kubectl get volumesnapshotclass)")
         _report_secrets(kept)
         return ExitCode.OK
 
@@ -224,7 +235,7 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
               storage_size: str | None, image: str | None,
               max_slot_wal_keep_size: str, secrets: Secrets, directory: Path,
               tls: TlsFiles | None, s3: S3Repository | None,
-              sync: bool = False) -> list[GeneratedFile]:
+              sync: bool = False, snapshot_class: str | None = None) -> list[GeneratedFile]:
     # No database driver needed (tests/acceptance/test_init_without_driver.py).
     from sagaz.deploy import kubernetes
     from sagaz.deploy.bundle import validate_replicas
@@ -238,7 +249,8 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
                 replicas, namespace=namespace or kubernetes.DEFAULT_NAMESPACE,
                 storage_size=storage_size or kubernetes.DEFAULT_STORAGE_SIZE,
                 image=image or kubernetes.DEFAULT_IMAGE, secrets=secrets,
-                max_slot_wal_keep_size=max_slot_wal_keep_size, tls=tls, synchronous=sync)
+                max_slot_wal_keep_size=max_slot_wal_keep_size, tls=tls, synchronous=sync,
+                snapshot_class=snapshot_class)
         source = tls.directory if tls else _tls_dir(directory, k8s)
         return compose_files(replicas, secrets, max_slot_wal_keep_size=max_slot_wal_keep_size,
                              tls_source=str(source) if tls else "./tls",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 
 from sagaz.deploy import bundle
@@ -47,10 +48,13 @@ OPERATOR_MANIFEST = ("https://raw.githubusercontent.com/cloudnative-pg/cloudnati
 """The operator release these manifests are written (and validated) for."""
 
 # In the order `kubectl apply -k` should create them: the Secrets before the Cluster that reads
-# them. pod-monitors.yaml is not listed: it needs the Prometheus Operator's CRDs.
+# them. pod-monitors.yaml is not listed: it needs the Prometheus Operator's CRDs. backups.yaml
+# only with a VolumeSnapshotClass (--backup-snapshot-class).
 RESOURCES = ["namespace.yaml", "secrets.yaml", "postgresql-cluster.yaml", "poolers.yaml",
              "backups.yaml", "maintenance-cronjob.yaml", "sagaz-worker.yaml",
              "network-policies.yaml"]
+
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 _SET_BY_THE_OPERATOR = {"wal_level", "hot_standby", "max_replication_slots", "log_line_prefix"}
 """PRIMARY_SETTINGS the operator owns: it refuses hot_standby, needs wal_level and slots of its
@@ -128,10 +132,11 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
                      secrets: Secrets | None = None, subdir: str = "k8s",
                      max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
                      tls: TlsFiles | None = None, synchronous: bool = False,
-                     ) -> list[GeneratedFile]:
+                     snapshot_class: str | None = None) -> list[GeneratedFile]:
     """Every manifest, under ``subdir``; ``replicas`` 0 is a single instance (no --with-ha).
     ``tls``: your certificates (--tls-dir); None for the operator's own. ``synchronous``: every
-    commit waits for a replica (``dataDurability: required``)."""
+    commit waits for a replica (``dataDurability: required``). ``snapshot_class``: the
+    VolumeSnapshotClass of the daily backups (the operator takes none without one)."""
     bundle.validate_replicas(replicas, minimum=0)
     bundle.validate_namespace(namespace)
     bundle.validate_storage_size(storage_size)
@@ -139,6 +144,10 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
     if synchronous and not replicas:
         raise SagazError("--sync needs replicas to wait for: add --with-ha (a single instance "
                          "has no synchronous standby)")
+    if snapshot_class is not None and not _OBJECT_NAME.match(snapshot_class):
+        raise SagazError(f"--backup-snapshot-class {snapshot_class!r} is not a Kubernetes object "
+                         "name: give the name of a VolumeSnapshotClass of your cluster "
+                         "(`kubectl get volumesnapshotclass`), e.g. csi-hostpath-snapclass")
     secrets = secrets or bundle.generate_secrets()
     pool_list = pools(replicas)
     ca_secret = "sagaz-tls" if tls else f"{CLUSTER_NAME}-ca"
@@ -174,7 +183,9 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         "tls_dir": K8S_TLS_DIR, "q": json.dumps, "secret_name": SECRET_NAME,
         "superuser": bundle.SUPERUSER, "app_user": bundle.APP_USER,
         "reader_user": bundle.READER_USER, "database": bundle.DATABASE, "url_forms": url_forms,
-        "resources": RESOURCES, "dir_hint": subdir + "/",
+        "resources": [name for name in RESOURCES
+                      if snapshot_class or name != "backups.yaml"],
+        "snapshot_class": snapshot_class, "dir_hint": subdir + "/",
         "operator_namespace": OPERATOR_NAMESPACE, "operator_manifest": OPERATOR_MANIFEST,
         "max_slot_wal_keep_size": postgres_parameters(max_slot_wal_keep_size)[
             "max_slot_wal_keep_size"],
@@ -192,7 +203,7 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         manifest("secrets-example.yaml", example=True, secrets=None, urls=None, tls=None),
         manifest("postgresql-cluster.yaml"),
         manifest("poolers.yaml"),
-        manifest("backups.yaml"),
+        *([manifest("backups.yaml")] if snapshot_class else []),
         manifest("maintenance-cronjob.yaml"),
         manifest("sagaz-worker.yaml"),
         manifest("network-policies.yaml"),

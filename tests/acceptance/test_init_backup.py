@@ -186,13 +186,18 @@ def test_kubernetes_backups_are_the_operators_volume_snapshots(
     backs up (a daily cold volume snapshot: no WAL archive needed)."""
     from init_helpers import documents
 
-    directory = generate(capsys, tmp_path, "--k8s", "--with-ha") / "k8s"
+    plain = generate(capsys, tmp_path / "plain", "--k8s", "--with-ha") / "k8s"
+    assert not (plain / "backups.yaml").exists()
+    assert "--backup-snapshot-class CLASS" in " ".join((plain / "README.md").read_text().split())
+    directory = generate(capsys, tmp_path / "snap", "--k8s", "--with-ha",
+                         "--backup-snapshot-class", "csi-snapclass") / "k8s"
     (backup,) = documents(directory / "backups.yaml")
     assert (backup["kind"], backup["spec"]["method"], backup["spec"]["schedule"]) == (
         "ScheduledBackup", "volumeSnapshot", "0 0 1 * * *")
     cluster = next(d for d in documents(directory / "postgresql-cluster.yaml")
                    if d["kind"] == "Cluster")["spec"]
     assert cluster["backup"]["target"] == "prefer-standby"
+    assert cluster["backup"]["volumeSnapshot"]["className"] == "csi-snapclass"
     assert not list(directory.rglob("pgbackrest*"))
     readme = " ".join((directory / "README.md").read_text().split())
     assert "Point-in-time recovery** needs a WAL archive" in readme

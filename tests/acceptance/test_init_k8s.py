@@ -23,6 +23,7 @@ __all__ = ["_no_sagaz_env"]  # the autouse fixture, for this module too
 MANIFESTS = ["namespace.yaml", "secrets.yaml", "secrets-example.yaml", "postgresql-cluster.yaml",
              "poolers.yaml", "backups.yaml", "maintenance-cronjob.yaml", "sagaz-worker.yaml",
              "network-policies.yaml", "pod-monitors.yaml"]
+"""With --backup-snapshot-class; backups.yaml is not written without it."""
 # Outside the kustomization: the example has no values, the PodMonitors need the Prometheus
 # Operator's CRDs.
 NOT_KUSTOMIZED = {"secrets-example.yaml", "pod-monitors.yaml"}
@@ -63,13 +64,17 @@ POSTGRES_FIXED = {
     "syslog_split_messages", "wal_level"}
 
 
-def _resources(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(d["kind"], d["metadata"]["name"]): d for name in MANIFESTS
+def _manifests(args: list[str]) -> list[str]:
+    return [n for n in MANIFESTS if n != "backups.yaml" or "--backup-snapshot-class" in args]
+
+
+def _resources(directory: Path, names: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for name in names
             if name != "secrets-example.yaml" for d in documents(directory / name)}
 
 
 @pytest.mark.parametrize("args", [
-    [], ["--with-ha"], ["--with-ha", "--sync"],
+    [], ["--with-ha"], ["--with-ha", "--sync", "--backup-snapshot-class", "csi-snapclass"],
     ["--with-ha", "--replicas", "4", "--namespace", "prod-saga", "--storage-size", "50Gi",
      "--image", "reg.example/app:1.2"],
 ])
@@ -79,20 +84,23 @@ def test_kubernetes_manifests_validate_against_their_schemas(
     directory = generate(capsys, tmp_path / "out", "--k8s", *args) / "k8s"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    found = validate_manifests([directory / name for name in MANIFESTS], scratch)
-    assert {d["kind"] for d in found["cnpg"]} == {"Cluster", "Pooler", "ScheduledBackup"}
+    manifests = _manifests(args)
+    found = validate_manifests([directory / name for name in manifests], scratch)
+    backups = "--backup-snapshot-class" in args
+    assert {d["kind"] for d in found["cnpg"]} == {"Cluster", "Pooler"} | (
+        {"ScheduledBackup"} if backups else set())
     assert {d["kind"] for d in found["podmonitor"]} == {"PodMonitor"}
 
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
-    assert kustomization["resources"] == [n for n in MANIFESTS if n not in NOT_KUSTOMIZED]
+    assert kustomization["resources"] == [n for n in manifests if n not in NOT_KUSTOMIZED]
     assert sorted(p.name for p in directory.glob("*.yaml")) == sorted(
-        [*MANIFESTS, "kustomization.yaml"])
+        [*manifests, "kustomization.yaml"])
 
     namespace = args[args.index("--namespace") + 1] if "--namespace" in args else "sagaz"
     replicas = (int(args[args.index("--replicas") + 1]) if "--replicas" in args
                 else 2 if "--with-ha" in args else 0)
-    resources = _resources(directory)
+    resources = _resources(directory, manifests)
     assert kustomization["namespace"] == namespace
     for (kind, _), resource in resources.items():
         if kind != "Namespace":
@@ -139,11 +147,15 @@ def _check_cluster(resources: dict[tuple[str, str], dict[str, Any]], replicas: i
         assert len(secret["stringData"]["password"]) >= 32
         assert secret["metadata"]["labels"]["cnpg.io/reload"] == "true"
 
+    if "--backup-snapshot-class" not in args:
+        assert "backup" not in cluster  # the operator cannot snapshot without a class
+        return
     backup = resources["ScheduledBackup", "postgresql-daily"]["spec"]
     assert (backup["method"], backup["cluster"]["name"], backup["online"]) == (
         "volumeSnapshot", "postgresql", False)
     assert len(backup["schedule"].split()) == 6  # the operator's cron has seconds first
-    assert cluster["backup"]["volumeSnapshot"]["online"] is False
+    snapshot = cluster["backup"]["volumeSnapshot"]
+    assert (snapshot["className"], snapshot["online"]) == ("csi-snapclass", False)
 
 
 def _check_pools(resources: dict[tuple[str, str], dict[str, Any]], replicas: int,
@@ -261,8 +273,10 @@ def test_bootstrap_sql_is_roles_sql_and_the_migrations(
 @pytest.mark.parametrize(("args", "needle"), [
     (["--k8s", "--sync"], "--sync applies to the Kubernetes deployment with replicas"),
     (["--with-ha", "--sync"], "--sync applies to the Kubernetes deployment with replicas"),
+    (["--backup-snapshot-class", "x"], "--backup-snapshot-class only applies to Kubernetes"),
+    (["--k8s", "--backup-snapshot-class", "Not_A_Name"], "is not a Kubernetes object name"),
 ])
-def test_sync_needs_kubernetes_with_replicas(
+def test_kubernetes_only_options_say_what_to_change(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], needle: str,
 ) -> None:
     code, out, err = init(capsys, "--dir", str(tmp_path / "out"), *args)
