@@ -150,7 +150,7 @@ without Docker, see `sagaz dev up --ha`.
         _report(directory, written, files, k8s, count, namespace or "sagaz")
         if k8s and backup_snapshot_class is None:
             out.print("no backups: add --backup-snapshot-class CLASS for daily volume snapshots "
-                      "(kubectl get volumesnapshotclass)")
+                      "(kubectl get volumesnapshotclass)", soft_wrap=True)
         _report_secrets(kept)
         return ExitCode.OK
 
