@@ -41,7 +41,6 @@ IMAGES = {
     "cnpg_postgres": "ghcr.io/cloudnative-pg/postgresql:16-standard-bookworm",
     # Alpine, runs as uid 70; has no pg_isready, hence the /proc/net/tcp health checks.
     "pgbouncer": "edoburu/pgbouncer:v1.24.1-p0",
-    "kubectl": "registry.k8s.io/kubectl:v1.31.0",
     "prometheus": "prom/prometheus:v2.53.0",
     "postgres_exporter": "quay.io/prometheuscommunity/postgres-exporter:v0.15.0",
     # v0.9.0 is the first to read its connection string from the environment.
