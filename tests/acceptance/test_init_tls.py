@@ -102,11 +102,18 @@ def test_kubernetes_uses_the_operators_certificates_and_verifies_them(
 def test_kubernetes_tls_dir_becomes_the_clusters_certificate_cert_manager_shaped(
     capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
+    from k8s_validation import validate_manifests
+
     from sagaz.deploy.kubernetes import k8s_tls_names
 
     own = ensure_certificates(tmp_path / "own", k8s_tls_names("sagaz"))
     generate(capsys, tmp_path / "out", "--k8s", "--with-ha", "--tls-dir", str(own.directory))
     k8s = tmp_path / "out" / "k8s"
+    (tmp_path / "scratch").mkdir()
+    validate_manifests([k8s / name for name in ("secrets.yaml", "secrets-example.yaml",
+                                                "postgresql-cluster.yaml", "sagaz-worker.yaml",
+                                                "maintenance-cronjob.yaml", "pod-monitors.yaml")],
+                       tmp_path / "scratch")
     secrets = {d["metadata"]["name"]: d for d in documents(k8s / "secrets.yaml")}
     server, ca = secrets["sagaz-tls"], secrets["sagaz-ca"]
     assert server["type"] == ca["type"] == "kubernetes.io/tls"
