@@ -106,8 +106,9 @@ password anywhere).
 * `sagaz init --k8s --with-ha [--sync]`: the same on Kubernetes under `k8s/`, run by the
   CloudNativePG operator (install it first: `k8s/README.md`): a `Cluster` of 1 + `--replicas`
   instances (default 2) with automatic failover, `Pooler`s pgbouncer-rw and pgbouncer-ro, daily
-  volume-snapshot backups, a partition-maintenance CronJob, the worker, NetworkPolicies,
-  PodMonitors; passwords in `k8s/secrets.yaml` (mode 0600). Then: `kubectl apply -k k8s/`.
+  volume-snapshot backups (`--backup-snapshot-class`), a partition-maintenance CronJob, the
+  worker, NetworkPolicies, PodMonitors; passwords in `k8s/secrets.yaml` (mode 0600). Then:
+  `kubectl apply -k k8s/`.
 * Without `--with-ha`: the same files for a single PostgreSQL server (both pools point at it).
 
 Existing files are never overwritten without `--force`: the command then lists them and writes
