@@ -3,8 +3,11 @@
 - CloudNativePG objects (``postgresql.cnpg.io``): the ``openAPIV3Schema`` of the operator's v1.30
   CRDs (``shared/crds/cloudnative-pg/`` beside the repository), with jsonschema, as strictly as the
   API server's field validation: an object with ``properties`` accepts no other field unless its
-  schema says ``x-kubernetes-preserve-unknown-fields``. (The CRDs' CEL rules,
-  ``x-kubernetes-validations``, are not evaluated: jsonschema has no CEL.)
+  schema says ``x-kubernetes-preserve-unknown-fields``. The CRDs' CEL rules
+  (``x-kubernetes-validations``) are not evaluated, jsonschema has no CEL: those that apply when
+  these objects are created (imageName or imageCatalogRef, ``synchronous.number > 0``) are
+  asserted by test_init_k8s.py, the others guard updates (immutable references) or fields these
+  files leave out.
 - PodMonitor (``monitoring.coreos.com/v1``): :data:`POD_MONITOR_SCHEMA`, built from the fields
   the Prometheus Operator's API reference documents for PodMonitorSpec, PodMetricsEndpoint and
   SafeTLSConfig (no CRD of it is available offline); unknown fields are refused.

@@ -114,6 +114,7 @@ def _check_cluster(resources: dict[tuple[str, str], dict[str, Any]], replicas: i
                    args: list[str]) -> None:
     cluster = resources["Cluster", "postgresql"]["spec"]
     assert cluster["instances"] == replicas + 1
+    assert "imageCatalogRef" not in cluster  # the CRD's rule: not both, and imageName is set
     size = args[args.index("--storage-size") + 1] if "--storage-size" in args else "10Gi"
     assert cluster["storage"]["size"] == size
     if "--sync" in args:
