@@ -145,3 +145,22 @@ def test_every_generated_password_has_a_place_it_is_read_back_from() -> None:
     # Kubernetes: CloudNativePG has no superuser password and its own replication and pool
     # credentials; Grafana is not deployed there. The others are not written at all.
     assert set(SECRET_KEYS) == {"app", "reader"} <= every
+
+
+def test_force_keeps_the_passwords_of_an_earlier_kubernetes_secrets_file(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A secrets.yaml of the earlier StatefulSet deployment (six passwords in sagaz-postgres):
+    the two roles CloudNativePG manages keep theirs, and nothing is reported missing."""
+    secret = tmp_path / "k8s" / "secrets.yaml"
+    secret.parent.mkdir()
+    earlier = {"postgres-password": "p" * 32, "app-password": "a" * 32,
+               "reader-password": "r" * 32, "replication-password": "x" * 32,
+               "pgbouncer-admin-password": "y" * 32, "pgbouncer-stats-password": "z" * 32}
+    secret.write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: sagaz-postgres\n"
+                      "stringData:\n" + "".join(f'  {k}: "{v}"\n' for k, v in earlier.items()))
+    code, out, err = init(capsys, "--dir", str(tmp_path), "--k8s", "--with-ha", "--force")
+    assert code == 0, err
+    assert f"kept the passwords of {secret}" in out and "warning" not in err
+    assert _k8s_passwords(tmp_path) == {"app-password": "a" * 32, "reader-password": "r" * 32}
+    roles = {d["metadata"]["name"]: d["stringData"]["password"] for d in documents(secret)[1:]}
+    assert roles == {"sagaz-app": "a" * 32, "sagaz-reader": "r" * 32}
