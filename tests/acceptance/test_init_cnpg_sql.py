@@ -7,8 +7,12 @@ docker-compose leave: least privilege, a schema that `sagaz db migrate` finds cu
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,6 +26,54 @@ from psycopg import sql
 
 from sagaz.deploy.cnpg_sql import roles_sql, schema_sql
 from sagaz.errors import SagazError
+
+# What roles.sql leaves, name by name (roles replaced by their part: app, reader): attributes,
+# memberships, role settings, the database's and the schema's owners and ACLs, default
+# privileges, and who may execute the advisory-lock functions and pg_notify().
+_GRANTS = """
+SELECT 'role', rolname, concat_ws(' ', rolsuper, rolinherit, rolcreaterole, rolcreatedb,
+       rolcanlogin, rolreplication, rolbypassrls)
+  FROM pg_roles WHERE rolname IN (%(app)s, %(reader)s)
+UNION ALL
+SELECT 'member', r.rolname, m.rolname FROM pg_auth_members a
+  JOIN pg_roles r ON r.oid = a.member JOIN pg_roles m ON m.oid = a.roleid
+ WHERE r.rolname IN (%(app)s, %(reader)s)
+UNION ALL
+SELECT 'setting', coalesce(r.rolname, '-') || '@' || coalesce(d.datname, '-'),
+       array_to_string(s.setconfig, ',')
+  FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
+  LEFT JOIN pg_database d ON d.oid = s.setdatabase
+ WHERE r.rolname IN (%(app)s, %(reader)s)
+UNION ALL
+SELECT 'database', pg_get_userbyid(datdba), datacl::text FROM pg_database
+ WHERE datname = current_database()
+UNION ALL
+SELECT 'schema', pg_get_userbyid(nspowner), nspacl::text FROM pg_namespace
+ WHERE nspname = 'public'
+UNION ALL
+SELECT 'default', pg_get_userbyid(defaclrole), defaclacl::text FROM pg_default_acl
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text, p.proacl::text FROM pg_proc p
+ WHERE p.pronamespace = 'pg_catalog'::regnamespace
+   AND (p.proname LIKE 'pg\\_%%advisory\\_%%' OR p.proname = 'pg_notify')
+"""
+
+
+def _grants(conninfo: str, app: str, reader: str) -> set[tuple[str, ...]]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(_GRANTS, {"app": app, "reader": reader}).fetchall()
+    database = conninfo_database(conninfo)
+
+    def normal(value: Any) -> str:
+        # Names differ between the two runs (roles are global to the server): by their part.
+        return (str(value).replace(reader, "<reader>").replace(app, "<app>")
+                .replace(database, "<database>"))
+
+    return {tuple(normal(v) for v in row) for row in rows}
+
+
+def conninfo_database(conninfo: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(conninfo)["dbname"])
 
 
 @dataclass(frozen=True)
@@ -87,6 +139,43 @@ def test_bootstrap_sql_leaves_the_schema_current_and_the_roles_least_privileged(
                                 app_user=bootstrapped.app, database=bootstrapped.database)
     assert_reader_is_least_privileged(
         bootstrapped.reader_dsn, foreign_table=create_foreign_table(bootstrapped.superuser_dsn))
+
+
+def test_the_converted_roles_sql_grants_what_psql_running_roles_sql_grants(
+    pg_server: str, bootstrapped: Bootstrapped,
+) -> None:
+    """The same source, the same result: roles.sql run by psql (as `sagaz dev up` and
+    docker-compose run it) and its conversion run by the operator leave the same privileges."""
+    psql = shutil.which("psql")
+    assert psql, "psql is needed (apt-get install postgresql-client)"
+    suffix = os.urandom(3).hex()
+    app, reader, database = f"psql_app_{suffix}", f"psql_reader_{suffix}", f"psql_db_{suffix}"
+    replication = f"psql_repl_{suffix}"
+    params = psycopg.conninfo.conninfo_to_dict(pg_server)
+    script = resources.files("sagaz.deploy").joinpath("templates", "sql", "roles.sql")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PG")},
+           "SAGAZ_APP_PASSWORD": "a" * 32, "SAGAZ_READER_PASSWORD": "r" * 32,
+           "SAGAZ_REPLICATION_PASSWORD": "x" * 32}
+    try:
+        result = subprocess.run(
+            [psql, "-X", "-q", "-h", str(params.get("host", "127.0.0.1")),
+             "-p", str(params.get("port", 5432)), "-U", str(params.get("user", "postgres")),
+             "-d", "postgres", "-v", f"app_user={app}", "-v", f"reader_user={reader}",
+             "-v", f"replication_user={replication}", "-v", f"app_db={database}", "-f", "-"],
+            input=script.read_text("utf-8"), env=env, capture_output=True, text=True,
+            timeout=60)
+        assert result.returncode == 0, result.stderr
+        by_psql = _grants(dsn_for(database), app, reader)
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(database)))
+            for role in (reader, app, replication):
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    by_operator = _grants(bootstrapped.superuser_dsn, bootstrapped.app, bootstrapped.reader)
+    assert by_operator == by_psql
+    assert ("member", "<reader>", "pg_monitor") in by_psql  # the comparison compares something
+    assert any(row[0] == "function" and "<app>=X" in row[2] for row in by_psql)
 
 
 def test_roles_sql_refuses_a_psql_command_it_cannot_convert(
