@@ -14,10 +14,12 @@ __all__ = ["init_failover"]
 
 
 def init_failover(*, with_ha: bool, k8s: bool, replicas: int | None, directory: Path,
-                  tls_dir: Path | None, force: bool, rotate_secrets: bool) -> int:
+                  tls_dir: Path | None, force: bool, rotate_secrets: bool,
+                  sync: bool = False) -> int:
     # No database driver needed (tests/acceptance/test_init_without_driver.py).
     from sagaz.deploy.bundle import write_files
     from sagaz.deploy.compose_failover import compose_failover_files, failover_tls_names
+    from sagaz.deploy.patroni import PatroniSettings
     from sagaz.deploy.kept_secrets import kept_compose_secrets
     from sagaz.deploy.tls import deployment_tls
     from sagaz.errors import SagazError
@@ -39,6 +41,7 @@ def init_failover(*, with_ha: bool, k8s: bool, replicas: int | None, directory: 
             deployment_tls(source, failover_tls_names(), tls_dir)
         files = compose_failover_files(
             kept.secrets if kept else None, api_password=api_password,
+            settings=PatroniSettings(synchronous_mode=sync),
             tls_source=str(source) if tls_dir else "./tls",
             host_ca_cert=str(Path(source).absolute() / "ca.crt"))
         written = write_files(directory, files, force=force)

@@ -197,3 +197,12 @@ def test_failover_init_needs_no_database_driver(tmp_path: Path) -> None:
          "--failover"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "patroni" / "patroni1.yml").exists()
+
+
+def test_sync_sets_patronis_synchronous_mode(capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path) -> None:
+    directory = generate(capsys, tmp_path / "sync", "--with-ha", "--failover", "--sync")
+    config = yaml.safe_load((directory / "patroni" / "patroni2.yml").read_text())
+    dcs = config["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is False
+    assert dcs["failsafe_mode"] is True and dcs["postgresql"]["use_pg_rewind"] is True
