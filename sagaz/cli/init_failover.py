@@ -19,8 +19,8 @@ def init_failover(*, with_ha: bool, k8s: bool, replicas: int | None, directory: 
     # No database driver needed (tests/acceptance/test_init_without_driver.py).
     from sagaz.deploy.bundle import write_files
     from sagaz.deploy.compose_failover import compose_failover_files, failover_tls_names
-    from sagaz.deploy.patroni import PatroniSettings
     from sagaz.deploy.kept_secrets import kept_compose_secrets
+    from sagaz.deploy.patroni import PatroniSettings
     from sagaz.deploy.tls import deployment_tls
     from sagaz.errors import SagazError
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_init import free_port, generate, init, load_env, require_tool
+from init_helpers import free_port, generate, init, load_env, require_tool
 
 from sagaz.deploy import patroni_follow
 
