@@ -427,6 +427,8 @@ def _print_urls(cluster: LocalCluster, directory: Path) -> None:
     what = {"SAGAZ_STORAGE_URL": "write pool (pgbouncer-rw, transaction pooling, the primary)",
             "SAGAZ_ANALYTICS_URL": "read pool (pgbouncer-ro, the replicas; read-only user)",
             "SAGAZ_DATABASE_URL": "direct to the primary (migrations, `sagaz db`)"}
+    if cluster.state.patroni is not None:
+        what["SAGAZ_DATABASE_URL"] = "every node; libpq picks the leader (migrations, `sagaz db`)"
     out.print("\nUse these. They contain generated passwords, kept in "
               f"{escape(str(cluster.directory / 'secrets.json'))} (mode 0600):", soft_wrap=True)
     for key, value in env.items():

@@ -149,47 +149,72 @@ def configured_hosts(ini: str, dbname: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run PgBouncer (``--pgbouncer``, the config ``--config``) and keep database ``--dbname``
-    on the leader (``--role rw``) or the replicas (``--role ro``) of the Patroni members
-    ``--members host:port,...``, checked every ``--interval`` seconds."""
+    """Run PgBouncer (the command after ``--``, default ``pgbouncer CONFIG``) and keep database
+    ``--dbname`` of its config ``--config`` on the leader (``--role rw``) or the replicas
+    (``--role ro``) of the Patroni members ``--members host:port,...``, checked every
+    ``--interval`` seconds. ``--source``: a read-only config copied to ``--config`` first."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--config", required=True)
+    parser.add_argument("--source")
     parser.add_argument("--role", choices=("rw", "ro"), required=True)
     parser.add_argument("--dbname", required=True)
     parser.add_argument("--members", required=True)
     parser.add_argument("--cafile", required=True)
     parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--pgbouncer", default="pgbouncer")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     context = ssl_context(args.cafile)
     endpoints = args.members.split(",")
-    child = subprocess.Popen([args.pgbouncer, args.config])
+    if args.source:
+        with open(args.source) as source:
+            _write_private(args.config, source.read())
+    command = [c for c in args.command if c != "--"] or ["pgbouncer", args.config]
+
+    def follow_once() -> bool:
+        """Rewrite the config when the targets changed; whether it did."""
+        document = agreed_view(fetch_views(endpoints, context), len(endpoints))
+        if document is None:
+            return False
+        targets = follow_targets(document)
+        hosts = ([targets.leader_host] if targets.leader_host else []) \
+            if args.role == "rw" else targets.read_hosts()
+        with open(args.config) as config:
+            ini = config.read()
+        if not hosts or configured_hosts(ini, args.dbname) == hosts:
+            return False
+        _write_private(args.config, rewrite_database_hosts(ini, args.dbname, hosts))
+        print(f"pgbouncer-{args.role} now on {','.join(hosts)}", flush=True)
+        return True
+
+    # Once before PgBouncer starts: it starts on the right servers, and is not sent SIGHUP
+    # before it handles it (the default action of SIGHUP ends a process).
+    follow_once()
+    # The command must exec PgBouncer (pgbouncer-start.sh does): SIGHUP goes to this pid.
+    child = subprocess.Popen(command)
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    time.sleep(args.interval)
     while child.poll() is None:
-        document = agreed_view(fetch_views(endpoints, context), len(endpoints))
-        if document is not None:
-            targets = follow_targets(document)
-            hosts = ([targets.leader_host] if targets.leader_host else []) \
-                if args.role == "rw" else targets.read_hosts()
-            with open(args.config) as config:
-                ini = config.read()
-            if hosts and configured_hosts(ini, args.dbname) != hosts:
-                temporary = args.config + ".new"
-                # 0600: the file names the pool's users; os.replace keeps PgBouncer from ever
-                # reading half of it.
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as config:
-                    config.write(rewrite_database_hosts(ini, args.dbname, hosts))
-                os.replace(temporary, args.config)
-                child.send_signal(signal.SIGHUP)
-                print(f"pgbouncer-{args.role} now on {','.join(hosts)}", flush=True)
+        if follow_once():
+            child.send_signal(signal.SIGHUP)
         time.sleep(args.interval)
     return child.returncode or 0
+
+
+def _write_private(path: str, text: str) -> None:
+    """0600 (the file names the pool's users), through a rename: PgBouncer never reads half."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    temporary = path + ".new"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as config:
+        config.write(text)
+    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

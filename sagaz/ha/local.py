@@ -305,10 +305,11 @@ class LocalCluster:
         running += [f"pgbouncer-{r}" for r in ("rw", "ro") if self.bouncer(r).pid is not None]
         return running
 
-    def preflight(self) -> None:
+    def preflight(self, elsewhere: frozenset[str] = frozenset()) -> None:
         """Fail before anything is created or started when this machine cannot run the cluster:
         missing binaries, a directory the service user cannot reach, a port another program
-        holds. Each error says what to change."""
+        holds. Each error says what to change. ``elsewhere``: nodes whose ports are not visible
+        from here (a network namespace of their own)."""
         bindir = Path(self.state.bindir)
         for tool in ("initdb", "postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "psql"):
             if not (bindir / tool).exists():
@@ -320,8 +321,9 @@ class LocalCluster:
         if self.state.backup:
             find_pgbackrest()
         check_reachable(service_user(), self.directory)
+        hidden = {self.state.host(n) for n in elsewhere}
         for host, port, what, running in self._listeners():
-            if not running and not port_free(host, port):
+            if not running and host not in hidden and not port_free(host, port):
                 raise ConfigurationError(
                     f"port {port} on {host} ({what}) is in use by another program (another "
                     f"cluster, a system PostgreSQL?): choose other ports with --base-port "

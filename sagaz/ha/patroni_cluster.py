@@ -279,8 +279,8 @@ class PatroniCluster:
     def preflight(self) -> None:
         find_etcd()
         patroni_command(service_user())
-        self.local.preflight()
         s = self.state
+        self.local.preflight(frozenset(n for n in s.nodes if self.prefix(n)))
         for node in s.nodes:
             for port, what, daemon in (
                     (s.base_port + API_OFFSET, "Patroni REST API", self.patroni(node)),

@@ -5,17 +5,26 @@ the leader); synchronous mode has a cluster of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import signal
+import socket
 import stat
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from patronicluster import FailoverCluster, Writer, failover_cluster, server_of, wait_until
+
+from sagaz.deploy import patroni_follow
 
 pytestmark = [pytest.mark.slow]
 
@@ -29,6 +38,13 @@ def failover() -> Iterator[FailoverCluster]:
                              prepare_threshold=None) as conn:
             conn.execute(f"CREATE TABLE {TABLE} (v bigint PRIMARY KEY)")
         yield cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _status(failover: FailoverCluster) -> dict[str, object]:
@@ -139,6 +155,21 @@ def test_switchover_moves_the_pool_and_the_old_leader_rejoins(
           f"acknowledged, {writer.errors} client errors")
 
 
+@pytest.mark.timeout(120)
+def test_failover_to_a_named_replica_and_bad_names(failover: FailoverCluster) -> None:
+    unknown = failover.cli("ha", "switchover", "--to", "node9")
+    assert unknown.code == 2 and "no node 'node9'" in " ".join(unknown.err.split())
+    leader = failover.cluster.leader()
+    itself = failover.cli("ha", "failover", "--to", str(leader))
+    assert itself.code == 2 and "is the leader already" in " ".join(itself.err.split())
+    target = next(n for n in ("node2", "node0") if n != leader)
+    result = failover.cli("ha", "failover", "--to", target)
+    assert result.code == 0, result.out + result.err
+    assert f"{target} is the leader" in result.out
+    status = _healthy_status(failover, timeout=60)
+    assert status["leader"] == target and status["pools"]["rw"] == [target]  # type: ignore[index]
+
+
 @pytest.mark.timeout(180)
 def test_sigkill_of_the_leaders_postmaster_is_recovered(failover: FailoverCluster) -> None:
     cluster = failover.cluster
@@ -178,3 +209,98 @@ def test_sync_mode_shows_a_synchronous_standby() -> None:
             rows = conn.execute("SELECT application_name, sync_state FROM "
                                 "pg_stat_replication").fetchall()
         assert rows == [("node1", "sync")]
+
+
+@pytest.mark.timeout(120)
+def test_the_compose_follower_points_its_pgbouncer_at_the_leader(
+        failover: FailoverCluster) -> None:
+    """pgbouncer/patroni-follow.py of `sagaz init --with-ha --failover`, run as it runs in the
+    container (it starts PgBouncer and re-points it), against this real cluster: a pool
+    configured on a replica starts on the leader, and follows a switchover."""
+    from sagaz.ha.osuser import service_user
+    from sagaz.ha.patroni_cluster import patroni_command
+    from sagaz.ha.pgbouncer import find_pgbouncer
+
+    cluster = failover.cluster
+    leader = cluster.leader()
+    replica = next(n for n in cluster.state.nodes if n != leader)
+    port = free_port()
+    # Next to the cluster: a directory the service user can reach (deleted with the cluster).
+    pool_dir = failover.directory.parent / "follower-pool"
+    bouncer = cluster.local.bouncer("rw", [replica])
+    bouncer = dataclasses.replace(bouncer, directory=pool_dir, port=port, process=None)
+    bouncer.write_config()
+    # As in the container: the follower and its PgBouncer run as the service user.
+    user = service_user()
+    as_user = [] if user.is_current else ["setpriv", f"--reuid={user.uid}",
+                                          f"--regid={user.gid}", "--init-groups", "--"]
+    python = patroni_command(user)[0][0]
+    follower = subprocess.Popen(
+        [*as_user, python, str(Path(patroni_follow.__file__)), "--role", "rw",
+         "--config", str(bouncer.config_path), "--dbname", cluster.state.dbname,
+         "--members", ",".join(cluster.api_endpoint(n) for n in cluster.state.nodes),
+         "--cafile", str(cluster.local.tls.ca_cert), "--interval", "0.5",
+         "--", find_pgbouncer(), str(bouncer.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    dsn = cluster.local.dsn(port=port, connect_timeout=2)
+    try:
+        try:
+            wait_until(lambda: server_of(dsn) == (cluster.state.host(str(leader)), False), 30,
+                       "the follower's pool on the leader")
+        except AssertionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(follower.pid, signal.SIGTERM)
+            output = follower.communicate(timeout=10)[0].decode(errors="replace")
+            raise AssertionError(f"follower output:\n{output}") from None
+        assert bouncer.configured_hosts(cluster.state.dbname) == [
+            cluster.state.host(str(leader))]
+        assert stat.S_IMODE(bouncer.config_path.stat().st_mode) == 0o600
+        # And a running PgBouncer is re-pointed (rewrite + SIGHUP) when the leader changes.
+        result = failover.cli("ha", "switchover")
+        assert result.code == 0, result.out + result.err
+        new_leader = failover.cluster.state.host(str(failover.cluster.leader()))
+        assert new_leader != cluster.state.host(str(leader))
+        wait_until(lambda: server_of(dsn) == (new_leader, False), 30,
+                   "the follower's pool on the new leader")
+        assert follower.poll() is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(follower.pid, signal.SIGTERM)
+        try:
+            follower.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(follower.pid, signal.SIGKILL)
+            follower.wait(10)
+        bouncer.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_node_behind_a_command_prefix_on_an_explicit_address() -> None:
+    """What a node in a network namespace of its own needs: its processes start behind a
+    command prefix (here `env`, which execs like `ip netns exec` does) as the service user, on
+    the address given, and stop by the pid recorded."""
+    from devcluster import kill_leftovers
+    from patronicluster import free_failover_port, require_failover_binaries
+
+    from sagaz.ha.osuser import service_user
+    from sagaz.ha.patroni_cluster import PatroniCluster
+
+    require_failover_binaries()
+    parent = Path(tempfile.mkdtemp(prefix="sagaz-failover-test-"))
+    parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
+    cluster = PatroniCluster.new(parent / "cluster", nodes=1, base_port=free_failover_port(5),
+                                 hosts=["127.0.0.5"], prefixes={"node0": ["env"]})
+    try:
+        cluster.up()
+        assert cluster.leader() == "node0"
+        assert server_of(cluster.local.dsn(port=cluster.state.rw_port)) == ("127.0.0.5", False)
+        for daemon in (cluster.etcd("node0"), cluster.patroni("node0")):
+            pid = daemon.pid
+            assert pid is not None
+            assert os.stat(f"/proc/{pid}").st_uid == service_user().uid
+            assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != b"env"
+    finally:
+        cluster.down(purge=True)
+        kill_leftovers(parent)
+        shutil.rmtree(parent, ignore_errors=True)
+    assert cluster.running_parts() == []
