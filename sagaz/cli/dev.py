@@ -50,6 +50,7 @@ sagaz dev up --ha              # primary + 1 replica + pgbouncer-rw/ro (+ the su
 eval "$(sagaz dev env)"        # SAGAZ_STORAGE_URL, SAGAZ_ANALYTICS_URL, SAGAZ_DATABASE_URL
 sagaz dev status               # roles, replication lag, pools, partitions
 sagaz ha promote node1         # manual failover drill
+sagaz dev up --ha --failover   # or: Patroni + etcd, automatic failover (`sagaz ha switchover`)
 sagaz dev down --purge         # stop everything and delete the data
 ```
 

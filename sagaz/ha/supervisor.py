@@ -41,7 +41,9 @@ In a cluster with automatic failover (``dev up --ha --failover``) Patroni decide
 clones or rewinds replicas itself; the supervisor is then the one place that points the pools at
 what Patroni decided: pgbouncer-rw at the leader, pgbouncer-ro at the replicas that stream, from
 the members' REST API (:meth:`sagaz.ha.patroni_cluster.PatroniCluster.follow`, with the logic
-:mod:`sagaz.deploy.patroni_follow` shares with docker-compose).
+:mod:`sagaz.deploy.patroni_follow` shares with docker-compose). It also starts again an etcd
+member or a Patroni that died, a few seconds later (:meth:`~sagaz.ha.patroni_cluster.
+PatroniCluster.revive`), as a service manager would.
 
 It runs as ``sagaz dev supervise --dir D`` (started in the background by ``sagaz dev up``, pid in
 ``D/supervisor.pid``, log in ``D/supervisor.log``, stopped by ``sagaz dev down``).
@@ -130,10 +132,16 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
         await healer.close()
 
 
+_dead_since: dict[str, float] = {}
+"""Since when each daemon of a failover cluster has been found dead (PatroniCluster.revive)."""
+
+
 def _follow_patroni(cluster: LocalCluster) -> None:
     from sagaz.ha.patroni_cluster import PatroniCluster
 
-    PatroniCluster(cluster).follow()
+    failover = PatroniCluster(cluster)
+    failover.revive(_dead_since)
+    failover.follow()
 
 
 async def _pause(stop: asyncio.Event, interval: float, started: float) -> None:
