@@ -213,6 +213,10 @@ def up_command(
         "--sync-strict", envvar="SAGAZ_DEV_SYNC_STRICT",
         help="With --sync: refuse writes while no synchronous standby is left "
              "(synchronous_mode_strict) instead of going on without one.")] = False,
+    revive_after: Annotated[float, typer.Option(
+        "--revive-after", min=1, max=3600, envvar="SAGAZ_DEV_REVIVE_AFTER", metavar="SECONDS",
+        help="With --failover: the supervisor starts an etcd member or Patroni that died again "
+             "after this long (a new cluster).")] = 30.0,
 ) -> None:
     """Create and start the local cluster (or whatever part of it is stopped), then print the
     SAGAZ_* URLs to use. Running it on a running cluster changes nothing (but the WAL cap when
@@ -319,6 +323,7 @@ def up_command(
         else:
             cluster = PatroniCluster.new(
                 directory, nodes=nodes, base_port=base_port or DEFAULT_BASE_PORT,
+                revive_after=revive_after,
                 settings=PatroniSettings(synchronous_mode=sync,
                                          synchronous_mode_strict=sync_strict))
         started = time.monotonic()

@@ -74,9 +74,10 @@ API_USER = "patroni"
 SCOPE = "sagaz"
 
 API_OFFSET, ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 1002, 1003, 1004
-DEFAULT_REVIVE_AFTER = 5.0
-"""Seconds a dead etcd member or Patroni stays down before the supervisor restarts it: like a
-service manager's restart delay; long enough for a test to observe the cluster without it."""
+DEFAULT_REVIVE_AFTER = 30.0
+"""Seconds a dead etcd member or Patroni stays down before the supervisor restarts it, like a
+service manager's restart delay. Longer than the test ttl (20 s): a crashed leader is replaced
+first and then rejoins as a replica, instead of coming back in time to keep its leader key."""
 
 
 def find_etcd() -> str:
@@ -301,7 +302,7 @@ class PatroniCluster:
                         "program: choose other ports with --base-port (SAGAZ_DEV_BASE_PORT)")
 
     def up(self, progress: Callable[[str], None] = lambda _: None,
-           timeout: float = 90.0) -> None:
+           timeout: float = 180.0) -> None:
         """Create what is missing and start what is stopped, then wait until a leader serves and
         every replica streams; idempotent."""
         local, user = self.local, service_user()
