@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sagaz.config import SagaConfig, get_config
 from sagaz.engine import plan
 from sagaz.engine.context import SagaContext
+from sagaz.engine.fingerprint import shape_of
 from sagaz.engine.invoke import BadResult, call_step, changes_of
 from sagaz.engine.lease import keeper_for, process_owner
 from sagaz.engine.types import (
@@ -40,6 +41,7 @@ from sagaz.errors import (
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import SagaStorage, UnitOfWork
+from sagaz.storage.control import record_shape
 from sagaz.values import UnstorableValueError, check_json, check_text, storable_text
 
 if TYPE_CHECKING:
@@ -128,8 +130,12 @@ async def run_saga(
     if local is not None and local.get_loop() is asyncio.get_running_loop():
         return await asyncio.shield(local)
     owner = process_owner()
+    # The saga records the definition it starts with: recovery finishes it with that one.
+    shape = shape_of(saga)
+    await record_shape(config.write_storage, shape)
     state = SagaState(sid, saga.name, SagaStatus.RUNNING, data, idempotency_key=idempotency_key,
-                      lease_owner=owner)
+                      lease_owner=owner, definition_fingerprint=shape.fingerprint,
+                      definition_version=shape.version)
     stored, created = await config.write_storage.create(state, config.lease_seconds)
     if not created:
         if stored.saga_name != saga.name:
