@@ -41,51 +41,62 @@ DEADLINE = 15.0
 PAUSES = {"in_charge": "before-action:charge", "after_ship": "after-action:ship"}
 
 
-async def wait_for_markers(marker: Path, count: int, child: subprocess.Popen[bytes] | None,
-                           stderr: Path | None = None) -> None:
+async def wait_for_markers(marker: Path, count: int) -> None:
     deadline = time.monotonic() + DEADLINE
     while len(read_lines(marker)) < count:
-        if child is not None and child.poll() is not None:
-            pytest.fail(f"child exited ({child.returncode}) early:\n"
-                        f"{stderr.read_text() if stderr else ''}")
         if time.monotonic() > deadline:
             pytest.fail(f"the sagas did not reach their pauses within {DEADLINE}s")
         await asyncio.sleep(0.01)
 
 
-async def start_v1_and_die(backend: Backend, tmp_path: Path, name: str) -> dict[str, str]:
-    """Start one v1 saga per PAUSES entry; kill their executor once all have paused."""
-    ids = {label: str(uuid.uuid4()) for label in PAUSES}
+def kill_child_once_paused(url: str, tmp_path: Path, name: str, pauses: dict[str, str]) -> None:
+    """Run the sagas (id -> pause point) in a child process; SIGKILL it once all paused."""
     effects, marker = tmp_path / "effects.log", tmp_path / "marker"
-    if backend.in_process:
-        saga = v1(name)
-        set_pausing(True)
-        tasks = [asyncio.create_task(saga.execute(
-            {"effects": str(effects), "marker": str(marker), "pause_at": PAUSES[label]},
-            saga_id=saga_id)) for label, saga_id in ids.items()]
-        await wait_for_markers(marker, len(ids), None)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        set_pausing(False)
-        forget(name)  # the new code is deployed: v1 is no longer registered
-        return ids
-    assert backend.url is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAZ_")}
-    env.update(SAGAZ_STORAGE_URL=backend.url, SAGAZ_LEASE_SECONDS=str(LEASE))
+    env.update(SAGAZ_STORAGE_URL=url, SAGAZ_LEASE_SECONDS=str(LEASE))
     stderr_path = tmp_path / "child.stderr"
     args = [sys.executable, str(CHILD), name, str(effects), str(marker),
-            *(f"{saga_id}={PAUSES[label]}" for label, saga_id in ids.items())]
+            *(f"{saga_id}={pause}" for saga_id, pause in pauses.items())]
     with stderr_path.open("wb") as stderr:
         child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        await wait_for_markers(marker, len(ids), child, stderr_path)
+        deadline = time.monotonic() + DEADLINE
+        while len(read_lines(marker)) < len(pauses):
+            if child.poll() is not None:
+                pytest.fail(f"child exited ({child.returncode}) early:\n"
+                            f"{stderr_path.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the sagas did not reach their pauses within {DEADLINE}s")
+            time.sleep(0.01)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         if child.poll() is None:
             child.kill()
         child.wait()
     assert child.returncode == -signal.SIGKILL
+
+
+async def start_v1_and_die(backend: Backend, tmp_path: Path, name: str) -> dict[str, str]:
+    """Start one v1 saga per PAUSES entry; kill their executor once all have paused."""
+    ids = {label: str(uuid.uuid4()) for label in PAUSES}
+    if backend.url is not None:
+        kill_child_once_paused(backend.url, tmp_path, name,
+                               {saga_id: PAUSES[label] for label, saga_id in ids.items()})
+        return ids
+    effects, marker = tmp_path / "effects.log", tmp_path / "marker"
+    saga = v1(name)
+    set_pausing(True)
+    tasks = [asyncio.create_task(saga.execute(
+        {"effects": str(effects), "marker": str(marker), "pause_at": PAUSES[label]},
+        saga_id=saga_id)) for label, saga_id in ids.items()]
+    try:
+        await wait_for_markers(marker, len(ids))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        set_pausing(False)
+    forget(name)  # the new code is deployed: v1 is no longer registered
     return ids
 
 
