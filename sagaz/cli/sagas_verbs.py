@@ -59,7 +59,7 @@ def _verb(
             fail(str(exc), ExitCode.FAILED)
         except SagaNotFoundError as exc:
             fail(f"{exc}; `sagaz sagas list` shows the ids", ExitCode.FAILED)
-        out.print(f"saga {outcome.saga_id}: {escape(outcome.message)}")
+        out.print(f"saga {outcome.saga_id}: {escape(outcome.message)}", soft_wrap=True)
         return ExitCode.FAILED if outcome.status is SagaStatus.FAILED else ExitCode.OK
 
     return body()
@@ -97,6 +97,10 @@ def resume_command(
         help="The registered definition to continue with: its version label (Saga(version=..."
              ")) or fingerprint (`sagaz sagas check-versions` shows both).")],
     reason: Reason = None, actor: Actor = None, imports: Imports = None,
+    force: Annotated[bool, typer.Option(
+        "--force", envvar="SAGAZ_SAGAS_FORCE",
+        help="Resume even though a step that may have been running when the saga's executor "
+             "stopped does not exist in the named definition: its effect, if any, stays.")] = False,
 ) -> None:
     """Continue a stuck saga with the registered definition you name.
 
@@ -105,7 +109,7 @@ def resume_command(
     unknown id, or the saga ended FAILED."""
     sid = saga_id.strip()
     execute(lambda: run_async(partial(_verb, imports, lambda config: resume(
-        sid, definition.strip(), reason=reason, actor=actor, config=config))))
+        sid, definition.strip(), reason=reason, actor=actor, force=force, config=config))))
 
 
 def check_versions_command(

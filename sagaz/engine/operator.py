@@ -34,7 +34,7 @@ from sagaz.config import SagaConfig, get_config
 from sagaz.engine import plan
 from sagaz.engine.definition import Saga
 from sagaz.engine.executor import SagaExecution
-from sagaz.engine.fingerprint import shape_of
+from sagaz.engine.fingerprint import DefinitionShape, shape_of
 from sagaz.engine.lease import new_owner
 from sagaz.engine.types import SagaResult, SagaState, SagaStatus, StepState, StepStatus
 from sagaz.engine.versions import Choice, candidates_for, choose, started_steps
@@ -260,17 +260,33 @@ def _pick(candidates: list[Saga], wanted: str) -> Saga | None:
     return None
 
 
+def _uncertain(started: DefinitionShape, state: SagaState) -> list[str]:
+    """The steps of the definition the saga started with that may have been running when its
+    executor stopped: not started, every dependency completed."""
+    def status(name: str) -> StepStatus:
+        return state.step_status(name)
+
+    return sorted(s.name for s in started.steps if status(s.name) is StepStatus.PENDING
+                  and all(status(d) is StepStatus.COMPLETED for d in s.depends_on))
+
+
 async def resume(
     saga_id: str,
     definition: str,
     *,
     reason: str | None = None,
     actor: str | None = None,
+    force: bool = False,
     config: SagaConfig | None = None,
     sagas: Iterable[Saga] = (),
 ) -> VerbOutcome:
     """Continue an unfinished saga with the registered definition ``definition`` (its version
-    label or fingerprint): the saga records it as its definition and is recovered with it."""
+    label or fingerprint): the saga records it as its definition and is recovered with it.
+
+    Refused when that definition lacks a step the saga has started (it could not undo it), or
+    one that may have been running when the saga's executor stopped; ``force`` accepts the
+    latter (recorded in the history as ``abandoned``): such a step's effect, if it had one,
+    stays."""
     config = config or get_config()
     storage = _storage(config)
     state = await _load(config, saga_id)
@@ -290,10 +306,23 @@ async def resume(
         raise OperatorError(f"cannot resume saga {saga_id} with {shape.label}: it lacks step(s) "
                             f"{', '.join(missing)} that the saga has started, so it could not "
                             "undo them", saga_id=saga_id, status=state.status)
+    started = (await storage.load_definition(state.definition_fingerprint)
+               if state.definition_fingerprint is not None else None)
+    uncertain = _uncertain(started, state) if started is not None else []
+    abandoned = [n for n in uncertain if shape.step(n) is None]
+    if abandoned and state.status in FORWARD and not force:
+        raise OperatorError(
+            f"cannot resume saga {saga_id} with {shape.label}: step(s) {', '.join(abandoned)} "
+            "may have been running when its executor stopped, and that definition has no such "
+            "step to undo it; register the definition the saga started with, or resume with "
+            "--force to accept that its effect, if any, stays", saga_id=saga_id,
+            status=state.status)
     by, owner = who(actor), new_owner("resume")
     details = _details(by, reason, from_fingerprint=state.definition_fingerprint,
                        from_version=state.definition_version, to_fingerprint=shape.fingerprint,
                        to_version=shape.version)
+    if abandoned:
+        details["abandoned"] = abandoned
     await record_shape(config.write_storage, shape)
     seized = await storage.seize(Seizure(
         saga_id, owner, config.lease_seconds, UNFINISHED, AuditEntry(RESUME_REQUESTED, details),
@@ -310,7 +339,20 @@ async def resume(
     logger.info("saga %s resumed with %s by %s", saga_id, shape.label, by,
                 extra={"action": "saga_resume_requested", "saga_id": saga_id, "actor": by,
                        "fingerprint": shape.fingerprint})
-    result = await drive_claimed(target, config, seized.state, owner)
+    state = seized.state
+    if (started is not None and target.recovery == "compensate" and state.status in FORWARD
+            and state.cancel_requested is None):
+        # What may have been in flight is decided by the definition the saga ran with, not by
+        # the new one (whose next steps never ran anywhere).
+        steps = [_mark(state, n, StepStatus.UNKNOWN) for n in uncertain if shape.step(n)]
+        error = clip_error(f"resumed with {shape.label} by {by}")
+        await config.write_storage.commit(
+            UnitOfWork(saga_id, owner, status=SagaStatus.COMPENSATING, steps=steps, error=error),
+            config.lease_seconds)
+        for step in steps:
+            state.steps[step.name] = step
+        state.status, state.error = SagaStatus.COMPENSATING, error
+    result = await drive_claimed(target, config, state, owner)
     return VerbOutcome(saga_id, "resume", result.status,
                        f"resumed with {shape.label}; the saga ended {result.status.value}")
 

@@ -247,7 +247,9 @@ async def test_resume_migrates_a_stuck_saga_to_the_named_definition(
     with pytest.raises(OperatorError, match="no registered definition"):
         await sagaz.resume(in_charge, "7", actor="dave")
 
-    outcome = await sagaz.resume(in_charge, "2", reason="v1 retired", actor="dave")
+    with pytest.raises(OperatorError, match="charge may have been running"):
+        await sagaz.resume(in_charge, "2", actor="dave")
+    outcome = await sagaz.resume(in_charge, "2", reason="v1 retired", actor="dave", force=True)
     assert outcome.status is SagaStatus.COMPLETED
     state = await load(storage_backend, in_charge)
     assert state.definition_fingerprint == fingerprint_of(new)
@@ -257,7 +259,8 @@ async def test_resume_migrates_a_stuck_saga_to_the_named_definition(
     resumed = next(e for e in history if e.event == "resume_requested")
     assert resumed.details == {
         "actor": "dave", "reason": "v1 retired", "from_fingerprint": fingerprint_of(v1(name)),
-        "from_version": "1", "to_fingerprint": fingerprint_of(new), "to_version": "2"}
+        "from_version": "1", "to_fingerprint": fingerprint_of(new), "to_version": "2",
+        "abandoned": ["charge"]}
     forget(name)
 
 
