@@ -20,6 +20,7 @@ from sagaz.errors import (
     StepTimeoutError,
     StorageError,
 )
+from sagaz.worker import Worker, WorkerListener
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,8 @@ __all__ = [
     "StepStatus",
     "StepTimeoutError",
     "StorageError",
+    "Worker",
+    "WorkerListener",
     "__version__",
     "action",
     "cancel",

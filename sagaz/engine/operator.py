@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sagaz.config import SagaConfig, get_config
-from sagaz.engine import plan
 from sagaz.engine.definition import Saga
 from sagaz.engine.executor import SagaExecution
 from sagaz.engine.fingerprint import DefinitionShape, shape_of
@@ -106,37 +105,19 @@ def _mark(state: SagaState, name: str, status: StepStatus) -> StepState:
     return step
 
 
-def cancel_message(request: dict[str, Any]) -> str:
-    reason = request.get("reason")
-    return f"cancelled by {request.get('actor')}" + (f": {reason}" if reason else "")
-
-
-async def _begin_cancel(saga: Saga, config: SagaConfig, state: SagaState, owner: str) -> bool:
-    """Switch a cancelled saga that runs forward to COMPENSATING, the steps that may have been in
-    flight recorded UNKNOWN (so they are compensated too). False if it had already completed
-    every step: a cancel that came too late."""
-    assert state.cancel_requested is not None
-    command = plan.decide(saga.graph, state, recovering=True, resume=False)
-    if not isinstance(command, plan.BeginCompensation):
-        return False
-    steps = [_mark(state, name, StepStatus.UNKNOWN) for name in command.uncertain]
-    error = clip_error(cancel_message(state.cancel_requested))
-    await config.write_storage.commit(
-        UnitOfWork(state.saga_id, owner, status=SagaStatus.COMPENSATING, steps=steps,
-                   error=error), config.lease_seconds)
-    for step in steps:
-        state.steps[step.name] = step
-    state.status, state.error = SagaStatus.COMPENSATING, error
-    return True
+def cancel_reason(request: dict[str, Any]) -> str:
+    """What a cancelled saga's error says after ``cancelled: ``: the reason and who gave it."""
+    reason, actor = request.get("reason"), request.get("actor")
+    return f"{reason} (by {actor})" if reason else f"by {actor}"
 
 
 async def drive_claimed(saga: Saga, config: SagaConfig, state: SagaState, owner: str) -> SagaResult:
     """Finish a saga whose lease ``owner`` holds (recovery, or a verb), honouring a recorded
-    cancel request."""
-    if (state.cancel_requested is not None and state.status in FORWARD
-            and await _begin_cancel(saga, config, state, owner)):
-        return await SagaExecution(saga, config, state, owner).drive()
-    return await SagaExecution(saga, config, state, owner, recovering=True).drive()
+    cancel request: the plan then compensates it, its possibly-started steps included."""
+    execution = SagaExecution(saga, config, state, owner, recovering=True)
+    if state.cancel_requested is not None and state.status in FORWARD:
+        execution.request_cancel(clip_error(cancel_reason(state.cancel_requested)))
+    return await execution.drive()
 
 
 def _refuse(state: SagaState, verb: str, allowed: str) -> OperatorError:

@@ -25,11 +25,12 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
 
 if TYPE_CHECKING:
-    from sagaz.storage.postgresql import PostgreSQLSagaStorage
+    from sagaz.storage.capabilities import StorageWithInbox
 
 __all__ = ["ConsumerInbox", "consume"]
 
@@ -44,15 +45,18 @@ class ConsumerInbox:
     after its own commit.
     """
 
-    def __init__(self, storage: PostgreSQLSagaStorage, consumer_name: str, *,
+    def __init__(self, storage: StorageWithInbox, consumer_name: str, *,
                  max_batch: int = 200):
         if not consumer_name:
             raise ValueError("consumer_name must name the consumer, e.g. 'stock-service'")
-        from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
+        from sagaz.storage.capabilities import StorageWithInbox
 
+        if not isinstance(storage, StorageWithInbox):
+            raise ConfigurationError(
+                f"{storage!r} keeps no consumer inbox; use a PostgreSQL storage for the inbox")
         self.consumer_name = consumer_name
         self.max_batch = max_batch
-        self._outbox = PostgreSQLOutbox(storage)
+        self._outbox = storage.inbox_store()
         self._pending: list[tuple[str, Callable[[Any], Awaitable[Any]], asyncio.Future[bool]]] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None  # referenced: never collected mid-run

@@ -24,7 +24,7 @@ from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
 from sagaz.private_files import PRIVATE_DIR_MODE, create_private_file
 from sagaz.storage.audit import AuditEntry, entries_of
-from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
+from sagaz.storage.base import ClosesOnExit, UnitOfWork, report_batch, settle
 from sagaz.storage.control import Seized, Seizure
 from sagaz.storage.sql import migrations, queries
 
@@ -55,6 +55,8 @@ class SQLiteSagaStorage(ClosesOnExit):
         self.committed_event_hooks: list[Callable[[list[str]], None]] = []
         """Called with the ids of outbox events right after the commit that wrote them (wakes
         the relay of this process, and its optimistic send)."""
+        self.batch_hooks: list[Callable[[int, float], None]] = []
+        """Called after each group-commit batch, with its size and seconds (metrics)."""
 
     def private_files(self) -> list[Path]:
         """The database file and its -wal and -shm files, those that exist."""
@@ -121,6 +123,7 @@ class SQLiteSagaStorage(ClosesOnExit):
             while self._pending:
                 batch, self._pending = self._pending, []
                 ops = [op for op, _ in batch]
+                started = time.perf_counter()
                 try:
                     outcomes = await self._run(functools.partial(_write_batch, ops=ops))
                 except BaseException as exc:
@@ -128,6 +131,8 @@ class SQLiteSagaStorage(ClosesOnExit):
                     if not isinstance(exc, Exception):
                         raise
                     continue
+                if self.batch_hooks:
+                    report_batch(self.batch_hooks, len(batch), time.perf_counter() - started)
                 settle([future for _, future in batch], outcomes)
         finally:
             self._flushing = False

@@ -120,7 +120,7 @@ def test_cancel_and_retry_from_the_command_line(tmp_path: Path, shop: dict[str, 
     assert effects(tmp_path, crashed)[-3:] == ["compensate ship", "compensate charge",
                                                "compensate reserve"]
     shown = saga_json(tmp_path, crashed, **shop)
-    assert shown["error"] == "cancelled by ann: customer asked"
+    assert shown["error"] == "cancelled: customer asked (by ann)"
     assert shown["cancel_requested"]["actor"] == "ann"
     table = cli(tmp_path, "sagas", "show", crashed, **shop)
     assert "by ann: customer asked" in table.stdout

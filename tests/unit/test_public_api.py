@@ -9,8 +9,9 @@ def test_public_names_are_pinned() -> None:
         "RetryPolicy", "Saga", "SagaConfig", "SagaContext", "SagaDefinitionError",
         "SagaFailedError", "SagaListener", "SagaNotFoundError", "SagaResult", "SagaStatus",
         "SagaTimeoutError", "SagazError", "StepRecord", "StepStatus", "StepTimeoutError",
-        "StorageError", "__version__", "action", "cancel", "check_versions", "compensate",
-        "configure", "get_config", "recover", "register", "resume", "retry", "shutdown",
+        "StorageError", "Worker", "WorkerListener", "__version__", "action", "cancel",
+        "check_versions", "compensate", "configure", "get_config", "recover", "register",
+        "resume", "retry", "shutdown",
     ])
     for name in sagaz.__all__:
         assert hasattr(sagaz, name), name

@@ -95,7 +95,7 @@ async def test_cancel_fences_a_running_executor_which_stops_at_its_next_step_bou
     assert state.cancel_requested is not None
     assert (state.cancel_requested["actor"], state.cancel_requested["reason"]) == (
         "alice", "customer asked")
-    assert state.error == "cancelled by alice: customer asked"
+    assert state.error == "cancelled: customer asked (by alice)"
     assert state.lease_owner is None
     history = await storage_backend.storage.get_history(saga_id)
     events = [e.event for e in history]
@@ -135,7 +135,7 @@ async def test_a_cancel_recorded_without_the_definition_is_honoured_by_recovery(
     report = await sagaz.recover(sagas=[v1(name)])
     assert report.finished == {saga_id: SagaStatus.COMPENSATED}
     done = await load(storage_backend, saga_id)
-    assert done.error == "cancelled by bob: fraud"
+    assert done.error == "cancelled: fraud (by bob)"
     # charge's effect happened before the death (its commit did not): compensated too.
     lines = [line.split(" ", 1)[1] for line in read_lines(tmp_path / "effects.log")]
     assert lines == ["action reserve", "action charge", "compensate charge",
