@@ -25,6 +25,7 @@ from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import UnitOfWork
+from sagaz.storage.control import stopped_after_fence
 from sagaz.values import storable_text
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class SagaExecution:
                 logger.warning("saga %s taken over by recovery; waiting for its outcome", saga_id,
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
                 keeper.discard(saga_id)
+                await stopped_after_fence(self.storage, saga_id, self.owner)
                 result = await poll_outcome(self.saga, self.storage, saga_id)
         except BaseException as exc:
             future.set_exception(exc)

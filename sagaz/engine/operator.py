@@ -51,6 +51,9 @@ UNFINISHED = frozenset(s for s in SagaStatus if not s.is_final)
 FORWARD = frozenset(s for s in UNFINISHED if s is not SagaStatus.COMPENSATING)
 """Statuses of a saga that still runs (or waits) forward: the ones cancel applies to."""
 
+_FENCE_POLL = 0.02
+"""How often a cancel looks whether the executor it fenced has stopped."""
+
 CANCEL_REQUESTED = "cancel_requested"
 RETRY_REQUESTED = "retry_requested"
 RESUME_REQUESTED = "resume_requested"
@@ -160,11 +163,10 @@ async def cancel(
                            "worker that has its definition compensates it")
     state = seized.state
     if seized.fenced and state.lease_expires_at is not None:
-        # The fenced executor may still be inside the step it was running; give it until its
-        # lease would have ended, as recovery would, before undoing anything.
-        pause = min(state.lease_expires_at - time.time(), config.lease_seconds)
-        if pause > 0:
-            await asyncio.sleep(pause + 0.01)
+        # The fenced executor may still be inside the step it was running: wait until it says
+        # it stopped (its next commit was refused) or, if it never does, until its lease would
+        # have ended, as recovery would, before undoing anything.
+        await _wait_for_fenced(config, saga_id, state.lease_expires_at)
         again = await storage.seize(Seizure(saga_id, owner, config.lease_seconds, UNFINISHED,
                                             None))
         if again.state is None:
@@ -177,6 +179,17 @@ async def cancel(
     result = await drive_claimed(choice.definition, config, state, owner)
     return VerbOutcome(saga_id, "cancel", result.status,
                        f"cancelled; the saga ended {result.status.value}")
+
+
+async def _wait_for_fenced(config: SagaConfig, saga_id: str, expires_at: float) -> None:
+    deadline = time.monotonic() + min(max(expires_at - time.time(), 0.0), config.lease_seconds)
+    while time.monotonic() < deadline:
+        current = await config.write_storage.load(saga_id)
+        if current is None or current.lease_expires_at is None or (
+                current.lease_expires_at < expires_at):  # the fenced executor handed over
+            break
+        await asyncio.sleep(min(_FENCE_POLL, max(deadline - time.monotonic(), 0.0)))
+    await asyncio.sleep(0.01)  # past the lease's end by the storage's clock too
 
 
 async def retry(

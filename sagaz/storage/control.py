@@ -13,6 +13,7 @@ Every built-in storage implements it (memory, SQLite, PostgreSQL); the contract 
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -22,7 +23,9 @@ from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.storage.audit import AuditEntry
 from sagaz.storage.base import SagaStorage
 
-__all__ = ["ControlStorage", "Seized", "Seizure", "record_shape"]
+__all__ = ["ControlStorage", "Seized", "Seizure", "record_shape", "stopped_after_fence"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,8 @@ class Seizure:
     hand_off: bool = False
     """Let the lease expire at once (unless kept above): any worker's recovery takes over."""
     cancel: dict[str, Any] | None = None
-    """Record this cancel request on the saga."""
+    """Record this cancel request on the saga (with ``fenced``: the live holder it fenced, which
+    may then hand over early with :meth:`ControlStorage.release_fenced`)."""
     definition: tuple[str, str | None] | None = None
     """Switch the saga to this (fingerprint, version): the operator migrates it."""
 
@@ -76,10 +80,29 @@ class ControlStorage(Protocol):
     async def seize(self, seizure: Seizure) -> Seized:
         ...
 
+    async def release_fenced(self, saga_id: str, owner: str) -> bool:
+        """``owner``, fenced by a cancel request, has stopped: the lease it was left to run out
+        ends now, so the verb (or a worker) compensates at once. False if nothing was waiting
+        for ``owner``."""
+        ...
+
     async def release(self, saga_id: str, owner: str) -> bool:
         """Give up ``owner``'s lease of a saga, leaving its expiry: nobody holds it, and recovery
         looks at it again once that expiry passes. False if ``owner`` did not hold it."""
         ...
+
+
+async def stopped_after_fence(storage: SagaStorage, saga_id: str, owner: str) -> None:
+    """What an executor whose lease was taken calls once it has stopped: if a cancel fenced it,
+    the verb waiting for its lease to run out need not wait. Best effort: without it the verb
+    waits that lease out."""
+    if isinstance(storage, ControlStorage):
+        try:
+            await storage.release_fenced(saga_id, owner)
+        except Exception:
+            logger.warning("could not tell a cancel that saga %s stopped", saga_id,
+                           exc_info=True, extra={"action": "fence_release_failed",
+                                                 "saga_id": saga_id})
 
 
 # Fingerprints each storage has recorded in this process: a saga's start records its

@@ -179,7 +179,7 @@ class InMemorySagaStorage(ClosesOnExit):
             saga.lease_expires_at = now + seizure.lease_seconds
         saga.lease_owner = seizure.owner
         if seizure.cancel is not None:
-            saga.cancel_requested = dict(seizure.cancel)
+            saga.cancel_requested = {**seizure.cancel, "fenced": previous[0] if live else None}
         if seizure.definition is not None:
             saga.definition_fingerprint, saga.definition_version = seizure.definition
         saga.updated_at = now
@@ -188,6 +188,17 @@ class InMemorySagaStorage(ClosesOnExit):
             self._record(saga.saga_id, [seizure.entry], now)
         fenced = live and previous[0] != seizure.owner
         return Seized(_copy_state(saga), True, *previous, fenced=fenced)
+
+    async def release_fenced(self, saga_id: str, owner: str) -> bool:
+        self._check_writable()
+        saga = self._sagas.get(saga_id)
+        now = time.time()
+        if (saga is None or saga.cancel_requested is None or saga.status.is_final
+                or saga.cancel_requested.get("fenced") != owner
+                or saga.lease_expires_at is None or saga.lease_expires_at <= now):
+            return False
+        saga.lease_expires_at = now
+        return True
 
     async def release(self, saga_id: str, owner: str) -> bool:
         self._check_writable()

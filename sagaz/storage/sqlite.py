@@ -260,7 +260,6 @@ class SQLiteSagaStorage(ClosesOnExit):
 
     async def seize(self, seizure: Seizure) -> Seized:
         audit = _audit_params(seizure.saga_id, [seizure.entry] if seizure.entry else [])
-        cancel = None if seizure.cancel is None else json.dumps(seizure.cancel)
         fingerprint, version = seizure.definition or (None, None)
 
         def op(conn: sqlite3.Connection) -> Seized:
@@ -272,6 +271,8 @@ class SQLiteSagaStorage(ClosesOnExit):
             live = owner is not None and expires is not None and expires >= now
             if status not in seizure.statuses or (live and not seizure.fence_live_holder):
                 return Seized(_load(conn, seizure.saga_id), False, owner, expires)
+            cancel = None if seizure.cancel is None else json.dumps(
+                {**seizure.cancel, "fenced": owner if live else None})
             conn.execute(Q["seize_saga"], {
                 "saga_id": seizure.saga_id, "owner": seizure.owner, "now": now,
                 "expires": now + seizure.lease_seconds,
@@ -282,6 +283,15 @@ class SQLiteSagaStorage(ClosesOnExit):
                           fenced=live and owner != seizure.owner)
 
         result: Seized = await self._write(op)
+        return result
+
+    async def release_fenced(self, saga_id: str, owner: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(Q["release_fenced"],
+                               {"saga_id": saga_id, "owner": owner, "now": time.time()})
+            return cur.rowcount == 1
+
+        result: bool = await self._write(op)
         return result
 
     async def release(self, saga_id: str, owner: str) -> bool:

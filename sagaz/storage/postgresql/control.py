@@ -14,7 +14,7 @@ from sagaz.storage.control import Seized, Seizure
 from sagaz.storage.postgresql.rows import load_sagas
 from sagaz.storage.sql import queries
 
-__all__ = ["load_definition", "record_definition", "release", "seize"]
+__all__ = ["load_definition", "record_definition", "release", "release_fenced", "seize"]
 
 Q = queries("postgresql")
 _Conn = psycopg.AsyncConnection[Any]
@@ -48,7 +48,8 @@ async def seize(conn: _Conn, seizure: Seizure) -> Seized:
         "saga_id": seizure.saga_id, "created_at": created_at, "owner": seizure.owner,
         "lease": seizure.lease_seconds, "keep_live_expiry": seizure.keep_live_expiry,
         "hand_off": seizure.hand_off,
-        "cancel": None if seizure.cancel is None else json.dumps(seizure.cancel),
+        "cancel": None if seizure.cancel is None else json.dumps(
+            {**seizure.cancel, "fenced": owner if live else None}),
         "fingerprint": fingerprint, "definition_version": version})
     if seizure.entry is not None:
         await conn.execute(Q["insert_audit_row"], {
@@ -57,6 +58,11 @@ async def seize(conn: _Conn, seizure: Seizure) -> Seized:
     found = await load_sagas(conn, [seizure.saga_id])
     return Seized(found.get(seizure.saga_id), True, owner, expires,
                   fenced=live and owner != seizure.owner)
+
+
+async def release_fenced(conn: _Conn, saga_id: str, owner: str) -> bool:
+    cur = await conn.execute(Q["release_fenced"], {"saga_id": saga_id, "owner": owner})
+    return cur.rowcount == 1
 
 
 async def release(conn: _Conn, saga_id: str, owner: str) -> bool:

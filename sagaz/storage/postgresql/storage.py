@@ -521,6 +521,10 @@ class PostgreSQLSagaStorage(ClosesOnExit):
         self._check_writable()
         return await self._run(lambda conn: control.seize(conn, seizure))
 
+    async def release_fenced(self, saga_id: str, owner: str) -> bool:
+        self._check_writable()
+        return await self._run(lambda conn: control.release_fenced(conn, saga_id, owner))
+
     async def release(self, saga_id: str, owner: str) -> bool:
         self._check_writable()
         return await self._run(lambda conn: control.release(conn, saga_id, owner))

@@ -370,6 +370,13 @@ UPDATE saga_executions
 INSERT INTO saga_audit_log (saga_id, event, details)
 VALUES (%(saga_id)s::uuid, %(event)s, %(details)s::jsonb);
 
+-- name: release_fenced
+-- The executor a cancel fenced has stopped: the lease left to run out for it ends now.
+UPDATE saga_executions SET lease_expires_at = now()
+ WHERE saga_id = %(saga_id)s::uuid AND cancel_requested ->> 'fenced' = %(owner)s
+   AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'COMPENSATING')
+   AND lease_expires_at > now();
+
 -- name: release_claim
 UPDATE saga_executions SET lease_owner = NULL
  WHERE saga_id = %(saga_id)s::uuid AND lease_owner = %(owner)s;

@@ -130,5 +130,12 @@ UPDATE saga_executions
        version = version + 1
  WHERE saga_id = :saga_id;
 
+-- name: release_fenced
+-- The executor a cancel fenced has stopped: the lease left to run out for it ends now.
+UPDATE saga_executions SET lease_expires_at = :now
+ WHERE saga_id = :saga_id AND json_extract(cancel_requested, '$.fenced') = :owner
+   AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'COMPENSATING')
+   AND lease_expires_at > :now;
+
 -- name: release_claim
 UPDATE saga_executions SET lease_owner = NULL WHERE saga_id = :saga_id AND lease_owner = :owner;
