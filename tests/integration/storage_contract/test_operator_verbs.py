@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from storage_contract import Backend
-from versioned_sagas import forget, read_lines, set_pausing, v1, v2
+from versioned_sagas import V1_STEPS, build, forget, read_lines, set_pausing, v1, v2
 
 import sagaz
 from sagaz import OperatorError, RetryPolicy, Saga, SagaContext, SagaStatus, StepStatus
@@ -286,3 +286,35 @@ async def test_resume_is_refused_while_a_live_executor_holds_the_saga(
     assert result.status is SagaStatus.COMPLETED, "the refused verb changed nothing"
     assert "resume_requested" not in [e.event for e in
                                       await storage_backend.storage.get_history(saga_id)]
+
+
+@pytest.mark.parametrize("first", ["cancel", "recovery"])
+async def test_cancel_racing_recovery_compensates_once(
+    storage_backend: Backend, tmp_path: Path, first: str
+) -> None:
+    """The saga's executor died; a worker's recovery and an operator's cancel go at it at once:
+    whichever gets the lease drives it (the other is fenced or refused), the saga is compensated
+    and every compensation runs once (recovery compensates this saga: recovery="compensate",
+    which is not part of the fingerprint)."""
+    storage_backend.config(lease_seconds=LEASE)
+    name = f"raced-{uuid.uuid4().hex[:8]}"
+    saga_id = await abandoned_v1_saga(storage_backend, tmp_path, name, "after-action:charge")
+    definition = build(name, "1", V1_STEPS, recovery="compensate")
+    verb = sagaz.cancel(saga_id, reason="raced", actor="fay", sagas=[definition])
+    worker = sagaz.recover(sagas=[definition])
+    both = [verb, worker] if first == "cancel" else [worker, verb]
+    outcomes = await asyncio.gather(*both, return_exceptions=True)
+
+    state = await load(storage_backend, saga_id)
+    assert state.status is SagaStatus.COMPENSATED, outcomes
+    lines = [line.split(" ", 1)[1] for line in read_lines(tmp_path / "effects.log")]
+    assert lines == ["action reserve", "action charge", "compensate charge",
+                     "compensate reserve"], "each compensation once, no action again"
+    cancelled = [o for o in outcomes if isinstance(o, sagaz.engine.operator.VerbOutcome)]
+    refused = [o for o in outcomes if isinstance(o, OperatorError)]
+    assert len(cancelled) + len(refused) == 1, outcomes
+    if cancelled:
+        # The cancel got in: whoever compensated honoured it.
+        assert state.error == "cancelled: raced (by fay)"
+    else:
+        assert "COMPENSATING" in str(refused[0]) or "COMPENSATED" in str(refused[0])

@@ -73,7 +73,7 @@ def _compensation(step: str) -> Any:
 
 
 def build(name: str, version: str, steps: tuple[str, ...], **options: Any) -> Saga:
-    saga = Saga(name=name, version=version, recovery="resume", **options)
+    saga = Saga(name=name, version=version, **{"recovery": "resume", **options})
     for step in steps:
         saga.add_step(step, _action(step), _compensation(step))
     return saga
