@@ -318,3 +318,19 @@ async def test_cancel_racing_recovery_compensates_once(
         assert state.error == "cancelled: raced (by fay)"
     else:
         assert "COMPENSATING" in str(refused[0]) or "COMPENSATED" in str(refused[0])
+
+
+async def test_a_definition_declared_compatible_finishes_a_saga_of_the_old_version(
+    storage_backend: Backend, tmp_path: Path
+) -> None:
+    storage_backend.config(lease_seconds=LEASE)
+    name = f"compatible-{uuid.uuid4().hex[:8]}"
+    saga_id = await abandoned_v1_saga(storage_backend, tmp_path, name, "before-action:ship")
+    # v3 keeps every step v1 sagas may have started, with their compensations, and adds one.
+    v3 = build(name, "3", (*V1_STEPS, "notify"), compatible_with=["1"])
+    report = await sagaz.recover(sagas=[v3])
+    assert report.finished == {saga_id: SagaStatus.COMPLETED}, report
+    lines = [line.split(" ", 1)[1] for line in read_lines(tmp_path / "effects.log")]
+    assert lines == ["action reserve", "action charge", "action ship", "action notify"]
+    state = await load(storage_backend, saga_id)
+    assert state.definition_version == "1", "the saga still says what it started with"
