@@ -47,6 +47,8 @@ from sagaz.worker_jobs import (
 
 if TYPE_CHECKING:
     from sagaz.engine.definition import Saga
+    from sagaz.observability.metrics import Metrics
+    from sagaz.observability.server import MetricsServer
     from sagaz.outbox.worker import OutboxWorker
     from sagaz.storage.postgresql.maintenance import MaintenanceReport
 
@@ -118,7 +120,10 @@ class Worker:
     connection for maintenance and the relay's LISTEN (else the storage's own);
     ``relay_timeout``, the relay's deadline in :meth:`run_once`; ``outbox_retention_days`` of
     SENT events (SQLite); ``drain_timeout``, how long :meth:`stop` waits for the relay's batches
-    in flight; ``sagas``, definitions to recover beside the registered ones."""
+    in flight; ``sagas``, definitions to recover beside the registered ones; ``metrics_port``
+    (None: none) and ``metrics_host`` of the ``/metrics``, ``/healthz`` and ``/readyz``
+    endpoint that :meth:`start` opens, with the figures of ``metrics`` (a new
+    :class:`~sagaz.observability.metrics.Metrics` by default)."""
 
     def __init__(
         self,
@@ -134,6 +139,9 @@ class Worker:
         outbox_retention_days: int = 30,
         drain_timeout: float = 30.0,
         listeners: Iterable[WorkerListener] = (),
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics: Metrics | None = None,
     ):
         if not interval > 0:
             raise ConfigurationError(f"interval must be a number of seconds > 0, got {interval!r}")
@@ -156,6 +164,10 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self.health = _Health()
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics = metrics
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def config(self) -> SagaConfig:
@@ -225,8 +237,22 @@ class Worker:
             raise RuntimeError("this worker was started already")
         self.bind()
         self._stop.clear()
+        if self.metrics_port is not None:
+            self._serve_metrics(self.metrics_port)
         self._notify("started", self)
         self._main = asyncio.get_running_loop().create_task(self._run_loop())
+
+    def _serve_metrics(self, port: int) -> None:
+        from sagaz.observability.endpoint import serve_metrics
+        from sagaz.observability.metrics import Metrics
+
+        metrics = self.metrics = self.metrics or Metrics()
+        metrics.instrument(self.config)
+        if self.relay is not None:
+            metrics.instrument_relay(self.relay)
+        self.metrics_server = serve_metrics(
+            port=port, host=self.metrics_host, metrics=metrics, config=self.config,
+            healthy=self.alive)
 
     async def wait(self) -> None:
         """Until the worker stopped; raises what ended it (a storage refusing the connection:
@@ -284,8 +310,12 @@ class Worker:
                     await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
         finally:
             self._stop.set()
-            await self._drain()
-            self._notify("stopped")
+            try:
+                await self._drain()
+            finally:
+                if self.metrics_server is not None:
+                    self.metrics_server.stop()
+                self._notify("stopped")
 
     async def _guarded_pass(self) -> None:
         try:

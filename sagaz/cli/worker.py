@@ -74,6 +74,15 @@ def worker(
         help="SQLite storage with a relay: on the maintenance schedule, delete outbox events "
              "SENT more than DAYS ago (PostgreSQL drops whole partitions instead; dead letters "
              "stay until `sagaz outbox dlq purge`).")] = 30,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, max=65535, envvar="SAGAZ_METRICS_PORT", metavar="PORT",
+        show_default=False,
+        help="Serve /metrics (Prometheus), /healthz (the worker's loops run) and /readyz (the "
+             "storage answers) on PORT, e.g. 9464. Not with --once.")] = None,
+    metrics_host: Annotated[str, typer.Option(
+        "--metrics-host", envvar="SAGAZ_METRICS_HOST", metavar="ADDRESS",
+        help="Address the metrics endpoint listens on; loopback by default, 0.0.0.0 (or the "
+             "pod's address) for a Prometheus on another host.")] = "127.0.0.1",
     maintenance_dsn: Annotated[str | None, typer.Option(
         "--maintenance-dsn", envvar="SAGAZ_DATABASE_URL", metavar="URL", show_default=False,
         help="Connection for maintenance, preferably direct to the primary rather than through "
@@ -84,7 +93,8 @@ def worker(
     SAGAZ_BROKER_URL it also relays the outbox's events to the broker (SQLite or PostgreSQL; on
     PostgreSQL woken by NOTIFY when SAGAZ_DATABASE_URL gives a direct connection; on SQLite it
     deletes SENT events past their retention). On a PostgreSQL storage it also maintains the
-    database (partitions, inbox) daily."""
+    database (partitions, inbox) daily. With --metrics-port it serves /metrics, /healthz and
+    /readyz for Prometheus and Kubernetes probes."""
 
     def body() -> int:
         modules = split_module_names(imports or [])
@@ -93,6 +103,7 @@ def worker(
         if maintenance_dsn and maintenance_dsn.strip():
             require_postgres(maintenance_dsn.strip(), "--maintenance-dsn (or SAGAZ_DATABASE_URL)")
         options = {"interval": interval, "maintenance_interval": maintenance_interval,
+                   "metrics_port": None if once else metrics_port, "metrics_host": metrics_host,
                    "inbox_retention_days": inbox_retention_days,
                    "maintenance_lock_timeout": maintenance_lock_timeout,
                    "maintenance_dsn": maintenance_dsn, "relay_timeout": relay_timeout,
@@ -145,6 +156,8 @@ class _Printer(WorkerListener):
         every += "; outbox relay on" if worker.relay is not None else ""
         if worker.retention is not None:
             every += f" (SENT events kept {worker.retention.days} days)"
+        if worker.metrics_server is not None:
+            every += f"; metrics on {worker.metrics_server.url}/metrics"
         out.print(f"worker started on {where} (modules: {escape(loaded)}; every "
                   f"{worker.interval:g}s{every}); Ctrl-C to stop", soft_wrap=True)
 

@@ -63,6 +63,7 @@ class SagaExecution:
         self.lifecycle_events = config.lifecycle_events
         self.state = state
         self.owner = owner
+        self.recovering = recovering
         self.plan = plan.SagaPlan(
             self.graph, saga.failure_strategy, saga.grace_seconds, recovering=recovering,
             resume=saga.recovery == "resume")
@@ -92,13 +93,16 @@ class SagaExecution:
         try:
             try:
                 result = await self._drive()
-            except LeaseLostError:
+            except LeaseLostError as lost:
                 logger.warning("saga %s taken over by recovery; waiting for its outcome", saga_id,
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
+                self._notify("saga_interrupted", self.saga.name, saga_id, lost)  # rare: no guard
                 keeper.discard(saga_id)
                 await stopped_after_fence(self.storage, saga_id, self.owner)
                 result = await poll_outcome(self.saga, self.storage, saga_id)
         except BaseException as exc:
+            if not isinstance(exc, LeaseLostError):
+                self._notify("saga_interrupted", self.saga.name, saga_id, exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: nobody may be waiting
             raise
@@ -113,6 +117,8 @@ class SagaExecution:
         """The command loop: ask the plan, run what it says, tell it what happened."""
         state, decide = self.state, self.plan.next
         if self.listeners:
+            if self.recovering:
+                self._notify("saga_recovered", self.saga.name, state.saga_id)
             self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
         main = asyncio.current_task()
         assert main is not None

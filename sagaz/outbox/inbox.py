@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from sagaz.storage.capabilities import StorageWithInbox
 
 __all__ = ["ConsumerInbox", "consume"]
+
+logger = logging.getLogger(__name__)
 
 
 class ConsumerInbox:
@@ -62,6 +65,9 @@ class ConsumerInbox:
         self._flusher: asyncio.Task[None] | None = None  # referenced: never collected mid-run
         self.processed = 0
         self.duplicates = 0
+        self.listeners: list[Callable[[str, bool], None]] = []
+        """Called with (consumer name, whether the handler ran: False for a duplicate) after
+        each event's commit (metrics); raising is logged and ignored."""
 
     async def process(
         self, event_id: str, handler: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
@@ -86,6 +92,12 @@ class ConsumerInbox:
             self.processed += 1
         else:
             self.duplicates += 1
+        for listener in self.listeners:
+            try:
+                listener(self.consumer_name, ran)
+            except Exception:
+                logger.exception("inbox listener %r failed", listener,
+                                 extra={"action": "inbox_listener_failed"})
         return ran
 
     async def _flush(self) -> None:

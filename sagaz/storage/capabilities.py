@@ -10,6 +10,7 @@ gains a capability by implementing its methods, and nothing above it changes:
   partitions and the consumer-inbox cleanup);
 - :class:`StorageWithInbox`: it keeps a consumer inbox (PostgreSQL);
 - :class:`ObservesCommits`: its group commit reports each batch (size and seconds) to hooks;
+- :class:`Pingable`: it can say cheaply whether its database answers (readiness probes);
 - :class:`~sagaz.storage.control.ControlStorage`: it keeps definition shapes and lets operator
   verbs seize a saga (memory, SQLite, PostgreSQL).
 """
@@ -28,6 +29,7 @@ __all__ = [
     "BatchHook",
     "InboxStore",
     "ObservesCommits",
+    "Pingable",
     "StorageWithInbox",
     "StorageWithMaintenance",
     "StorageWithOutbox",
@@ -76,3 +78,12 @@ class ObservesCommits(Protocol):
     """A storage whose group commit calls each hook after each batch it wrote."""
 
     batch_hooks: list[BatchHook]
+
+
+@runtime_checkable
+class Pingable(Protocol):
+    """A storage that can tell whether its database answers (SQLite, PostgreSQL)."""
+
+    async def ping(self) -> None:
+        """Return when a trivial query succeeded; raise StorageError when it cannot."""
+        ...

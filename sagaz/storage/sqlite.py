@@ -226,6 +226,10 @@ class SQLiteSagaStorage(ClosesOnExit):
         rows = await self._run(lambda conn: conn.execute(Q["list_sagas"], params).fetchall())
         return [_saga_from_row(row) for row in rows]
 
+    async def ping(self) -> None:
+        """Raise StorageError unless the database file answers a query (readiness probes)."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
     async def count_by_status(self) -> dict[SagaStatus, int]:
         rows = await self._run(lambda conn: conn.execute(Q["count_by_status"]).fetchall())
         return {SagaStatus(status): count for status, count in rows}

@@ -411,6 +411,14 @@ class PostgreSQLSagaStorage(ClosesOnExit):
 
         return await self._run(op)
 
+    async def ping(self) -> None:
+        """Raise StorageError unless the server answers a query (readiness probes; the
+        caller bounds the wait, the storage retries connection errors meanwhile)."""
+        async def op(conn: _Conn) -> None:
+            await conn.execute(Q["ping"])
+
+        await self._run(op)
+
     async def count_by_status(self) -> dict[SagaStatus, int]:
         async def op(conn: _Conn) -> dict[SagaStatus, int]:
             cur = await conn.execute(Q["count_by_status"])
