@@ -6,6 +6,7 @@ A saga becomes unfinished the honest way: its process kills itself (SIGKILL) ins
 
 from __future__ import annotations
 
+import getpass
 import json
 import signal
 import uuid
@@ -137,8 +138,11 @@ def test_cancel_and_retry_from_the_command_line(tmp_path: Path, shop: dict[str, 
     assert retried.returncode == 0, (retried.stdout, retried.stderr)
     assert "the saga ended COMPENSATED" in retried.stdout
     assert effects(tmp_path, failing)[-2:] == ["compensate charge", "compensate reserve"]
-    history = [e["event"] for e in saga_json(tmp_path, failing, **shop)["history"]]
+    rows = saga_json(tmp_path, failing, **shop)["history"]
+    history = [e["event"] for e in rows]
     assert history.index("retry_requested") < history.index("saga_compensated")
+    [retry_row] = [e for e in rows if e["event"] == "retry_requested"]
+    assert retry_row["actor"] == getpass.getuser(), "without --actor: the OS user"
     assert_clean_error(cli(tmp_path, "sagas", "cancel", failing, "--import", "shop_v1", **shop),
                        1, "it is COMPENSATED")
     assert_clean_error(cli(tmp_path, "sagas", "cancel", str(uuid.uuid4()), **shop), 1,
