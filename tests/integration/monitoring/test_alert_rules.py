@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from promtool import check_rules, run_promtool
+from promtool_helpers import check_rules, run_promtool
 
 from sagaz.monitoring.rules import ALERTS, AlertSettings, alert_rules
 
