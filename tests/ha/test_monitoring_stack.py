@@ -287,6 +287,28 @@ def test_status_prints_the_url_and_the_supervisor_restarts_a_dead_exporter(
     assert monitoring.pid(exporter) not in (None, pid)
 
 
+def test_pgbouncer_exporter_reconnects_after_a_pool_restart(monitored: DevCluster) -> None:
+    """Debian's exporter keeps one connection for ever; sagaz's launcher opens a new one after
+    PgBouncer restarted: the same process serves the pool's figures again."""
+    monitoring = LocalMonitoring(monitored.cluster)
+    exporter = next(p for p in monitoring.processes() if p.name == "pgbouncer-exporter-ro")
+    pid = monitoring.pid(exporter)
+    result = monitored.cli("dev", "restart", "pgbouncer-ro")
+    assert result.code == 0, result.err
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://{exporter.address}/metrics",
+                                        timeout=5) as response:
+                text = response.read().decode()
+            if "pgbouncer_pool_size{" in text:
+                break
+        time.sleep(0.5)
+    assert "pgbouncer_pool_size{" in text
+    assert monitoring.pid(exporter) == pid
+
+
 def test_down_stops_every_monitoring_process(monitored: DevCluster) -> None:
     monitoring = LocalMonitoring(monitored.cluster)
     pids = [monitoring.pid(p) for p in monitoring.processes()]
