@@ -37,8 +37,8 @@ from sagaz.storage.sql import migrations
 
 COMPOSE_SERVICES = {"postgres-primary", "postgres-init", "pgbackrest-backup", "pgbouncer-rw",
                     "pgbouncer-ro",
-                    "sagaz-worker", "prometheus", "postgres-exporter", "pgbouncer-exporter",
-                    "pgbouncer-exporter-ro", "grafana"}
+                    "sagaz-worker", "sagaz-metrics", "prometheus", "postgres-exporter",
+                    "pgbouncer-exporter", "pgbouncer-exporter-ro", "grafana"}
 K8S_MANIFESTS = ["namespace.yaml", "secrets.yaml", "secrets-example.yaml", "postgresql-ha.yaml",
                  "pgbouncer.yaml", "maintenance-cronjob.yaml", "pgbackrest-backup.yaml",
                  "sagaz-worker.yaml",

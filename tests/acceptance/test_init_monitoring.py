@@ -54,7 +54,20 @@ def test_compose_scrapes_every_part_and_provisions_rules_and_dashboards(compose:
     targets = {job["job_name"]: [(t["targets"][0], t.get("labels", {}))
                                  for t in job["static_configs"]]
                for job in config["scrape_configs"]}
-    assert targets["sagaz"] == [("sagaz-worker:9464", {})]
+    assert targets["sagaz"] == [("sagaz-worker:9464", {}), ("sagaz-metrics:9465", {})]
+    # sagaz metrics serve: the HA figures of every server and pool; URLs (passwords) in its
+    # environment, not on its command line.
+    resolved = subprocess.run([tool, "config"], cwd=compose, capture_output=True, text=True,
+                              timeout=60)  # with the values of .env, as the containers get them
+    ha = yaml.safe_load(resolved.stdout)["services"]["sagaz-metrics"]
+    assert ha["image"] == "registry.example/shop:2.1"
+    assert not any("@" in part for part in ha["command"])
+    nodes = ha["environment"]["SAGAZ_METRICS_NODES"].split()
+    assert [n.split("=", 1)[0] for n in nodes] == ["postgres-primary", "postgres-replica",
+                                                   "postgres-replica-2"]
+    assert all("sslmode=verify-full" in n for n in nodes)
+    assert [p.split("=", 1)[0] for p in ha["environment"]["SAGAZ_METRICS_PGBOUNCERS"].split()
+            ] == ["rw", "ro"]
     servers = ["postgres-primary", "postgres-replica", "postgres-replica-2"]
     assert [labels["node"] for _, labels in targets["postgres"]] == servers
     assert [labels["pool"] for _, labels in targets["pgbouncer"]] == ["rw", "ro"]
