@@ -124,7 +124,8 @@ def compose_failover_files(secrets: Secrets | None = None, *,
     pools = [_Pool("rw", POOL_PORTS["rw"], "Write pool: transaction pooling to the leader."),
              _Pool("ro", POOL_PORTS["ro"], "Read pool: the replicas that stream.")]
     names = {"superuser": bundle.SUPERUSER, "app_user": bundle.APP_USER,
-             "reader_user": bundle.READER_USER, "database": bundle.DATABASE}
+             "reader_user": bundle.READER_USER, "database": bundle.DATABASE,
+             "monitor_user": bundle.MONITOR_USER}
     values = {"nodes": nodes, "pools": pools, "image": FAILOVER_IMAGE, "images": bundle.IMAGES,
               "tls_source": tls_source, "tls_mount": TLS_SOURCE, "tls_dir": TLS_DIR,
               "initial_cluster": ",".join(f"{n.etcd}=https://{n.etcd}:2380" for n in nodes),

@@ -67,8 +67,10 @@ file, not to PostgreSQL: its password opens no database."""
 PGBOUNCER_STATS = "pgbouncer_stats"
 """PgBouncer's console, read-only (SHOW POOLS, STATS, DATABASES): health, status, exporters.
 Known only to PgBouncer's auth file, like PGBOUNCER_ADMIN."""
+MONITOR_USER = "sagaz_monitor"
+"""postgres_exporter's role: pg_monitor, the maintenance database only (sql/roles.sql)."""
 GENERATED_USERS = (SUPERUSER, APP_USER, READER_USER, REPLICATION_USER, PGBOUNCER_ADMIN,
-                   PGBOUNCER_STATS)
+                   PGBOUNCER_STATS, MONITOR_USER)
 """Every user with a generated password in secrets.json."""
 POOL_USERS = (APP_USER, READER_USER, PGBOUNCER_ADMIN, PGBOUNCER_STATS)
 """The users the pools accept: neither the superuser nor the replication user goes through a
@@ -110,6 +112,9 @@ class ClusterState:
     """WAL archiving and backups through pgBackRest (``sagaz dev up --backup``)."""
     archive_timeout: int = DEFAULT_ARCHIVE_TIMEOUT
     retention_full: int = DEFAULT_RETENTION_FULL
+    monitoring: bool = False
+    """Prometheus and the exporters run with the cluster (``sagaz dev up --monitoring``, see
+    :mod:`sagaz.ha.monitoring`)."""
     hosts: dict[str, str] = field(default_factory=dict)
     """Addresses given explicitly (a node in a network namespace of its own); a node missing
     here listens on its loopback address 127.0.0.(i+1)."""
@@ -195,6 +200,9 @@ class LocalCluster:
             # sagaz.ha.patroni_cluster: Patroni's config holds every password of the node.
             candidates += [d / node / name for name in
                            ("patroni.yml", "patroni.log", "etcd.log", "patroni.pid", "etcd.pid")]
+        from sagaz.ha.monitoring import LocalMonitoring
+
+        candidates += LocalMonitoring(self).private_files()
         return [path for path in candidates if path.exists()]
 
     # -- parts -----------------------------------------------------------------------------------
@@ -473,14 +481,16 @@ class LocalCluster:
     def down(self, purge: bool = False) -> None:
         """Stop the supervisor, the pools and the servers (fast: running transactions are rolled
         back); ``purge`` then deletes the directory, data and passwords included."""
+        from sagaz.ha.monitoring import stop_monitoring
         from sagaz.ha.supervisor import stop_supervisor
 
+        stop_supervisor(self)  # first: it would start the monitoring processes again
+        stop_monitoring(self)
         if self.state.patroni is not None:
             from sagaz.ha.patroni_cluster import PatroniCluster
 
             PatroniCluster(self).down(purge)
             return
-        stop_supervisor(self)
         for role in ("ro", "rw"):
             self.bouncer(role).stop()
         for name in reversed(self.state.nodes):
@@ -527,12 +537,14 @@ class LocalCluster:
                "PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(self.tls.ca_cert),
                "SAGAZ_APP_PASSWORD": self.passwords[APP_USER],
                "SAGAZ_READER_PASSWORD": self.passwords[READER_USER],
-               "SAGAZ_REPLICATION_PASSWORD": self.passwords[REPLICATION_USER]}
+               "SAGAZ_REPLICATION_PASSWORD": self.passwords[REPLICATION_USER],
+               "SAGAZ_MONITOR_PASSWORD": self.passwords[MONITOR_USER]}
         result = subprocess.run(
             [str(Path(self.state.bindir) / "psql"), "-X", "-q", "-h", self.primary.host, "-p",
              str(self.primary.port), "-U", SUPERUSER, "-d", "postgres",
              "-v", f"app_user={APP_USER}", "-v", f"reader_user={READER_USER}",
              "-v", f"replication_user={REPLICATION_USER}", "-v", f"app_db={self.state.dbname}",
+             "-v", f"monitor_user={MONITOR_USER}",
              "-f", "-"], input=script.read_text("utf-8"), env=env, capture_output=True,
             text=True)
         if result.returncode != 0:

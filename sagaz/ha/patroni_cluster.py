@@ -74,6 +74,10 @@ API_USER = "patroni"
 SCOPE = "sagaz"
 
 API_OFFSET, ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 1002, 1003, 1004
+DEFAULT_REVIVE_AFTER = 30.0
+"""Seconds a dead etcd member or Patroni stays down before the supervisor restarts it, like a
+service manager's restart delay. Longer than the test ttl (20 s): a crashed leader is replaced
+first and then rejoins as a replica, instead of coming back in time to keep its leader key."""
 
 
 def find_etcd() -> str:
@@ -124,10 +128,13 @@ class PatroniCluster:
     def new(cls, directory: Path, *, nodes: int = 3, base_port: int = 25432,
             dbname: str = "sagaz", settings: PatroniSettings | None = None,
             hosts: list[str] | None = None, prefixes: dict[str, list[str]] | None = None,
-            networks: list[str] | None = None) -> PatroniCluster:
+            networks: list[str] | None = None,
+            revive_after: float | None = DEFAULT_REVIVE_AFTER) -> PatroniCluster:
         """A new cluster of ``nodes`` nodes (not started). ``hosts``: node i's address (default
         127.0.0.(i+1)); ``prefixes``: a command in front of every process of a node, by node
-        name; ``networks``: where PostgreSQL accepts connections from (default loopback)."""
+        name; ``networks``: where PostgreSQL accepts connections from (default loopback);
+        ``revive_after``: seconds an etcd member or Patroni may stay dead before the supervisor
+        starts it again (None: never)."""
         if not 1 <= nodes <= 9:
             raise ConfigurationError(f"--nodes must be between 1 and 9, not {nodes}")
         if not 1024 <= base_port <= 65535 - ETCD_PEER_OFFSET:
@@ -142,7 +149,8 @@ class PatroniCluster:
                              hosts=dict(zip(names, hosts, strict=True)) if hosts else {},
                              patroni={"settings": asdict(settings),
                                       "prefixes": prefixes or {},
-                                      "networks": networks or ["127.0.0.0/8"]})
+                                      "networks": networks or ["127.0.0.0/8"],
+                                      "revive_after": revive_after})
         return cls(LocalCluster(directory.absolute(), state))
 
     @classmethod
@@ -294,7 +302,7 @@ class PatroniCluster:
                         "program: choose other ports with --base-port (SAGAZ_DEV_BASE_PORT)")
 
     def up(self, progress: Callable[[str], None] = lambda _: None,
-           timeout: float = 90.0) -> None:
+           timeout: float = 180.0) -> None:
         """Create what is missing and start what is stopped, then wait until a leader serves and
         every replica streams; idempotent."""
         local, user = self.local, service_user()
@@ -421,6 +429,30 @@ class PatroniCluster:
         by_host = {self.state.host(n): n for n in self.state.nodes}
         hosts = self.local.bouncer(role).configured_hosts(self.state.dbname)
         return [by_host[h] for h in hosts if h in by_host]
+
+    def revive(self, dead_since: dict[str, float],
+               now: Callable[[], float] = time.monotonic) -> list[str]:
+        """Start again the etcd members and Patroni processes that died (they ran: their pid
+        file is there) once they have been dead for ``revive_after`` seconds; ``dead_since``
+        remembers, across passes, since when. A stopped process (SIGSTOP) is alive. Returns what
+        was started. Patroni then brings its PostgreSQL back, as a replica if another node
+        leads meanwhile (pg_rewind)."""
+        delay = self.layout.get("revive_after", DEFAULT_REVIVE_AFTER)
+        if delay is None:
+            return []
+        started = []
+        for daemon in [d(n) for n in self.state.nodes for d in (self.etcd, self.patroni)]:
+            if not daemon.pid_path.exists() or daemon.running:
+                dead_since.pop(daemon.name, None)
+                continue
+            since = dead_since.setdefault(daemon.name, now())
+            if now() - since >= delay:
+                daemon.start()
+                dead_since.pop(daemon.name, None)
+                started.append(daemon.name)
+                logger.warning("%s had died: started it again", daemon.name,
+                               extra={"action": "daemon_revived", "daemon": daemon.name})
+        return started
 
     def follow(self) -> dict[str, tuple[list[str], list[str]]]:
         """One pass of the supervisor: point pgbouncer-rw at the leader and pgbouncer-ro at the

@@ -41,7 +41,12 @@ In a cluster with automatic failover (``dev up --ha --failover``) Patroni decide
 clones or rewinds replicas itself; the supervisor is then the one place that points the pools at
 what Patroni decided: pgbouncer-rw at the leader, pgbouncer-ro at the replicas that stream, from
 the members' REST API (:meth:`sagaz.ha.patroni_cluster.PatroniCluster.follow`, with the logic
-:mod:`sagaz.deploy.patroni_follow` shares with docker-compose).
+:mod:`sagaz.deploy.patroni_follow` shares with docker-compose). It also starts again an etcd
+member or a Patroni that died, a few seconds later (:meth:`~sagaz.ha.patroni_cluster.
+PatroniCluster.revive`), as a service manager would.
+
+With monitoring on (``sagaz dev up --monitoring``) it also starts again Prometheus or an
+exporter that died (:mod:`sagaz.ha.monitoring`).
 
 It runs as ``sagaz dev supervise --dir D`` (started in the background by ``sagaz dev up``, pid in
 ``D/supervisor.pid``, log in ``D/supervisor.log``, stopped by ``sagaz dev down``).
@@ -60,8 +65,9 @@ import time
 from pathlib import Path
 
 from sagaz.errors import SagazError
-from sagaz.ha.dirlock import locked_by_a_command
+from sagaz.ha.dirlock import DirectoryBusy, directory_lock, locked_by_a_command
 from sagaz.ha.local import LocalCluster
+from sagaz.ha.monitoring import LocalMonitoring
 from sagaz.ha.osuser import process_alive
 from sagaz.ha.readpool import (
     CHECK_TIMEOUT,
@@ -120,6 +126,8 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                 else:
                     await reconcile_read_pool(cluster)
                     await healer.check(cluster)
+                if cluster.state.monitoring:
+                    await asyncio.to_thread(_restart_dead_monitoring, directory)
             except (SagazError, OSError, ValueError) as exc:
                 # One bad pass (a file being rewritten, PgBouncer restarting) must not end the
                 # supervision: the next pass tries again.
@@ -130,10 +138,29 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
         await healer.close()
 
 
+_dead_since: dict[str, float] = {}
+"""Since when each daemon of a failover cluster has been found dead (PatroniCluster.revive)."""
+
+
 def _follow_patroni(cluster: LocalCluster) -> None:
     from sagaz.ha.patroni_cluster import PatroniCluster
 
-    PatroniCluster(cluster).follow()
+    failover = PatroniCluster(cluster)
+    failover.revive(_dead_since)
+    failover.follow()
+
+
+def _restart_dead_monitoring(directory: Path) -> None:
+    """Start again Prometheus or an exporter that died (its own log says why it stopped). Under
+    the directory lock, with cluster.json read again: a `dev up --no-monitoring` or `dev down`
+    that began since this pass started is not undone."""
+    try:
+        with directory_lock(directory, wait=False):
+            cluster = LocalCluster.load(directory)
+            if cluster.state.monitoring:
+                LocalMonitoring(cluster).restart_dead()
+    except DirectoryBusy:
+        pass  # a command runs: the next pass looks again
 
 
 async def _pause(stop: asyncio.Event, interval: float, started: float) -> None:

@@ -91,7 +91,9 @@ def failover_cluster(*up_args: str, nodes: int = 3) -> Iterator[FailoverCluster]
     parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
     directory = parent / "cluster"
     try:
+        # Dead daemons come back after 5 s (default 30): the revive test waits for it.
         result = run_cli("dev", "up", "--ha", "--failover", "--nodes", str(nodes),
+                         "--revive-after", "5",
                          "--dir", str(directory), "--base-port", str(free_failover_port(nodes)),
                          *up_args)
         assert result.code == 0, result.out + result.err

@@ -304,3 +304,25 @@ def test_a_node_behind_a_command_prefix_on_an_explicit_address() -> None:
         kill_leftovers(parent)
         shutil.rmtree(parent, ignore_errors=True)
     assert cluster.running_parts() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_patroni_and_etcd_member_are_started_again(failover: FailoverCluster) -> None:
+    """A replica node's Patroni and etcd member die (SIGKILL); the supervisor starts them
+    again after revive_after seconds and the node streams again."""
+    cluster = failover.cluster
+    leader = cluster.leader()
+    node = next(n for n in cluster.state.nodes if n != leader)
+    before = {d.name: d.pid for d in (cluster.patroni(node), cluster.etcd(node))}
+    for pid in before.values():
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: all(d.pid not in (None, before[d.name])
+                           for d in (cluster.patroni(node), cluster.etcd(node))), 30,
+               f"{node}'s Patroni and etcd running again")
+    assert time.monotonic() - killed >= 4  # revive_after (5 s) less a pass of slack
+    status = _healthy_status(failover, timeout=60)
+    members = {m["name"]: m for m in status["members"]}  # type: ignore[attr-defined]
+    assert members[node]["state"] == "streaming" and status["leader"] == leader
+    assert "had died: started it again" in (failover.directory / "supervisor.log").read_text()
