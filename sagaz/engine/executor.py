@@ -20,6 +20,7 @@ from sagaz.engine import plan
 from sagaz.engine.context import SagaContext
 from sagaz.engine.invoke import BadResult, call_step, changes_of
 from sagaz.engine.lease import keeper_for, process_owner
+from sagaz.engine.listeners import notify, with_listener_headers
 from sagaz.engine.types import (
     FailureStrategy,
     SagaResult,
@@ -404,6 +405,7 @@ class SagaExecution:
         if changes:
             self.ctx = {**self.ctx, **changes}
         finished = time.time()
+        events = self._headed(name, events)
         step = StepState(name, StepStatus.COMPLETED, changes or None, None, attempt, started,
                          finished)
         work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step],
@@ -439,11 +441,16 @@ class SagaExecution:
         if not self.lifecycle_events:
             return []
         state = self.state
-        return [OutboxEvent(
+        events = [OutboxEvent(
             _LIFECYCLE[status], {"saga_id": state.saga_id, "saga_name": self.saga.name,
                                  "status": status.value, "failed_step": state.failed_step,
                                  "error": state.error},
             key=state.saga_id, saga_id=state.saga_id)]
+        return self._headed(None, events)
+
+    def _headed(self, step: str | None, events: list[OutboxEvent]) -> list[OutboxEvent]:
+        return with_listener_headers(self.listeners, self.saga.name, self.state.saga_id, step,
+                                     events)
 
     def _completes_saga(self, name: str) -> bool:
         """Whether ``name`` completing now completes every step of the saga."""
@@ -520,7 +527,7 @@ class SagaExecution:
                 returned = await call_step(spec.compensation, spec.compensation_is_async, step_ctx,
                                        spec.timeout, name, lambda: False)
                 changes = changes_of(name, step_ctx, base, returned)
-                events = step_ctx.events
+                events = self._headed(name, step_ctx.events)
                 break
             except Exception as exc:
                 self._failed_attempts.append(
@@ -588,9 +595,4 @@ class SagaExecution:
         )
 
     def _notify(self, method: str, *args: Any) -> None:
-        for listener in self.listeners:
-            try:
-                getattr(listener, method)(*args)
-            except Exception:
-                logger.exception("listener %r failed in %s", listener, method,
-                                  extra={"action": "listener_failed"})
+        notify(self.listeners, method, *args)
