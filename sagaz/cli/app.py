@@ -16,6 +16,7 @@ from sagaz.observability.logs import JsonFormatter
 from . import common
 from .backup import backup_app
 from .benchmark import benchmark_app
+from .benchmark_report import report_command as benchmark_report_command
 from .db import db_app
 from .demo import demo
 from .dev import dev_app
@@ -144,6 +145,7 @@ app.command("worker")(worker)
 app.add_typer(sagas_app, name="sagas")
 app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
+benchmark_app.command("report")(benchmark_report_command)  # its own module, like dev's
 app.add_typer(benchmark_app, name="benchmark")
 dev_app.command("rotate-secrets")(rotate_secrets_command)  # its own module: dev.py is full
 dev_app.command("restore")(dev_restore_command)
