@@ -205,7 +205,8 @@ def _markdown(run: ReportRun, when: datetime, charts: list[str],
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing into files only; a clear error without the extra."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -230,7 +231,7 @@ def _bars(ax: Any, labels: list[str], values: list[float], title: str, unit: str
 
 
 def _charts(run: ReportRun, out: Path) -> list[str]:
-    plt = _pyplot()
+    plt = pyplot()
     written = []
 
     def save(fig: Any, name: str) -> None:
