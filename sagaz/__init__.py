@@ -18,6 +18,7 @@ from sagaz.errors import (
     StepTimeoutError,
     StorageError,
 )
+from sagaz.worker import Worker, WorkerListener
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,8 @@ __all__ = [
     "StepStatus",
     "StepTimeoutError",
     "StorageError",
+    "Worker",
+    "WorkerListener",
     "__version__",
     "action",
     "compensate",

@@ -287,7 +287,8 @@ class Saga:
         Starting the same ``saga_id`` or ``idempotency_key`` twice runs the steps once and returns
         the first run's outcome.
         """
-        from sagaz.engine.executor import failure_error, run_saga
+        from sagaz.engine.outcomes import failure_error
+        from sagaz.engine.starting import run_saga
 
         _registry.setdefault(self.name, self)  # lets recovery in this process find it
         result = await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
@@ -303,7 +304,7 @@ class Saga:
         idempotency_key: str | None = None,
     ) -> SagaResult:
         """Like :meth:`run` but returns a :class:`SagaResult` instead of raising on step failure."""
-        from sagaz.engine.executor import run_saga
+        from sagaz.engine.starting import run_saga
 
         _registry.setdefault(self.name, self)
         return await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)

@@ -1,5 +1,6 @@
-"""Runs sagas: drives the pure plan, calls actions and compensations with retries and timeouts,
-applies the failure strategy to parallel steps and commits every state change before moving on.
+"""Runs sagas: executes the commands of the pure plan (:mod:`sagaz.engine.plan`) — calls actions
+and compensations through the one retry helper, interrupts steps, commits every state change
+before moving on — and feeds back what happened. It decides nothing itself.
 
 Hot path note: a step that is the only runnable one is awaited inline (no task); tasks are created
 only when steps really run in parallel. That keeps the per-step engine overhead to a few
@@ -10,172 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from sagaz.config import SagaConfig, get_config
 from sagaz.engine import plan
 from sagaz.engine.context import SagaContext
 from sagaz.engine.invoke import BadResult, call_step, changes_of
-from sagaz.engine.lease import keeper_for, process_owner
-from sagaz.engine.listeners import notify, with_listener_headers
-from sagaz.engine.types import (
-    FailureStrategy,
-    SagaResult,
-    SagaState,
-    SagaStatus,
-    StepRecord,
-    StepState,
-    StepStatus,
-)
-from sagaz.errors import (
-    LeaseLostError,
-    SagaDefinitionError,
-    SagaFailedError,
-    SagaNotFoundError,
-    SagaTimeoutError,
-    StorageError,
-)
+from sagaz.engine.lease import keeper_for
+from sagaz.engine.listeners import with_listener_headers
+from sagaz.engine.outcomes import local_runs, poll_outcome
+from sagaz.engine.retry import attempt_with_retries
+from sagaz.engine.types import SagaResult, SagaState, SagaStatus, StepRecord, StepState, StepStatus
+from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
-from sagaz.storage.base import SagaStorage, UnitOfWork
-from sagaz.values import UnstorableValueError, check_json, check_text, storable_text
+from sagaz.storage.base import UnitOfWork
+from sagaz.values import storable_text
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
+    from sagaz.config import SagaConfig
     from sagaz.engine.definition import Saga
 
-__all__ = ["SagaExecution", "failure_error", "run_saga"]
+__all__ = ["SagaExecution"]
 
 logger = logging.getLogger(__name__)
 
 _LIFECYCLE = {SagaStatus.COMPLETED: "SagaCompleted", SagaStatus.COMPENSATED: "SagaCompensated",
               SagaStatus.FAILED: "SagaFailed"}
-
-# Namespace for ids derived from idempotency keys: uuid5(namespace, "<saga name>\0<key>").
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5a6a2f1e-7c1b-4b8e-9a51-3d1f0c2b9e77")
-
-# Runs of this process by saga id, so a concurrent start of the same saga in this process gets the
-# full outcome (with the original exception) instead of polling the storage.
-_local_runs: dict[str, asyncio.Future[SagaResult]] = {}
-
-
-def saga_id_for(saga_name: str, saga_id: str | None, idempotency_key: str | None) -> str:
-    if saga_id is not None and idempotency_key is not None:
-        raise SagaDefinitionError("pass saga_id or idempotency_key, not both", saga_name=saga_name)
-    if idempotency_key is not None:
-        if not isinstance(idempotency_key, str) or not idempotency_key:
-            raise SagaDefinitionError("idempotency_key must be a non-empty string",
-                                      saga_name=saga_name)
-        try:
-            check_text(idempotency_key, "the idempotency_key")
-        except UnstorableValueError as exc:
-            raise SagaDefinitionError(str(exc), saga_name=saga_name) from None
-        return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{saga_name}\0{idempotency_key}"))
-    if saga_id is None:
-        return _random_uuid()
-    try:
-        return str(uuid.UUID(str(saga_id)))
-    except ValueError:
-        raise SagaDefinitionError(
-            f"saga_id must be a UUID such as {uuid.uuid4()}, got {saga_id!r}; use "
-            "idempotency_key=... for arbitrary strings", saga_name=saga_name) from None
-
-
-def _random_uuid() -> str:
-    """A random (version 4) UUID string; the same as ``str(uuid.uuid4())`` at a third of the cost,
-    which matters on the hot path of short sagas."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
-
-
-def check_context(saga_name: str, context: Any) -> dict[str, Any]:
-    if context is None:
-        return {}
-    if not isinstance(context, dict):
-        raise SagaDefinitionError(
-            f"the context must be a dict, got {type(context).__name__}", saga_name=saga_name)
-    try:
-        if context:
-            check_json(context, "the context")
-    except UnstorableValueError as exc:
-        raise SagaDefinitionError(
-            f"the context of saga {saga_name!r} cannot be stored: {exc}", saga_name=saga_name
-        ) from exc
-    except (TypeError, ValueError) as exc:
-        raise SagaDefinitionError(
-            f"the context of saga {saga_name!r} is not JSON-serialisable ({exc}); it is "
-            "persisted, so use plain JSON values (str, int, float, bool, None, lists, dicts with "
-            "str keys)", saga_name=saga_name) from exc
-    return dict(context)
-
-
-async def run_saga(
-    saga: Saga,
-    context: dict[str, Any] | None,
-    *,
-    saga_id: str | None = None,
-    idempotency_key: str | None = None,
-) -> SagaResult:
-    """Start (or join) one saga and return its outcome."""
-    saga.validate()
-    config = saga.config or get_config()
-    data = check_context(saga.name, context)
-    sid = saga_id_for(saga.name, saga_id, idempotency_key)
-    local = _local_runs.get(sid)
-    if local is not None and local.get_loop() is asyncio.get_running_loop():
-        return await asyncio.shield(local)
-    owner = process_owner()
-    state = SagaState(sid, saga.name, SagaStatus.RUNNING, data, idempotency_key=idempotency_key,
-                      lease_owner=owner)
-    stored, created = await config.write_storage.create(state, config.lease_seconds)
-    if not created:
-        if stored.saga_name != saga.name:
-            raise SagaDefinitionError(
-                f"saga id {sid} already belongs to saga {stored.saga_name!r}, not {saga.name!r}",
-                saga_name=saga.name)
-        return await await_outcome(saga, config, sid)
-    return await SagaExecution(saga, config, stored, owner).drive()
-
-
-async def await_outcome(saga: Saga, config: SagaConfig, saga_id: str) -> SagaResult:
-    """Wait for a saga run by someone else (another coroutine, process or recovery) to end."""
-    local = _local_runs.get(saga_id)
-    if local is not None and local.get_loop() is asyncio.get_running_loop():
-        return await asyncio.shield(local)
-    return await _poll_outcome(saga, config.write_storage, saga_id)
-
-
-async def _poll_outcome(saga: Saga, storage: SagaStorage, saga_id: str) -> SagaResult:
-    delay = 0.005
-    while True:
-        state = await storage.load(saga_id)
-        if state is None:
-            raise SagaNotFoundError(saga_id)
-        if state.status.is_final:
-            return SagaResult.from_state(state, list(saga.graph.order))
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-
-
-def failure_error(result: SagaResult) -> SagaFailedError:
-    """The exception :meth:`Saga.run` raises for a saga that did not complete."""
-    what = "compensated" if result.status is SagaStatus.COMPENSATED else "failed"
-    where = f" at step {result.failed_step!r}" if result.failed_step else ""
-    message = f"saga {result.saga_name!r} ({result.saga_id}) {what}{where}"
-    if result.error_message:
-        message += f": {result.error_message}"
-    if result.compensation_errors:
-        message += f"; compensation failed for {sorted(result.compensation_errors)}"
-    err = SagaFailedError(
-        message, saga_id=result.saga_id, saga_name=result.saga_name, status=result.status,
-        failed_step=result.failed_step, compensation_errors=result.compensation_errors,
-        error=result.error_message)
-    err.__cause__ = result.error
-    return err
+_RECOVERED = "executor died mid-saga; recovered by compensation"
 
 
 def _describe(exc: BaseException) -> str:
@@ -183,16 +46,6 @@ def _describe(exc: BaseException) -> str:
     a failure can never be what fails the saga's commit."""
     text = str(exc)
     return storable_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-class _Outcome:
-    """Why the forward path stopped early."""
-
-    __slots__ = ("error", "step")
-
-    def __init__(self, step: str | None, error: BaseException):
-        self.step = step
-        self.error = error
 
 
 class SagaExecution:
@@ -211,121 +64,135 @@ class SagaExecution:
         self.state = state
         self.owner = owner
         self.recovering = recovering
+        self.plan = plan.SagaPlan(
+            self.graph, saga.failure_strategy, saga.grace_seconds, recovering=recovering,
+            resume=saga.recovery == "resume")
         self.ctx: dict[str, Any] = dict(state.context)
-        self.failure: _Outcome | None = None
-        self.deadline_hit = False
+        self.error: BaseException | None = None  # why the forward path stopped, for the result
         self.pending: dict[str, StepState] = {}  # failed/cancelled, written with COMPENSATING
         self.comp_errors: dict[str, BaseException] = {}
         # Failed attempts not yet in the audit log: they ride along with the next commit.
         self._failed_attempts: list[AuditEntry] = []
         self._action_tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
-        self._completed_with_last_step = False
+        self._deadline: asyncio.TimerHandle | None = None
         self._started = time.time()
+
+    def request_cancel(self, reason: str | None = None) -> None:
+        """Stop at the next step boundary and compensate what completed."""
+        self.plan.request_cancel(reason)
 
     # -- driving ---------------------------------------------------------------------------------
 
     async def drive(self) -> SagaResult:
         saga_id = self.state.saga_id
         future: asyncio.Future[SagaResult] = asyncio.get_running_loop().create_future()
-        _local_runs[saga_id] = future
+        local_runs[saga_id] = future
         keeper = keeper_for(self.storage, self.owner, self.lease_seconds)
         keeper.add(saga_id)
         try:
             try:
                 result = await self._drive()
-            except LeaseLostError:
+            except LeaseLostError as lost:
                 logger.warning("saga %s taken over by recovery; waiting for its outcome", saga_id,
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
+                self._notify("saga_interrupted", self.saga.name, saga_id, lost)  # rare: no guard
                 keeper.discard(saga_id)
-                result = await _poll_outcome(self.saga, self.storage, saga_id)
+                result = await poll_outcome(self.saga, self.storage, saga_id)
         except BaseException as exc:
+            if not isinstance(exc, LeaseLostError):
+                self._notify("saga_interrupted", self.saga.name, saga_id, exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: nobody may be waiting
             raise
         finally:
             keeper.discard(saga_id)
-            if _local_runs.get(saga_id) is future:
-                del _local_runs[saga_id]
+            if local_runs.get(saga_id) is future:
+                del local_runs[saga_id]
         future.set_result(result)
         return result
 
     async def _drive(self) -> SagaResult:
-        state = self.state
+        """The command loop: ask the plan, run what it says, tell it what happened."""
+        state, decide = self.state, self.plan.next
         if self.listeners:
-            self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
-        if state.status in (SagaStatus.RUNNING, SagaStatus.PENDING):
-            command: plan.Command | None = None
             if self.recovering:
-                resume = self.saga.recovery == "resume"
-                command = plan.decide(self.graph, state, recovering=True, resume=resume)
-            if isinstance(command, plan.BeginCompensation):
-                uncertain = [self._mark(n, StepStatus.UNKNOWN) for n in command.uncertain]
-                await self._begin_compensation(
-                    uncertain, None, "executor died mid-saga; recovered by compensation")
-            elif await self._forward():
-                await self._finish(SagaStatus.COMPLETED)
-                return self._result()
-            else:
-                assert self.failure is not None
-                await self._begin_compensation(
-                    list(self.pending.values()), self.failure.step, _describe(self.failure.error))
-        if not state.status.is_final:
-            await self._compensate_all()
-        return self._result()
-
-    async def _forward(self) -> bool:
-        """Run actions until all completed (True) or a failure/timeout stopped the saga (False)."""
-        graph, state = self.graph, self.state
-        tasks: dict[str, asyncio.Task[None]] = {}
-        loop = asyncio.get_running_loop()
+                self._notify("saga_recovered", self.saga.name, state.saga_id)
+            self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
         main = asyncio.current_task()
         assert main is not None
-        deadline = None
-        if self.saga.timeout is not None:
-            deadline = loop.call_later(self.saga.timeout, self._on_deadline)
+        loop = asyncio.get_running_loop()
+        tasks: dict[str, asyncio.Task[None]] = {}  # actions or compensations, never both
+        finished: list[str] | tuple[str, ...] | None = None
         try:
-            ready: Sequence[str] = plan.ready_steps(graph, state)
-            while self.failure is None:
-                if len(ready) == 1 and not tasks:
-                    # Sequential fast path: no task, no wait.
-                    self._action_tasks[ready[0]] = main
-                    await self._run_step(ready[0])
-                    ready = plan.unlocked_by(graph, state, ready)
-                    continue
-                for name in ready:
-                    # Registered before it starts, so a cancellation cannot miss it.
-                    tasks[name] = self._action_tasks[name] = loop.create_task(self._run_step(name))
-                if not tasks:
-                    return plan.all_completed(graph, state)
-                finished = await self._wait_any(tasks)
-                ready = plan.unlocked_by(graph, state, finished, tasks)
-            await self._settle(tasks)
-            return False
+            while True:
+                command = decide(state, tasks, finished)
+                finished = None
+                if isinstance(command, plan.RunSteps):
+                    if self._deadline is None and self.saga.timeout is not None:
+                        self._deadline = loop.call_later(self.saga.timeout, self._on_deadline)
+                    if len(command.names) == 1 and not tasks:
+                        # Sequential fast path: no task, no wait.
+                        self._action_tasks[command.names[0]] = main
+                        await self._run_step(command.names[0])
+                        finished = command.names
+                        continue
+                    for name in command.names:
+                        # Registered before it starts, so a cancellation cannot miss it.
+                        tasks[name] = self._action_tasks[name] = loop.create_task(
+                            self._run_step(name))
+                elif isinstance(command, plan.AwaitSteps):
+                    if command.every:
+                        await asyncio.wait(tasks.values(), timeout=command.timeout)
+                        self.plan.grace_ended()
+                        finished = self._collect(tasks)
+                    else:
+                        finished = await self._wait_any(tasks)
+                elif isinstance(command, plan.CancelSteps):
+                    self._cancel_actions(command.names)
+                elif isinstance(command, plan.BeginCompensation):
+                    self._disarm_deadline()
+                    await self._begin_compensation(command)
+                elif isinstance(command, plan.CompensateSteps):
+                    if not tasks and len(command.names) == 1:
+                        await self._compensate(command.names[0])
+                        continue
+                    for name in command.names:
+                        tasks[name] = loop.create_task(self._compensate(name))
+                else:
+                    self._disarm_deadline()
+                    await self._finish(command)
+                    return self._result()
         finally:
-            if deadline is not None:
-                deadline.cancel()
+            self._disarm_deadline()
             for task in tasks.values():
                 task.cancel()
 
-    def _on_deadline(self) -> None:
-        timeout = self.saga.timeout or 0.0
-        running = sorted(self._action_tasks, key=self.graph.order.index)
-        self.deadline_hit = True
-        if self.failure is None:
-            self.failure = _Outcome(running[0] if running else None,
-                                    SagaTimeoutError(self.saga.name, timeout))
-        self._cancel_actions()
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
 
-    def _cancel_actions(self) -> None:
-        for name, task in list(self._action_tasks.items()):
-            self._cancelled.add(name)
-            task.cancel()
+    def _on_deadline(self) -> None:
+        command = self.plan.deadline(self._action_tasks)
+        if self.error is None:
+            self.error = SagaTimeoutError(self.saga.name, self.saga.timeout or 0.0)
+        self._cancel_actions(command.names)
+
+    def _cancel_actions(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            task = self._action_tasks.get(name)
+            if task is not None:
+                self._cancelled.add(name)
+                task.cancel()
 
     async def _wait_any(self, tasks: dict[str, asyncio.Task[None]]) -> list[str]:
         """Wait until at least one task ends; return the names of those that ended."""
-        done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
-        finished = [n for n, t in tasks.items() if t in done]
+        await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+        return self._collect(tasks)
+
+    def _collect(self, tasks: dict[str, asyncio.Task[None]]) -> list[str]:
+        """Take the tasks that ended out of ``tasks``; return their names."""
+        finished = [n for n, t in tasks.items() if t.done()]
         for name in finished:
             task = tasks.pop(name)
             if task.cancelled():  # cancelled before its first line ran: the action never started
@@ -335,85 +202,66 @@ class SagaExecution:
             task.result()  # re-raise storage errors and lost leases
         return finished
 
-    async def _settle(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        """After a failure: deal with siblings still running, per the failure strategy."""
-        strategy = self.saga.failure_strategy
-        if tasks and not self.deadline_hit:
-            if strategy is FailureStrategy.WAIT_ALL:
-                pass
-            elif strategy is FailureStrategy.FAIL_FAST_WITH_GRACE:
-                await asyncio.wait(tasks.values(), timeout=self.saga.grace_seconds)
-                self._cancel_actions()
-            else:
-                self._cancel_actions()
-        while tasks:
-            await self._wait_any(tasks)
-
     # -- one step ------------------------------------------------------------------------------
 
     async def _run_step(self, name: str) -> None:
         spec = self.saga.step_spec(name)
-        policy = spec.retry_policy or self.saga.retry_policy
+        saga_id, saga_name = self.state.saga_id, self.saga.name
         started = time.time()
         me = self._action_tasks[name]  # set by the caller: the task running this step
-        attempt = 0
         base = self.ctx
+        last = 0
+
+        def draining() -> bool:
+            return name in self._cancelled
+
+        async def attempt(number: int) -> tuple[dict[str, Any], list[OutboxEvent]]:
+            nonlocal last
+            last = number
+            if self.listeners:
+                self._notify("step_started", saga_name, saga_id, name, number)
+            step_ctx = SagaContext(base, saga_id, saga_name, name, number)
+            returned = await call_step(spec.action, spec.is_async, step_ctx, spec.timeout, name,
+                                       draining)
+            return changes_of(name, step_ctx, base, returned), step_ctx.events
+
+        def verdict(number: int, exc: Exception) -> plan.RetryAfter | plan.GiveUp:
+            return plan.after_failed_attempt(number, spec.max_retries,
+                                             bad_result=isinstance(exc, BadResult),
+                                             draining=draining())
+
+        def failed(number: int, exc: Exception, final: bool) -> None:
+            self._failed_attempts.append(failed_attempt(name, number, exc, time.time()))
+            if self.listeners and not isinstance(exc, BadResult):
+                self._notify("step_failed", saga_name, saga_id, name, exc, final)
+
         try:
-            while True:
-                attempt += 1
-                if self.listeners:
-                    self._notify("step_started", self.saga.name, self.state.saga_id, name, attempt)
-                step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
-                try:
-                    returned = await call_step(spec.action, spec.is_async, step_ctx, spec.timeout,
-                                           name, lambda: name in self._cancelled)
-                    changes = changes_of(name, step_ctx, base, returned)
-                    events = step_ctx.events
-                    break
-                except asyncio.CancelledError:
-                    if name not in self._cancelled:
-                        raise
-                    me.uncancel()
-                    self._stop(name, StepStatus.CANCELLED, None, attempt, started)
-                    return
-                except BadResult as exc:
-                    # The action ran, so its effects may exist: compensate it like an unknown.
-                    self._failed_attempts.append(failed_attempt(name, attempt, exc, time.time()))
-                    self._stop(name, StepStatus.UNKNOWN, exc, attempt, started)
-                    return
-                except Exception as exc:
-                    # A step drained after its cancellation gets no further attempt.
-                    final = attempt > spec.max_retries or name in self._cancelled
-                    self._failed_attempts.append(failed_attempt(name, attempt, exc, time.time()))
-                    if self.listeners:
-                        self._notify("step_failed", self.saga.name, self.state.saga_id, name,
-                                     exc, final)
-                    if final:
-                        self._stop(name, StepStatus.FAILED, exc, attempt, started)
-                        return
-                    try:
-                        await asyncio.sleep(policy.delay(attempt))
-                    except asyncio.CancelledError:
-                        if name not in self._cancelled:
-                            raise
-                        me.uncancel()
-                        self._stop(name, StepStatus.CANCELLED, None, attempt, started)
-                        return
+            outcome = await attempt_with_retries(
+                attempt, verdict, spec.retry_policy or self.saga.retry_policy, failed)
+        except asyncio.CancelledError:
+            if name not in self._cancelled:
+                raise
+            me.uncancel()
+            self._stop(name, StepStatus.CANCELLED, None, last, started)
+            return
         finally:
             del self._action_tasks[name]
+        if outcome.gave_up is not None:
+            self._stop(name, outcome.gave_up, outcome.error, outcome.attempts, started)
+            return
+        assert outcome.value is not None
+        changes, events = outcome.value
+        events = self._headed(name, events)
         before = self.ctx
         if changes:
             self.ctx = {**self.ctx, **changes}
         finished = time.time()
-        events = self._headed(name, events)
-        step = StepState(name, StepStatus.COMPLETED, changes or None, None, attempt, started,
-                         finished)
-        work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step],
+        step = StepState(name, StepStatus.COMPLETED, changes or None, None, outcome.attempts,
+                         started, finished)
+        work = UnitOfWork(saga_id, self.owner, context=self.ctx, steps=[step],
                           events=events, failed_attempts=self._take_failed_attempts())
-        if self.failure is None and self._completes_saga(name):
-            # The last step's completion and the saga's COMPLETED status commit together: one
-            # durable write fewer per saga, and recovery sees the same thing either way (before
-            # this commit the step had not completed, after it the saga is done).
+        completes = self.plan.completes_saga(self.state, name)
+        if completes:
             work.status, work.release_lease = SagaStatus.COMPLETED, True
             work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
         try:
@@ -424,13 +272,13 @@ class SagaExecution:
             # The storage works but will never keep this result: the step failed. Its action
             # ran, so its effect may exist: it is compensated like a step of unknown outcome.
             self.ctx = before
-            self._stop(name, StepStatus.UNKNOWN, exc, attempt, started)
+            self._stop(name, StepStatus.UNKNOWN, exc, outcome.attempts, started)
             return
         self.state.steps[name] = step
-        self._completed_with_last_step = work.status is SagaStatus.COMPLETED
+        if completes:
+            self.state.status = SagaStatus.COMPLETED
         if self.listeners:
-            self._notify("step_completed", self.saga.name, self.state.saga_id, name,
-                         finished - started)
+            self._notify("step_completed", saga_name, saga_id, name, finished - started)
 
     def _take_failed_attempts(self) -> list[AuditEntry]:
         taken, self._failed_attempts = self._failed_attempts, []
@@ -441,31 +289,28 @@ class SagaExecution:
         if not self.lifecycle_events:
             return []
         state = self.state
-        events = [OutboxEvent(
+        return self._headed(None, [OutboxEvent(
             _LIFECYCLE[status], {"saga_id": state.saga_id, "saga_name": self.saga.name,
                                  "status": status.value, "failed_step": state.failed_step,
                                  "error": state.error},
-            key=state.saga_id, saga_id=state.saga_id)]
-        return self._headed(None, events)
+            key=state.saga_id, saga_id=state.saga_id)])
 
     def _headed(self, step: str | None, events: list[OutboxEvent]) -> list[OutboxEvent]:
+        """The events with the headers listeners add (the trace context), before the commit."""
         return with_listener_headers(self.listeners, self.saga.name, self.state.saga_id, step,
                                      events)
-
-    def _completes_saga(self, name: str) -> bool:
-        """Whether ``name`` completing now completes every step of the saga."""
-        steps = self.state.steps
-        return all(n == name or ((s := steps.get(n)) is not None
-                   and s.status is StepStatus.COMPLETED) for n in self.graph.order)
 
     def _stop(
         self, name: str, status: StepStatus, exc: BaseException | None, attempts: int,
         started: float,
     ) -> None:
+        """A step's action ended without completing: kept for the COMPENSATING commit, told to
+        the plan."""
         self.pending[name] = StepState(name, status, None, _describe(exc) if exc else None,
                                        attempts, started, time.time())
-        if exc is not None and self.failure is None:
-            self.failure = _Outcome(name, exc)
+        if exc is not None and self.error is None:
+            self.error = exc
+        self.plan.step_ended(name, status)
 
     def _mark(self, name: str, status: StepStatus) -> StepState:
         step = (self.state.steps.get(name) or StepState(name)).copy()
@@ -474,91 +319,82 @@ class SagaExecution:
 
     # -- compensation --------------------------------------------------------------------------
 
-    async def _begin_compensation(
-        self, steps: list[StepState], failed_step: str | None, error: str
-    ) -> None:
+    def _why(self, command: plan.BeginCompensation) -> str:
+        if command.why is plan.Stop.RECOVERED:
+            return _RECOVERED
+        if command.why is plan.Stop.CANCELLED:
+            reason = self.plan.cancel_reason
+            return storable_text(f"cancelled: {reason}" if reason else "cancelled")
+        assert self.error is not None
+        return _describe(self.error)
+
+    async def _begin_compensation(self, command: plan.BeginCompensation) -> None:
+        steps = [*self.pending.values(), *(self._mark(n, StepStatus.UNKNOWN)
+                                           for n in command.uncertain)]
+        error = self._why(command)
         await self.storage.commit(
             UnitOfWork(self.state.saga_id, self.owner, status=SagaStatus.COMPENSATING,
-                       context=self.ctx, steps=steps, failed_step=failed_step, error=error,
+                       context=self.ctx, steps=steps, failed_step=command.failed_step, error=error,
                        failed_attempts=self._take_failed_attempts()),
             self.lease_seconds,
         )
         for step in steps:
             self.state.steps[step.name] = step
         self.state.status = SagaStatus.COMPENSATING
-        self.state.failed_step = failed_step
+        self.state.failed_step = command.failed_step
         self.state.error = error
-
-    async def _compensate_all(self) -> None:
-        loop = asyncio.get_running_loop()
-        tasks: dict[str, asyncio.Task[None]] = {}
-        try:
-            while True:
-                command = plan.decide(self.graph, self.state, tasks)
-                if isinstance(command, plan.Finish):
-                    await self._finish(command.status)
-                    return
-                if isinstance(command, plan.CompensateSteps):
-                    if not tasks and len(command.names) == 1:
-                        await self._compensate(command.names[0])
-                        continue
-                    for name in command.names:
-                        tasks[name] = loop.create_task(self._compensate(name))
-                await self._wait_any(tasks)
-        finally:
-            for task in tasks.values():
-                task.cancel()
 
     async def _compensate(self, name: str) -> None:
         spec = self.saga.step_spec(name)
-        assert spec.compensation is not None
-        policy = spec.retry_policy or self.saga.retry_policy
+        compensation = spec.compensation
+        assert compensation is not None
+        saga_id, saga_name = self.state.saga_id, self.saga.name
         if self.listeners:
-            self._notify("compensation_started", self.saga.name, self.state.saga_id, name)
-        attempt = 0
-        error: BaseException | None = None
+            self._notify("compensation_started", saga_name, saga_id, name)
         base = self.ctx
-        changes: dict[str, Any] = {}
-        events: list[OutboxEvent] = []
-        while True:
-            attempt += 1
-            step_ctx = SagaContext(base, self.state.saga_id, self.saga.name, name, attempt)
-            try:
-                returned = await call_step(spec.compensation, spec.compensation_is_async, step_ctx,
+
+        async def attempt(number: int) -> tuple[dict[str, Any], list[OutboxEvent]]:
+            step_ctx = SagaContext(base, saga_id, saga_name, name, number)
+            returned = await call_step(compensation, spec.compensation_is_async, step_ctx,
                                        spec.timeout, name, lambda: False)
-                changes = changes_of(name, step_ctx, base, returned)
-                events = self._headed(name, step_ctx.events)
-                break
-            except Exception as exc:
-                self._failed_attempts.append(
-                    failed_attempt(name, attempt, exc, time.time(), compensation=True))
-                if attempt > spec.max_retries or isinstance(exc, BadResult):
-                    error = exc
-                    break
-                await asyncio.sleep(policy.delay(attempt))
+            return changes_of(name, step_ctx, base, returned), step_ctx.events
+
+        def verdict(number: int, exc: Exception) -> plan.RetryAfter | plan.GiveUp:
+            return plan.after_failed_compensation(number, spec.max_retries,
+                                                  bad_result=isinstance(exc, BadResult))
+
+        def failed(number: int, exc: Exception, final: bool) -> None:
+            self._failed_attempts.append(
+                failed_attempt(name, number, exc, time.time(), compensation=True))
+
+        outcome = await attempt_with_retries(
+            attempt, verdict, spec.retry_policy or self.saga.retry_policy, failed)
+        changes, events = outcome.value if outcome.value is not None else ({}, [])
+        events = self._headed(name, events)
+        error = outcome.error
         step = self._mark(name, StepStatus.COMPENSATED if error is None
                           else StepStatus.COMPENSATION_FAILED)
         if error is not None:
             step.compensation_error = _describe(error)
             self.comp_errors[name] = error
-            logger.error("compensation of step %s failed in saga %s: %s", name,
-                         self.state.saga_id, step.compensation_error,
-                         extra={"action": "compensation_failed", "saga_id": self.state.saga_id,
+            logger.error("compensation of step %s failed in saga %s: %s", name, saga_id,
+                         step.compensation_error,
+                         extra={"action": "compensation_failed", "saga_id": saga_id,
                                 "step": name})
         if changes:
             self.ctx = {**self.ctx, **changes}
         await self.storage.commit(
-            UnitOfWork(self.state.saga_id, self.owner, context=self.ctx, steps=[step],
+            UnitOfWork(saga_id, self.owner, context=self.ctx, steps=[step],
                        events=events, failed_attempts=self._take_failed_attempts()),
             self.lease_seconds,
         )
         self.state.steps[name] = step
         if self.listeners:
-            self._notify("compensation_completed", self.saga.name, self.state.saga_id, name,
-                         error)
+            self._notify("compensation_completed", saga_name, saga_id, name, error)
 
-    async def _finish(self, status: SagaStatus) -> None:
-        if not (status is SagaStatus.COMPLETED and self._completed_with_last_step):
+    async def _finish(self, command: plan.Finish) -> None:
+        status = command.status
+        if command.record:
             await self.storage.commit(
                 UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
                            release_lease=True, events=self._lifecycle_events(status),
@@ -589,10 +425,29 @@ class SagaExecution:
             started_at=self._started,
             finished_at=state.updated_at,
             failed_step=state.failed_step,
-            error=self.failure.error if self.failure else None,
+            error=self.error,
             error_message=state.error,
             compensation_errors=dict(self.comp_errors),
         )
 
     def _notify(self, method: str, *args: Any) -> None:
-        notify(self.listeners, method, *args)
+        for listener in self.listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                logger.exception("listener %r failed in %s", listener, method,
+                                 extra={"action": "listener_failed"})
+
+
+def __getattr__(name: str) -> Any:
+    """Names that lived here before starting a saga moved to :mod:`sagaz.engine.starting`."""
+    if name in ("run_saga", "saga_id_for", "check_context", "await_outcome",
+                "IDEMPOTENCY_NAMESPACE"):
+        from sagaz.engine import starting
+
+        return getattr(starting, name)
+    if name == "failure_error":
+        from sagaz.engine.outcomes import failure_error
+
+        return failure_error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

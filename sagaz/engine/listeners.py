@@ -9,7 +9,7 @@ from typing import Any
 
 from sagaz.outbox.event import OutboxEvent
 
-__all__ = ["SagaListener", "notify", "with_listener_headers"]
+__all__ = ["SagaListener", "with_listener_headers"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ class SagaListener:
     def saga_finished(self, saga_name: str, saga_id: str, status: str, duration: float) -> None:
         """The final status was committed."""
 
+    def saga_recovered(self, saga_name: str, saga_id: str) -> None:
+        """Recovery took the saga over from an executor that died (``saga_started`` follows)."""
+
+    def saga_interrupted(self, saga_name: str, saga_id: str, error: BaseException) -> None:
+        """This process stopped running the saga before its end: its lease went to recovery,
+        the storage failed, or the task was cancelled. No ``saga_finished`` follows here."""
+
     def outbox_headers(self, saga_name: str, saga_id: str, step: str | None) -> dict[str, str]:
         """Headers to add to the events about to be committed for ``step`` (``None``: the
         saga's lifecycle events), e.g. the W3C ``traceparent``. Called only when there are
@@ -68,14 +75,3 @@ def with_listener_headers(
     return [OutboxEvent.restore(e.event_type, e.payload, e.key, e.saga_id,
                                 {**added, **e.headers}, e.event_id, e.created_at)
             for e in events]
-
-
-def notify(listeners: Sequence[SagaListener], method: str, *args: Any) -> None:
-    """Call ``method`` of every listener; a listener that raises is logged, never the saga's
-    failure."""
-    for listener in listeners:
-        try:
-            getattr(listener, method)(*args)
-        except Exception:
-            logger.exception("listener %r failed in %s", listener, method,
-                             extra={"action": "listener_failed"})

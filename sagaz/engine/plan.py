@@ -1,26 +1,40 @@
 """The pure decision core of the saga state machine.
 
-Given a saga's dependency graph and its persisted state (plus the steps the executor has in flight),
-say what to do next. No I/O, no clock, no randomness: the executor and recovery both drive sagas
-through these functions, and tests replay any interrupted sequence through them.
+Every decision about a saga is made here: which steps run next (parallel levels), what a failure
+does to running siblings (the failure strategy), what the saga deadline and a cancel request do,
+whether a failed attempt is retried, whether a step's completion completes the saga, the order of
+compensations and the final status. No I/O, no clock, no randomness: the executor feeds in what
+happened (events) and runs the commands it gets back; recovery drives the same plan from the
+persisted state, and tests replay any interrupted sequence through it.
+
+:class:`SagaPlan` holds what one run of one saga has learnt that is not persisted yet (a failure
+recorded with the next commit, a deadline, a cancel request); everything else is read from the
+:class:`~sagaz.engine.types.SagaState` passed to :meth:`SagaPlan.next`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
-from sagaz.engine.types import SagaState, SagaStatus, StepStatus
+from sagaz.engine.types import FailureStrategy, SagaState, SagaStatus, StepStatus
 
 __all__ = [
+    "AwaitSteps",
     "BeginCompensation",
+    "CancelSteps",
     "Command",
     "CompensateSteps",
     "Finish",
+    "GiveUp",
     "Graph",
+    "RetryAfter",
     "RunSteps",
-    "Wait",
-    "decide",
+    "SagaPlan",
+    "Stop",
+    "after_failed_attempt",
+    "after_failed_compensation",
 ]
 
 
@@ -48,6 +62,9 @@ class Graph:
         )
 
 
+# -- commands ------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class RunSteps:
     """Start these steps' actions (they are ready and not in flight)."""
@@ -56,11 +73,43 @@ class RunSteps:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelSteps:
+    """Interrupt these in-flight actions; each ends CANCELLED unless it already finished."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitSteps:
+    """Nothing new to start: wait until a step in flight ends. With ``every`` wait for all of
+    them, at most ``timeout`` seconds, then report :meth:`SagaPlan.grace_ended`."""
+
+    every: bool = False
+    timeout: float | None = None
+
+
+class Stop(StrEnum):
+    """Why the forward path stopped."""
+
+    FAILED = "FAILED"
+    """A step failed (or its outcome is unknown)."""
+    DEADLINE = "DEADLINE"
+    """The saga's timeout passed."""
+    CANCELLED = "CANCELLED"
+    """Cancellation was requested."""
+    RECOVERED = "RECOVERED"
+    """The executor died mid-saga and the saga is recovered by compensation."""
+
+
+@dataclass(frozen=True, slots=True)
 class BeginCompensation:
     """Switch a RUNNING saga to COMPENSATING. ``uncertain`` steps may have run before the executor
-    died: they are recorded UNKNOWN so that they are compensated too."""
+    died: they are recorded UNKNOWN so that they are compensated too. ``failed_step`` and ``why``
+    are recorded with the saga."""
 
     uncertain: tuple[str, ...]
+    failed_step: str | None = None
+    why: Stop = Stop.FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +121,60 @@ class CompensateSteps:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Record the final status."""
+    """The saga ended with ``status``; ``record`` is False when that status is already stored
+    (the last step's completion committed it)."""
 
     status: SagaStatus
+    record: bool = True
+
+
+Command = RunSteps | CancelSteps | AwaitSteps | BeginCompensation | CompensateSteps | Finish
 
 
 @dataclass(frozen=True, slots=True)
-class Wait:
-    """Nothing new to start: wait for a step in flight to finish."""
+class RetryAfter:
+    """Attempt again after the retry policy's delay for retry number ``retry``."""
+
+    retry: int
 
 
-Command = RunSteps | BeginCompensation | CompensateSteps | Finish | Wait
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """No further attempt: the step (or its compensation) ends with ``status``."""
+
+    status: StepStatus
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+
+def after_failed_attempt(
+    attempt: int, max_retries: int, *, bad_result: bool = False, draining: bool = False
+) -> RetryAfter | GiveUp:
+    """What follows a failed attempt of an action. A result that cannot be stored means the action
+    ran (its effects may exist): the step is UNKNOWN and gets compensated. A step drained after
+    its cancellation gets no further attempt."""
+    if bad_result:
+        return GiveUp(StepStatus.UNKNOWN)
+    if attempt > max_retries or draining:
+        return GiveUp(StepStatus.FAILED)
+    return RetryAfter(attempt)
+
+
+def after_failed_compensation(
+    attempt: int, max_retries: int, *, bad_result: bool = False
+) -> RetryAfter | GiveUp:
+    """What follows a failed attempt of a compensation (it shares its step's retry budget)."""
+    if bad_result or attempt > max_retries:
+        return GiveUp(StepStatus.COMPENSATION_FAILED)
+    return RetryAfter(attempt)
+
+
+# -- graph queries -------------------------------------------------------------------------------
 
 # Step statuses whose effects may exist and so need undoing.
 _NEEDS_UNDO = frozenset({StepStatus.COMPLETED, StepStatus.UNKNOWN})
-_UNDONE = frozenset({StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED})
+_ENDS_FORWARD_PATH = frozenset({StepStatus.FAILED, StepStatus.UNKNOWN})
 
 
 def ready_steps(graph: Graph, state: SagaState, in_flight: Collection[str] = ()) -> tuple[str, ...]:
@@ -132,9 +220,12 @@ def unlocked_by(
     return ready
 
 
-def all_completed(graph: Graph, state: SagaState) -> bool:
+def all_completed(graph: Graph, state: SagaState, but: str | None = None) -> bool:
+    """Whether every step (``but`` aside) is COMPLETED."""
     steps = state.steps
     for name in graph.order:
+        if name == but:
+            continue
         own = steps.get(name)
         if own is None or own.status is not StepStatus.COMPLETED:
             return False
@@ -163,38 +254,123 @@ def compensation_outcome(graph: Graph, state: SagaState) -> SagaStatus:
     return SagaStatus.FAILED if failed else SagaStatus.COMPENSATED
 
 
-def decide(
-    graph: Graph,
-    state: SagaState,
-    in_flight: Collection[str] = (),
-    *,
-    recovering: bool = False,
-    resume: bool = False,
-) -> Command:
-    """The next command for a saga in ``state``.
+# -- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SagaPlan:
+    """The decisions for one run (or recovery) of one saga.
 
     ``recovering`` is set when the executor that ran the saga died: a RUNNING saga is then
     compensated (its possibly-started steps included) unless ``resume`` asks to go forward.
     """
-    status = state.status
-    if status.is_final:
-        return Finish(status)
-    if status in (SagaStatus.RUNNING, SagaStatus.PENDING):
-        if all_completed(graph, state):
-            return Finish(SagaStatus.COMPLETED)
-        ready = ready_steps(graph, state, in_flight)
-        if recovering and not resume:
-            # The executor died: the steps it could have been running may have happened.
-            return BeginCompensation(ready)
-        if ready:
-            return RunSteps(ready)
+
+    graph: Graph
+    strategy: FailureStrategy = FailureStrategy.FAIL_FAST
+    grace_seconds: float = 2.0
+    recovering: bool = False
+    resume: bool = False
+    stop: Stop | None = None
+    failed_step: str | None = None
+    cancel_reason: str | None = None
+    deadline_passed: bool = False
+    grace_over: bool = False
+    grace_started: bool = False
+    cancelling: set[str] = field(default_factory=set)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def step_ended(self, name: str, status: StepStatus) -> None:
+        """A step's action ended without completing (FAILED, UNKNOWN or CANCELLED); completions
+        are read from the state."""
+        if status in _ENDS_FORWARD_PATH and self.stop is None:
+            self.stop, self.failed_step = Stop.FAILED, name
+
+    def deadline(self, in_flight: Collection[str]) -> CancelSteps:
+        """The saga's timeout passed: every running action is interrupted and the first of them
+        (in definition order) is the step the saga failed at."""
+        self.deadline_passed = True
+        if self.stop is None or self.stop is Stop.CANCELLED:
+            running = [n for n in self.graph.order if n in in_flight]
+            self.stop, self.failed_step = Stop.DEADLINE, (running[0] if running else None)
+        return CancelSteps(self._cancel(in_flight))
+
+    def request_cancel(self, reason: str | None = None) -> None:
+        """Cancellation was requested: no step starts any more; the running ones finish (the
+        next step boundary) and what completed is compensated."""
+        if self.stop is None:
+            self.stop, self.cancel_reason = Stop.CANCELLED, reason
+
+    def grace_ended(self) -> None:
+        self.grace_over = True
+
+    def completes_saga(self, state: SagaState, name: str) -> bool:
+        """Whether ``name`` completing now completes the saga: then the step's completion and the
+        COMPLETED status commit together (one durable write fewer, and recovery sees the same
+        thing either way: before the commit the step had not completed, after it the saga is
+        done)."""
+        return self.stop is None and all_completed(self.graph, state, but=name)
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def next(
+        self, state: SagaState, in_flight: Collection[str] = (),
+        finished: Iterable[str] | None = None,
+    ) -> Command:
+        """The next command. ``finished`` (steps that just ended) lets the forward path look only
+        at their dependants instead of the whole graph."""
+        status = state.status
+        if status.is_final:
+            return Finish(status, record=False)
+        if status is SagaStatus.COMPENSATING:
+            return self._next_compensation(state, in_flight)
+        graph = self.graph
+        if self.recovering:
+            self.recovering = False
+            if not self.resume or self.stop is Stop.CANCELLED:
+                # The executor died: the steps it could have been running may have happened.
+                return BeginCompensation(ready_steps(graph, state), None, self.stop or
+                                         Stop.RECOVERED)
+        if self.stop is None:
+            ready = (ready_steps(graph, state, in_flight) if finished is None
+                     else unlocked_by(graph, state, finished, in_flight))
+            if ready:
+                return RunSteps(tuple(ready))
+            if in_flight:
+                return AwaitSteps()
+            if all_completed(graph, state):
+                return Finish(SagaStatus.COMPLETED)
+            raise AssertionError(f"saga {state.saga_id} is RUNNING with nothing runnable: {state}")
+        cancel = self._cancel(in_flight)
+        if cancel:
+            return CancelSteps(cancel)
         if in_flight:
-            return Wait()
-        raise AssertionError(f"saga {state.saga_id} is RUNNING with nothing runnable: {state}")
-    # COMPENSATING
-    ready = compensation_ready(graph, state, in_flight)
-    if ready:
-        return CompensateSteps(ready)
-    if in_flight:
-        return Wait()
-    return Finish(compensation_outcome(graph, state))
+            if (self.strategy is FailureStrategy.FAIL_FAST_WITH_GRACE and self.stop is Stop.FAILED
+                    and not self.grace_started):
+                self.grace_started = True
+                return AwaitSteps(every=True, timeout=self.grace_seconds)
+            return AwaitSteps()
+        return BeginCompensation((), self.failed_step, self.stop)
+
+    def _cancel(self, in_flight: Collection[str]) -> tuple[str, ...]:
+        """In-flight actions to interrupt now, given why the forward path stopped."""
+        if self.deadline_passed:
+            interrupt = True
+        elif self.stop is Stop.FAILED:
+            interrupt = (self.strategy is FailureStrategy.FAIL_FAST or (
+                self.strategy is FailureStrategy.FAIL_FAST_WITH_GRACE and self.grace_over))
+        else:  # not stopped, or cancelled: running steps reach their boundary
+            interrupt = False
+        if not interrupt:
+            return ()
+        names = tuple(n for n in in_flight if n not in self.cancelling)
+        self.cancelling.update(names)
+        return names
+
+    def _next_compensation(self, state: SagaState, in_flight: Collection[str]) -> Command:
+        ready = compensation_ready(self.graph, state, in_flight)
+        if ready:
+            return CompensateSteps(ready)
+        if in_flight:
+            return AwaitSteps()
+        return Finish(compensation_outcome(self.graph, state))

@@ -1,12 +1,22 @@
-"""Pure retry policy: how long to wait before the next attempt. No I/O, no clock."""
+"""Retries: the pure backoff policy (how long to wait before the next attempt) and the engine's
+one retry loop, which asks the plan whether to attempt again."""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-__all__ = ["RetryPolicy"]
+from sagaz.engine.plan import GiveUp, RetryAfter
+
+if TYPE_CHECKING:
+    from sagaz.engine.types import StepStatus
+
+__all__ = ["Attempted", "RetryPolicy", "attempt_with_retries"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +49,39 @@ class RetryPolicy:
             return ceiling
         half = ceiling / 2
         return half + rand() * half
+
+
+@dataclass(slots=True)
+class Attempted(Generic[T]):
+    """How :func:`attempt_with_retries` ended: a ``value``, or the last ``error`` and the
+    status the step gave up with."""
+
+    value: T | None
+    attempts: int
+    error: Exception | None = None
+    gave_up: StepStatus | None = None
+
+
+async def attempt_with_retries(
+    attempt: Callable[[int], Awaitable[T]],
+    verdict: Callable[[int, Exception], RetryAfter | GiveUp],
+    policy: RetryPolicy,
+    on_failure: Callable[[int, Exception, bool], None] | None = None,
+) -> Attempted[T]:
+    """The one retry loop of the engine (actions and compensations alike): call
+    ``attempt(n)`` until it returns or ``verdict`` (a decision of the plan) gives up, sleeping the
+    policy's backoff between attempts. ``on_failure(n, error, final)`` sees every failed attempt.
+    Cancellation propagates: whoever cancels decides what it means."""
+    number = 0
+    while True:
+        number += 1
+        try:
+            return Attempted(await attempt(number), number)
+        except Exception as exc:
+            decided = verdict(number, exc)
+            final = isinstance(decided, GiveUp)
+            if on_failure is not None:
+                on_failure(number, exc, final)
+            if isinstance(decided, GiveUp):
+                return Attempted(None, number, exc, decided.status)
+            await asyncio.sleep(policy.delay(decided.retry))

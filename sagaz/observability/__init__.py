@@ -1,3 +1,6 @@
-"""Observability hooks: each one hangs off the listeners the engine, the relay and consumers
-already call. Tracing (``sagaz.observability.tracing``) needs the ``sagaz[otel]`` extra and is
-imported only by whoever asks for it; JSON logs (``sagaz.observability.logs``) need nothing."""
+"""Observability: Prometheus metrics (:mod:`sagaz.observability.metrics`), collected on scrape
+where they live in a database (:mod:`sagaz.observability.scrape`, :mod:`.ha_metrics`) and served
+over HTTP with health probes (:mod:`sagaz.observability.server`); OpenTelemetry spans
+(:mod:`sagaz.observability.tracing`, extra ``sagaz[otel]``, imported only by whoever asks for
+it); JSON logs (:mod:`sagaz.observability.logs`). Everything hangs off the listeners and hooks
+of the engine, the storages, the relay and the inbox."""

@@ -59,6 +59,9 @@ class LogContextListener(SagaListener):
     def saga_finished(self, saga_name: str, saga_id: str, status: str, duration: float) -> None:
         _current.set(None)
 
+    def saga_interrupted(self, saga_name: str, saga_id: str, error: BaseException) -> None:
+        _current.set(None)
+
 
 def _plain(value: Any) -> Any:
     """A value json can write: extras are often ids, counts and lists of them; the rest is

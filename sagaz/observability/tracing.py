@@ -61,6 +61,10 @@ class _OpenSpans:
     def pop(self, key: Any) -> Span | None:
         return self._spans.pop(key, None)
 
+    def of_saga(self, saga_id: str) -> list[Any]:
+        """The keys ``(saga_id, step)`` of one saga's open spans."""
+        return [key for key in self._spans if key[0] == saga_id]
+
     def __len__(self) -> int:
         return len(self._spans)
 
@@ -146,6 +150,20 @@ class SagaTracer(SagaListener):
             span.set_attribute("sagaz.status", status)
             if status != "COMPLETED":
                 span.set_status(Status(StatusCode.ERROR, f"saga {status}"))
+            span.end()
+
+    def saga_interrupted(self, saga_name: str, saga_id: str, error: BaseException) -> None:
+        # This process stopped running it (lease lost, storage failed, cancelled): its spans
+        # end here; recovery, elsewhere, starts a new saga span.
+        for key in self._steps.of_saga(saga_id):
+            span = self._steps.pop(key)
+            if span is not None:
+                _fail(span, error)
+                span.end()
+        span = self._sagas.pop(saga_id)
+        if span is not None:
+            _fail(span, error)
+            span.set_attribute("sagaz.status", "INTERRUPTED")
             span.end()
 
     def outbox_headers(self, saga_name: str, saga_id: str, step: str | None) -> dict[str, str]:

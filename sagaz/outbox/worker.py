@@ -75,6 +75,9 @@ class OutboxWorker:
     publish_hooks: list[PublishHook] = field(default_factory=list)
     """Around each publish: they may rewrite the events just before (tracing puts the relay's
     own span into the ``traceparent``) and see every outcome after."""
+    failure_listeners: list[Callable[[Sequence[OutboxEvent]], None]] = field(default_factory=list)
+    """Called with the events whose publish failed: refused, not acknowledged in time, or not
+    sent because the broker was unreachable (metrics); raising is logged and ignored."""
     relayed: int = 0
     dead_lettered: int = 0
     # Wake-up tokens for idle loops (at most one pending): each token lets ONE loop claim, so
@@ -218,16 +221,15 @@ class OutboxWorker:
             self._published(events, [exc] * len(events))
             await self.outbox.release(self.worker_id, [e.event_id for e in events])
             self._broker_lost(exc, len(events))
+            _tell(self.failure_listeners, events)
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self._broker_back()
         self._published(events, outcomes)
         acked = [e for e, o in zip(events, outcomes, strict=True) if o is None]
-        for listener in self.listeners:
-            try:
-                listener(acked)
-            except Exception:
-                logger.exception("outbox listener %r failed", listener,
-                                 extra={"action": "outbox_listener_failed"})
+        _tell(self.listeners, acked)
+        if len(acked) < len(events):
+            _tell(self.failure_listeners,
+                  [e for e, o in zip(events, outcomes, strict=True) if o is not None])
         sent = [e.event_id for e in acked]
         failed = [(e.event_id, f"{type(o).__name__}: {o}")
                   for e, o in zip(events, outcomes, strict=True) if o is not None]
@@ -275,6 +277,17 @@ class BrokerUnavailable(SagazError):
 
 
 _MAX_RETRY_DELAY = 10.0
+
+
+def _tell(
+    listeners: list[Callable[[Sequence[OutboxEvent]], None]], events: Sequence[OutboxEvent]
+) -> None:
+    for listener in listeners:
+        try:
+            listener(events)
+        except Exception:
+            logger.exception("outbox listener %r failed", listener,
+                             extra={"action": "outbox_listener_failed"})
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

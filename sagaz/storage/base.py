@@ -11,14 +11,17 @@ once the unit is durable. The audit rows of a unit (:mod:`sagaz.storage.audit`) 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState
 from sagaz.storage.audit import AuditEntry
 
-__all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "settle"]
+__all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "report_batch", "settle"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -116,3 +119,14 @@ def settle(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[Any]) -> N
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
+
+
+def report_batch(hooks: Sequence[Callable[[int, float], None]], size: int, seconds: float) -> None:
+    """Tell the batch hooks of a storage (:class:`~sagaz.storage.capabilities.ObservesCommits`)
+    that a group commit of ``size`` writes took ``seconds``; a hook that raises is logged and
+    never fails the writers of the batch."""
+    for hook in hooks:
+        try:
+            hook(size, seconds)
+        except Exception:
+            logger.exception("batch hook %r failed", hook, extra={"action": "batch_hook_failed"})

@@ -8,7 +8,8 @@ def test_public_names_are_pinned() -> None:
         "RetryPolicy", "Saga", "SagaConfig", "SagaContext", "SagaDefinitionError",
         "SagaFailedError", "SagaListener", "SagaNotFoundError", "SagaResult", "SagaStatus",
         "SagaTimeoutError", "SagazError", "StepRecord", "StepStatus", "StepTimeoutError",
-        "StorageError", "__version__", "action", "compensate", "configure", "get_config",
+        "StorageError", "Worker", "WorkerListener", "__version__", "action", "compensate",
+        "configure", "get_config",
         "recover", "register", "shutdown",
     ])
     for name in sagaz.__all__:

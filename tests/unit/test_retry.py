@@ -27,3 +27,31 @@ def test_invalid_policies_are_refused() -> None:
         RetryPolicy(multiplier=0.5)
     with pytest.raises(ValueError, match="start at 1"):
         RetryPolicy().delay(0)
+
+
+async def test_the_one_retry_loop_asks_the_plan_and_reports_every_failed_attempt() -> None:
+    from sagaz.engine import plan
+    from sagaz.engine.retry import attempt_with_retries
+    from sagaz.engine.types import StepStatus
+
+    seen: list[tuple[int, bool]] = []
+
+    async def flaky(number: int) -> str:
+        if number < 3:
+            raise RuntimeError(f"attempt {number}")
+        return "done"
+
+    def verdict(number: int, exc: Exception) -> plan.RetryAfter | plan.GiveUp:
+        return plan.after_failed_attempt(number, 5)
+
+    ok = await attempt_with_retries(flaky, verdict, RetryPolicy(0, 0),
+                                    lambda n, e, final: seen.append((n, final)))
+    assert (ok.value, ok.attempts, ok.gave_up) == ("done", 3, None)
+    assert seen == [(1, False), (2, False)]
+
+    def no_retry(number: int, exc: Exception) -> plan.RetryAfter | plan.GiveUp:
+        return plan.after_failed_attempt(number, 0)
+
+    gave_up = await attempt_with_retries(flaky, no_retry, RetryPolicy(0, 0))
+    assert gave_up.gave_up is StepStatus.FAILED and gave_up.attempts == 1
+    assert str(gave_up.error) == "attempt 1"

@@ -35,13 +35,15 @@ from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import ConfigurationError, StorageError
 from sagaz.storage.audit import AuditEntry
-from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
+from sagaz.storage.base import ClosesOnExit, UnitOfWork, report_batch, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
 from sagaz.storage.sql import queries
 
 if TYPE_CHECKING:
+    from sagaz.storage.capabilities import BatchHook
+    from sagaz.storage.postgresql.maintenance import MaintenanceReport
     from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
 
 __all__ = ["PostgreSQLSagaStorage", "redact_dsn"]
@@ -112,6 +114,8 @@ class PostgreSQLSagaStorage(ClosesOnExit):
         self.committed_event_hooks: list[Callable[[list[str]], None]] = []
         """Called with the ids of outbox events right after the batch holding them committed
         (the optimistic send of :class:`~sagaz.outbox.worker.OutboxWorker`)."""
+        self.batch_hooks: list[BatchHook] = []
+        """Called after each batch committed, with its size and seconds (metrics)."""
 
     def __repr__(self) -> str:
         return f"PostgreSQLSagaStorage({redact_dsn(self.dsn)!r}, readonly={self.readonly})"
@@ -291,6 +295,7 @@ class PostgreSQLSagaStorage(ClosesOnExit):
     async def _flush(self, entries: list[tuple[Pending, asyncio.Future[Any]]]) -> None:
         batch = [item for item, _ in entries]
         futures = [future for _, future in entries]
+        started = time.perf_counter()
         try:
             try:
                 outcomes = await self._write(batch)
@@ -310,6 +315,8 @@ class PostgreSQLSagaStorage(ClosesOnExit):
             if not isinstance(exc, Exception):
                 raise
         else:
+            if self.batch_hooks:
+                report_batch(self.batch_hooks, len(batch), time.perf_counter() - started)
             self._remember_created(batch, outcomes)
             settle(futures, outcomes)
             if self.committed_event_hooks:
@@ -401,6 +408,14 @@ class PostgreSQLSagaStorage(ClosesOnExit):
 
         return await self._run(op)
 
+    async def ping(self) -> None:
+        """Raise StorageError unless the server answers a query (readiness probes; the
+        caller bounds the wait, the storage retries connection errors meanwhile)."""
+        async def op(conn: _Conn) -> None:
+            await conn.execute(Q["ping"])
+
+        await self._run(op)
+
     async def count_by_status(self) -> dict[SagaStatus, int]:
         async def op(conn: _Conn) -> dict[SagaStatus, int]:
             cur = await conn.execute(Q["count_by_status"])
@@ -429,6 +444,33 @@ class PostgreSQLSagaStorage(ClosesOnExit):
             return str(row[0])
 
         return await self._run(op)
+
+    def maintenance_target(self, dsn: str | None = None) -> str | None:
+        """Where maintenance runs: ``dsn`` (a direct connection) or this storage's DSN; None on a
+        read-only storage (replicas are maintained through their primary)."""
+        if self.readonly:
+            return None
+        return dsn.strip() if dsn and dsn.strip() else self.dsn
+
+    async def run_maintenance(
+        self, *, inbox_retention_days: int | None, lock_timeout: float, dsn: str | None = None,
+    ) -> MaintenanceReport:
+        """Partition maintenance, then the consumer-inbox cleanup, in a thread: it may wait
+        seconds for table locks."""
+        from sagaz.storage.postgresql.maintenance import run_maintenance
+
+        target = self.maintenance_target(dsn)
+        if target is None:
+            raise StorageError(f"{self!r} is read-only; maintain the database through its primary")
+        return await asyncio.to_thread(run_maintenance, target,
+                                       retention_days=inbox_retention_days,
+                                       lock_timeout=lock_timeout)
+
+    def inbox_store(self) -> PostgreSQLOutbox:
+        """The consumer inbox of this database (:class:`~sagaz.outbox.inbox.ConsumerInbox`)."""
+        from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
+
+        return PostgreSQLOutbox(self)
 
     def outbox_store(self, *, listen_dsn: str | None = None) -> PostgreSQLOutbox:
         """The outbox of this database, for the relay and ``sagaz outbox``; ``listen_dsn`` (a

@@ -1,0 +1,87 @@
+"""What a storage offers beyond :class:`~sagaz.storage.base.SagaStorage`, as small protocols.
+
+The worker (:class:`sagaz.Worker`), the consumer inbox and the metrics ask a storage what it can
+do by these protocols instead of probing for attributes or concrete classes, so a new storage
+gains a capability by implementing its methods, and nothing above it changes:
+
+- :class:`~sagaz.outbox.store.StorageWithOutbox`: its commits write outbox events and it hands
+  out their store (PostgreSQL, SQLite);
+- :class:`StorageWithMaintenance`: it has scheduled database maintenance (PostgreSQL:
+  partitions and the consumer-inbox cleanup);
+- :class:`StorageWithInbox`: it keeps a consumer inbox (PostgreSQL);
+- :class:`ObservesCommits`: its group commit reports each batch (size and seconds) to hooks;
+- :class:`Pingable`: it can say cheaply whether its database answers (readiness probes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from sagaz.outbox.store import StorageWithOutbox
+
+if TYPE_CHECKING:
+    from sagaz.storage.postgresql.maintenance import MaintenanceReport
+
+__all__ = [
+    "BatchHook",
+    "InboxStore",
+    "ObservesCommits",
+    "Pingable",
+    "StorageWithInbox",
+    "StorageWithMaintenance",
+    "StorageWithOutbox",
+]
+
+BatchHook = Callable[[int, float], None]
+"""Called after each group-commit batch reached the database: (writes in it, seconds it took)."""
+
+
+@runtime_checkable
+class StorageWithMaintenance(Protocol):
+    """A storage with database maintenance to run on a schedule."""
+
+    readonly: bool
+
+    def maintenance_target(self, dsn: str | None = None) -> str | None:
+        """The connection maintenance runs on (``dsn``, a direct one, if given, else the
+        storage's own), or None when this storage has nothing to maintain (read-only)."""
+        ...
+
+    async def run_maintenance(
+        self, *, inbox_retention_days: int | None, lock_timeout: float, dsn: str | None = None,
+    ) -> MaintenanceReport:
+        """One maintenance run (it may wait seconds for table locks: never on the event loop's
+        thread)."""
+        ...
+
+
+class InboxStore(Protocol):
+    """The consumer inbox's one operation: run handlers and record their events at once."""
+
+    async def process_many(
+        self, consumer: str, items: Sequence[tuple[str, Callable[[Any], Awaitable[Any]]]],
+    ) -> list[bool]: ...
+
+
+@runtime_checkable
+class StorageWithInbox(Protocol):
+    """A storage that keeps a consumer inbox (deduplication of received events)."""
+
+    def inbox_store(self) -> InboxStore: ...
+
+
+@runtime_checkable
+class ObservesCommits(Protocol):
+    """A storage whose group commit calls each hook after each batch it wrote."""
+
+    batch_hooks: list[BatchHook]
+
+
+@runtime_checkable
+class Pingable(Protocol):
+    """A storage that can tell whether its database answers (SQLite, PostgreSQL)."""
+
+    async def ping(self) -> None:
+        """Return when a trivial query succeeded; raise StorageError when it cannot."""
+        ...

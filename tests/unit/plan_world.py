@@ -1,0 +1,207 @@
+"""A pure simulated world that runs the plan's commands, for the plan's replay tests.
+
+It plays the executor without I/O: persisted state is a :class:`SagaState` that changes only at
+"commits"; what is in flight and not yet committed lives in the run. A crash drops the run (the
+plan's memory, the steps in flight) and keeps the persisted state, whose saga recovery then drives
+through a fresh plan, exactly as :mod:`sagaz.engine.recovery` does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sagaz.engine import plan
+from sagaz.engine.types import FailureStrategy, SagaState, SagaStatus, StepState, StepStatus
+
+
+class Crashed(Exception):
+    """The simulated process died after its k-th commit."""
+
+
+@dataclass
+class Behaviour:
+    """How the world's steps behave. ``pick`` chooses which in-flight step ends next (an index
+    into the sorted names), so schedules can be enumerated or drawn by hypothesis."""
+
+    failing: frozenset[str] = frozenset()
+    failing_compensations: frozenset[str] = frozenset()
+    drains: frozenset[str] = frozenset()
+    """Steps that complete even when cancelled (a thread that cannot be interrupted)."""
+    pick: Callable[[int], int] = lambda n: 0
+
+
+@dataclass
+class Journal:
+    """What really happened in the world, across crashes."""
+
+    effects: dict[str, int] = field(default_factory=dict)
+    """Action runs that had an effect, per step."""
+    undone: list[str] = field(default_factory=list)
+    """Compensations that ran, in order."""
+    runs_after_crash: list[str] = field(default_factory=list)
+    completed_at_crash: set[str] = field(default_factory=set)
+    commands: list[str] = field(default_factory=list)
+
+
+def graph_of(deps: dict[str, tuple[str, ...]], compensable: set[str] | None = None) -> plan.Graph:
+    return plan.Graph.build(list(deps), deps, set(deps) if compensable is None else compensable)
+
+
+class World:
+    def __init__(self, graph: plan.Graph, behaviour: Behaviour, *, crash_after: int | None = None,
+                 lose_commit: bool = False, strategy: FailureStrategy = FailureStrategy.FAIL_FAST,
+                 resume: bool = False):
+        """``crash_after=k`` kills the process at its k-th commit: after it is durable, or (with
+        ``lose_commit``) before, so the work that led to it (an action's effect) is not recorded."""
+        self.graph = graph
+        self.lose_commit = lose_commit
+        self.behaviour = behaviour
+        self.crash_after = crash_after
+        self.commits = 0
+        self.strategy = strategy
+        self.resume = resume
+        self.state = SagaState("s-1", "world", SagaStatus.RUNNING, {})
+        self.journal = Journal()
+        self.recovered = False
+
+    # -- persisted state ---------------------------------------------------------------------
+
+    def _commit(self, change: Callable[[SagaState], None]) -> None:
+        self.commits += 1
+        crash = self.crash_after is not None and self.commits == self.crash_after
+        if crash and self.lose_commit:
+            raise Crashed
+        change(self.state)
+        if crash:
+            raise Crashed
+
+    def run(self, *, cancel_at: int | None = None, max_commands: int = 500) -> SagaState:
+        """Run the saga; after a crash run recovery (at most once per crash point)."""
+        try:
+            self._run(plan.SagaPlan(self.graph, self.strategy, 0.0, resume=self.resume),
+                      cancel_at=cancel_at, max_commands=max_commands)
+        except Crashed:
+            self.crash_after = None
+            self.recovered = True
+            self.journal.completed_at_crash = {
+                n for n, s in self.state.steps.items() if s.status is StepStatus.COMPLETED}
+            if not self.state.status.is_final:
+                recovery = plan.SagaPlan(self.graph, self.strategy, 0.0, recovering=True,
+                                         resume=self.resume)
+                self._run(recovery, cancel_at=None, max_commands=max_commands)
+        return self.state
+
+    def _run(self, the_plan: plan.SagaPlan, *, cancel_at: int | None, max_commands: int) -> None:
+        in_flight: dict[str, str] = {}  # name -> "action" | "compensation"
+        pending: dict[str, StepState] = {}
+        cancelled: set[str] = set()
+        for count in range(max_commands):
+            if count == cancel_at:
+                the_plan.request_cancel("operator")
+            command = the_plan.next(self.state, in_flight)
+            self.journal.commands.append(type(command).__name__)
+            if isinstance(command, plan.RunSteps):
+                assert not set(command.names) & set(in_flight), command
+                for name in command.names:
+                    assert self.state.step_status(name) is StepStatus.PENDING, name
+                    if self.recovered:
+                        self.journal.runs_after_crash.append(name)
+                    in_flight[name] = "action"
+            elif isinstance(command, plan.CompensateSteps):
+                for name in command.names:
+                    in_flight[name] = "compensation"
+            elif isinstance(command, plan.CancelSteps):
+                cancelled.update(command.names)
+            elif isinstance(command, plan.AwaitSteps):
+                assert in_flight, "AwaitSteps with nothing in flight"
+                if command.every:
+                    the_plan.grace_ended()
+                    continue
+                names = sorted(in_flight)
+                name = names[self.behaviour.pick(len(names)) % len(names)]
+                self._end(the_plan, name, in_flight.pop(name), name in cancelled, pending)
+            elif isinstance(command, plan.BeginCompensation):
+                assert not in_flight
+                steps = [*pending.values()]
+                for name in command.uncertain:
+                    steps.append(StepState(name, StepStatus.UNKNOWN))
+
+                def begin(state: SagaState, steps: list[StepState] = steps,
+                          command: plan.BeginCompensation = command) -> None:
+                    for step in steps:
+                        state.steps[step.name] = step
+                    state.status = SagaStatus.COMPENSATING
+                    state.failed_step = command.failed_step
+                    state.error = command.why.value
+
+                self._commit(begin)
+                pending.clear()
+            else:
+                assert not in_flight
+                if command.record:
+                    status = command.status
+                    self._commit(lambda state, status=status: setattr(state, "status", status))
+                return
+        raise AssertionError(f"no end after {max_commands} commands: {self.journal.commands}")
+
+    def _end(self, the_plan: plan.SagaPlan, name: str, kind: str, cancelled: bool,
+             pending: dict[str, StepState]) -> None:
+        b = self.behaviour
+        if kind == "compensation":
+            self.journal.undone.append(name)
+            status = (StepStatus.COMPENSATION_FAILED if name in b.failing_compensations
+                      else StepStatus.COMPENSATED)
+            self._commit(lambda state: state.steps.__setitem__(name, StepState(name, status)))
+            return
+        if cancelled and name not in b.drains:
+            pending[name] = StepState(name, StepStatus.CANCELLED)
+            the_plan.step_ended(name, StepStatus.CANCELLED)
+            return
+        if name in b.failing:
+            pending[name] = StepState(name, StepStatus.FAILED)
+            the_plan.step_ended(name, StepStatus.FAILED)
+            return
+        self.journal.effects[name] = self.journal.effects.get(name, 0) + 1
+        completes = the_plan.completes_saga(self.state, name)
+
+        def complete(state: SagaState) -> None:
+            state.steps[name] = StepState(name, StepStatus.COMPLETED)
+            if completes:
+                state.status = SagaStatus.COMPLETED
+
+        self._commit(complete)
+
+
+def check_invariants(world: World) -> None:
+    """What must hold whatever happened."""
+    graph, state, journal = world.graph, world.state, world.journal
+    assert state.status.is_final, f"saga not terminal: {state.status} {journal.commands}"
+    # No step compensated before its dependants that had effects.
+    seen: set[str] = set()
+    for name in journal.undone:
+        for dependant in graph.dependants[name]:
+            if dependant in graph.compensable and journal.effects.get(dependant):
+                assert dependant in seen, (
+                    f"{name} compensated before its dependant {dependant}: {journal.undone}")
+        seen.add(name)
+    if state.status is SagaStatus.COMPENSATED:
+        for name, count in journal.effects.items():
+            if count and name in graph.compensable:
+                assert name in seen, f"{name} had an effect and was not compensated"
+        for name in graph.compensable:
+            assert state.step_status(name) not in (StepStatus.COMPLETED, StepStatus.UNKNOWN), (
+                f"{name} left {state.step_status(name)} in a COMPENSATED saga")
+    if state.status is SagaStatus.COMPLETED:
+        assert all(state.step_status(n) is StepStatus.COMPLETED for n in graph.order)
+        assert not journal.undone
+    # Recovery never runs again a step that had completed before the crash.
+    assert not set(journal.runs_after_crash) & journal.completed_at_crash
+    # Without a crash no action runs twice.
+    if not world.recovered:
+        assert all(count <= 1 for count in journal.effects.values()), journal.effects
+
+
+def copy_state(state: SagaState) -> SagaState:
+    return copy.deepcopy(state)
