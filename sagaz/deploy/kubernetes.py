@@ -3,7 +3,8 @@
     namespace.yaml  secrets.yaml (generated passwords, mode 0600)  secrets-example.yaml
     postgresql-ha.yaml  pgbouncer.yaml  maintenance-cronjob.yaml  pgbackrest-backup.yaml
     pgbackrest/Dockerfile  sagaz-worker.yaml
-    network-policies.yaml  kustomization.yaml  README.md  .gitignore
+    network-policies.yaml  prometheus-rules.yaml (PodMonitor, PrometheusRule)
+    grafana-dashboards.yaml  kustomization.yaml  README.md  .gitignore
 
 The scripts, SQL and pgbouncer.ini files are the docker-compose deployment's, carried in
 ConfigMaps; the PostgreSQL settings and pool settings are the local cluster's.
@@ -24,6 +25,7 @@ from pathlib import PurePosixPath
 from sagaz.deploy import backup as backups
 from sagaz.deploy import bundle
 from sagaz.deploy.bundle import GeneratedFile, Secrets
+from sagaz.deploy.monitoring import METRICS_PORT
 from sagaz.deploy.render import render
 from sagaz.deploy.schema import generated_schema_files
 from sagaz.deploy.scripts import (
@@ -36,6 +38,8 @@ from sagaz.deploy.scripts import (
 from sagaz.deploy.tls import K8S_TLS_DIR, postgres_tls_settings, tls_query
 from sagaz.ha.archive_settings import STANZA
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
+from sagaz.monitoring.dashboards import DASHBOARDS, grafana_json
+from sagaz.monitoring.rules import AlertSettings, alert_rules
 from sagaz.tls import TlsFiles
 
 __all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "DEFAULT_STORAGE_SIZE", "SECRET_NAME",
@@ -49,7 +53,7 @@ SECRET_NAME = "sagaz-postgres"
 # In the order `kubectl apply -k` should create them: the Secret before the pods that read it.
 RESOURCES = ["namespace.yaml", "secrets.yaml", "postgresql-ha.yaml", "pgbouncer.yaml",
              "maintenance-cronjob.yaml", "pgbackrest-backup.yaml", "sagaz-worker.yaml",
-             "network-policies.yaml"]
+             "network-policies.yaml", "prometheus-rules.yaml", "grafana-dashboards.yaml"]
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         "database": bundle.DATABASE, "schema": schema, "pools": pools,
         "init_primary": init_primary_script(), "replica_bootstrap": replica_bootstrap_script(),
         "pgbouncer_start": pgbouncer_start_script(), "url_forms": url_forms,
-        "resources": RESOURCES, "dir_hint": subdir + "/",
+        "resources": RESOURCES, "dir_hint": subdir + "/", "metrics_port": METRICS_PORT,
     }
 
     def manifest(name: str, mode: int = 0o644, **extra: object) -> GeneratedFile:
@@ -147,6 +151,13 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
                       backups.backup_dockerfile(bundle.IMAGES["postgres"])),
         manifest("sagaz-worker.yaml"),
         manifest("network-policies.yaml"),
+        # The PodMonitor's job is <namespace>/<its name>. WAL archiving is watched where an
+        # exporter reads pg_stat_archiver (docker-compose, the local cluster), not here.
+        manifest("prometheus-rules.yaml", rules=alert_rules(AlertSettings(
+            sagaz_job=f"{namespace}/sagaz-worker", archive=False))),
+        manifest("grafana-dashboards.yaml", dashboards=[
+            {"title": d.title, "file_name": d.file_name, "json": grafana_json(d)}
+            for d in DASHBOARDS]),
         manifest("kustomization.yaml"),
         manifest("README.md"),
         GeneratedFile(f"{subdir}/.gitignore",

@@ -37,6 +37,9 @@ it fell further behind than ``max_slot_wal_keep_size``, see :mod:`sagaz.ha.wal_s
 fresh base backup and a new slot, in the background so the read pool keeps being reconciled
 meanwhile (:mod:`sagaz.ha.slots`).
 
+With monitoring on (``sagaz dev up --monitoring``) it also starts again Prometheus or an
+exporter that died (:mod:`sagaz.ha.monitoring`).
+
 It runs as ``sagaz dev supervise --dir D`` (started in the background by ``sagaz dev up``, pid in
 ``D/supervisor.pid``, log in ``D/supervisor.log``, stopped by ``sagaz dev down``).
 """
@@ -56,6 +59,7 @@ from pathlib import Path
 from sagaz.errors import SagazError
 from sagaz.ha.dirlock import locked_by_a_command
 from sagaz.ha.local import LocalCluster
+from sagaz.ha.monitoring import LocalMonitoring
 from sagaz.ha.osuser import process_alive
 from sagaz.ha.readpool import (
     CHECK_TIMEOUT,
@@ -110,6 +114,10 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                 cluster = LocalCluster.load(directory)
                 await reconcile_read_pool(cluster)
                 await healer.check(cluster)
+                if cluster.state.monitoring:
+                    # Prometheus or an exporter that died is started again (its own log says
+                    # why it stopped).
+                    await asyncio.to_thread(LocalMonitoring(cluster).restart_dead)
             except (SagazError, OSError, ValueError) as exc:
                 # One bad pass (a file being rewritten, PgBouncer restarting) must not end the
                 # supervision: the next pass tries again.

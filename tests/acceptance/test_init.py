@@ -37,12 +37,15 @@ from sagaz.storage.sql import migrations
 
 COMPOSE_SERVICES = {"postgres-primary", "postgres-init", "pgbackrest-backup", "pgbouncer-rw",
                     "pgbouncer-ro",
-                    "prometheus", "postgres-exporter", "pgbouncer-exporter",
+                    "sagaz-worker", "prometheus", "postgres-exporter", "pgbouncer-exporter",
                     "pgbouncer-exporter-ro", "grafana"}
 K8S_MANIFESTS = ["namespace.yaml", "secrets.yaml", "secrets-example.yaml", "postgresql-ha.yaml",
                  "pgbouncer.yaml", "maintenance-cronjob.yaml", "pgbackrest-backup.yaml",
                  "sagaz-worker.yaml",
-                 "network-policies.yaml"]
+                 "network-policies.yaml", "grafana-dashboards.yaml"]
+# Custom resources (the Prometheus Operator's): kubernetes-validate has no schema for them;
+# tests/acceptance/test_init_monitoring.py validates them.
+K8S_CRD_MANIFESTS = ["prometheus-rules.yaml"]
 # A weak or well-known password: user:password@ in URLs, or a *PASSWORD* key set to one.
 WEAK = re.compile(
     r"(?im)(postgres:postgres@|://[^/\s:@]+:(password|postgres|changeme|secret|admin|sagaz)@"
@@ -114,7 +117,8 @@ def test_compose_files_pass_docker_compose_config(
     services = compose["services"]
     count = int(replicas or 0)
     names = ["postgres-replica"] + [f"postgres-replica-{i}" for i in range(2, count + 1)]
-    assert set(services) == COMPOSE_SERVICES | set(names[:count])
+    exporters = {n.replace("postgres-", "postgres-exporter-", 1) for n in names[:count]}
+    assert set(services) == COMPOSE_SERVICES | set(names[:count]) | exporters
     for name in ["postgres-primary", *names[:count]]:
         assert services[name]["image"] == "sagaz/postgres-pgbackrest:16-alpine"
         assert services[name]["build"] == "./pgbackrest"
@@ -189,9 +193,10 @@ def test_kubernetes_manifests_pass_strict_validation(
 
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
-    assert set(kustomization["resources"]) == set(K8S_MANIFESTS) - {"secrets-example.yaml"}
+    assert set(kustomization["resources"]) == set(K8S_MANIFESTS + K8S_CRD_MANIFESTS) - {
+        "secrets-example.yaml"}
     assert sorted(p.name for p in directory.glob("*.yaml")) == sorted(
-        [*K8S_MANIFESTS, "kustomization.yaml"])
+        [*K8S_MANIFESTS, *K8S_CRD_MANIFESTS, "kustomization.yaml"])
 
     namespace = args[args.index("--namespace") + 1] if "--namespace" in args else "sagaz"
     replicas = (int(args[args.index("--replicas") + 1]) if "--replicas" in args
@@ -238,7 +243,7 @@ def _check_kubernetes_shape(resources: dict[tuple[str, str], dict[str, Any]], re
     image = args[args.index("--image") + 1] if "--image" in args else "sagaz:latest"
     worker = resources["Deployment", "sagaz-worker"]["spec"]["template"]["spec"]
     assert worker["containers"][0]["image"] == image
-    assert worker["containers"][0]["command"] == ["sagaz", "worker"]
+    assert worker["containers"][0]["command"] == ["sagaz", "worker", "--metrics-port", "9464"]
     assert {name for kind, name in resources if kind == "PodDisruptionBudget"} == {
         "postgresql", "pgbouncer-rw", "pgbouncer-ro"}
     assert {name for kind, name in resources if kind == "NetworkPolicy"} == {
@@ -393,7 +398,7 @@ def test_secrets_are_generated_private_and_nowhere_else(
     compose_secrets = {v for k, v in env.items() if k.endswith("_PASSWORD")}
     k8s_secret = documents(tmp_path / "k8s" / "secrets.yaml")[0]["stringData"]
     k8s_secrets = {v for k, v in k8s_secret.items() if k.endswith("-password")}
-    assert len(compose_secrets) == 7 and len(k8s_secrets) == 6
+    assert len(compose_secrets) == 8 and len(k8s_secrets) == 6
     assert all(len(s) >= 32 for s in compose_secrets | k8s_secrets)
     assert not compose_secrets & k8s_secrets  # every run generates new ones
     assert all(f":{k8s_secret['app-password']}@" in k8s_secret[key]
@@ -551,7 +556,8 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
     # Fresh names, so this test's roles and database are its own on the shared cluster.
     suffix = os.urandom(3).hex()
     names = {"SAGAZ_APP_USER": f"app_{suffix}", "SAGAZ_READER_USER": f"reader_{suffix}",
-             "SAGAZ_REPLICATION_USER": f"repl_{suffix}", "SAGAZ_DATABASE": f"db_{suffix}"}
+             "SAGAZ_REPLICATION_USER": f"repl_{suffix}", "SAGAZ_DATABASE": f"db_{suffix}",
+             "SAGAZ_MONITOR_USER": f"monitor_{suffix}"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SAGAZ_"))}
     base["PATH"] = f"{cluster.state.bindir}:{base['PATH']}"
     # As in the containers: every client verifies the server (the local cluster's CA here).
@@ -559,7 +565,7 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
     admin = {**base, **names, "PGHOST": host, "PGPORT": port, "PGUSER": SUPERUSER,
              "PGPASSWORD": cluster.passwords[SUPERUSER],
              **{k: env[k] for k in ("SAGAZ_APP_PASSWORD", "SAGAZ_READER_PASSWORD",
-                                    "SAGAZ_REPLICATION_PASSWORD")}}
+                                    "SAGAZ_REPLICATION_PASSWORD", "SAGAZ_MONITOR_PASSWORD")}}
     for _ in range(2):  # idempotent
         result = _run(deploy / "init-primary.sh", "bash", admin)
         assert result.returncode == 0, result.stderr
@@ -605,6 +611,12 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
                          autocommit=True) as conn:
         row = conn.execute("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = %s",
                            (names["SAGAZ_REPLICATION_USER"],)).fetchone()
+        assert row == (True, False)
+        # postgres_exporter's role: pg_monitor, and no way into the application's database.
+        row = conn.execute("SELECT pg_has_role(%s, 'pg_monitor', 'MEMBER'), "
+                           "has_database_privilege(%s, %s, 'CONNECT')",
+                           (names["SAGAZ_MONITOR_USER"],) * 2 + (names["SAGAZ_DATABASE"],)
+                           ).fetchone()
         assert row == (True, False)
 
     # The replica bootstrap: a real pg_basebackup with its own slot, twice (a re-clone drops the
