@@ -2,9 +2,10 @@
 PromQL that Grafana runs, evaluated by a real Prometheus that scraped the benchmark while it ran.
 
 :class:`TemporaryPrometheus` starts the machine's Prometheus on a free loopback port with a
-generated configuration (scraping every second: a benchmark stage lasts seconds, not hours),
-in a temporary directory removed afterwards; :func:`render_dashboards` runs each panel's
-queries with ``query_range`` over the window of the run and draws them.
+generated configuration (scraping every second or two: a benchmark stage lasts seconds, not
+hours), in a temporary directory removed afterwards; :func:`collect_dashboards` runs each
+panel's queries with ``query_range`` over the window of the run, :func:`render_dashboards`
+draws them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Series", "TemporaryPrometheus", "query_range", "render_dashboards"]
+from sagaz.monitoring.scrape import ScrapeJob, prometheus_config
+
+__all__ = [
+    "DashboardData", "Series", "TemporaryPrometheus", "collect_dashboards", "query_range",
+    "render_dashboards",
+]
 
 
 class _Query(Protocol):
@@ -60,17 +66,18 @@ def _free_port() -> int:
 
 
 class TemporaryPrometheus:
-    """Prometheus on 127.0.0.1:<free port> scraping ``targets`` (job name -> host:port list)
-    every ``interval`` seconds; a context manager that stops it (by pid) and removes its data."""
+    """Prometheus on 127.0.0.1:<free port> scraping ``jobs`` every ``interval`` seconds, with
+    the configuration the deployments use (:func:`sagaz.monitoring.scrape.prometheus_config`);
+    a context manager that stops it (by pid) and removes its data."""
 
-    def __init__(self, targets: dict[str, list[str]], *, interval: float = 1.0,
+    def __init__(self, jobs: Sequence[ScrapeJob], *, interval: float = 1.0,
                  binary: str = "prometheus"):
         found = shutil.which(binary)
         if found is None:
             raise FileNotFoundError(
                 "the report's dashboards need Prometheus: apt-get install prometheus")
         self.binary = found
-        self.targets = targets
+        self.jobs = list(jobs)
         self.interval = interval
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -78,14 +85,9 @@ class TemporaryPrometheus:
         self._process: subprocess.Popen[bytes] | None = None
 
     def config(self) -> str:
-        """prometheus.yml (JSON is YAML): the targets, and Prometheus itself."""
-        every = f"{max(1, round(self.interval * 1000))}ms"
-        jobs = [{"job_name": "prometheus",
-                 "static_configs": [{"targets": [f"127.0.0.1:{self.port}"]}]}]
-        jobs += [{"job_name": name, "static_configs": [{"targets": list(addresses)}]}
-                 for name, addresses in self.targets.items()]
-        return json.dumps({"global": {"scrape_interval": every, "evaluation_interval": every},
-                           "scrape_configs": jobs}, indent=2)
+        return prometheus_config(self.jobs, self_address=f"127.0.0.1:{self.port}",
+                                 rule_files=[],
+                                 scrape_interval=f"{max(1, round(self.interval * 1000))}ms")
 
     def __enter__(self) -> TemporaryPrometheus:
         self._directory = Path(tempfile.mkdtemp(prefix="sagaz-bench-prometheus-"))
@@ -191,44 +193,67 @@ def _legend(template: str, labels: dict[str, str], expr: str) -> str:
     return text
 
 
-def render_dashboards(
-    url: str, dashboards: Sequence[_Dashboard], start: float, end: float, out: Path,
-) -> list[str]:
+@dataclass(frozen=True)
+class PanelData:
+    title: str
+    unit: str
+    queries: list[str]
+    lines: list[tuple[str, list[tuple[float, float]]]]
+    """(legend, points with times relative to the window's start)."""
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    uid: str
+    title: str
+    panels: list[PanelData]
+    seconds: float
+    step: float
+
+
+def collect_dashboards(
+    url: str, dashboards: Sequence[_Dashboard], start: float, end: float,
+) -> list[DashboardData]:
+    """Every panel query of ``dashboards`` over [start, end], while Prometheus still runs."""
+    step = max(1.0, (end - start) / 120)
+    found = []
+    for dashboard in dashboards:
+        panels = []
+        for panel in dashboard.panels:
+            lines = [(_legend(query.legend, series.labels, query.expr),
+                      [(t - start, v) for t, v in series.points])
+                     for query in panel.queries
+                     for series in query_range(url, query.expr, start, end, step)
+                     if series.points]
+            panels.append(PanelData(panel.title, panel.unit, [q.expr for q in panel.queries],
+                                    lines))
+        found.append(DashboardData(dashboard.uid, dashboard.title, panels, end - start, step))
+    return found
+
+
+def render_dashboards(dashboards: Sequence[DashboardData], out: Path) -> list[str]:
     """One PNG per dashboard (a grid of its panels); returns the report's markdown lines: each
     dashboard's image, and the panels that had no data with their queries."""
     from sagaz.benchmarks.report_md import pyplot
 
     plt = pyplot()
-    step = max(1.0, (end - start) / 120)
-    lines: list[str] = [
-        f"Each panel's PromQL, as the dashboards run it, evaluated by Prometheus (query_range, "
-        f"step {step:g} s) over the {end - start:,.0f} s of the cluster stage; Prometheus "
-        "scraped sagaz's metrics endpoint every second meanwhile.", ""]
+    lines: list[str] = []
     for dashboard in dashboards:
-        panels = list(dashboard.panels)
         columns = 2
-        rows = math.ceil(len(panels) / columns)
+        rows = math.ceil(len(dashboard.panels) / columns)
         fig, axes = plt.subplots(rows, columns, figsize=(12, 2.8 * rows), squeeze=False)
-        empty = []
-        for index, panel in enumerate(panels):
+        for index, panel in enumerate(dashboard.panels):
             ax = axes[index // columns][index % columns]
-            drawn = 0
-            for query in panel.queries:
-                for series in query_range(url, query.expr, start, end, step):
-                    if series.points:
-                        ax.plot([t - start for t, _ in series.points],
-                                [v for _, v in series.points],
-                                label=_legend(query.legend, series.labels, query.expr))
-                        drawn += 1
+            for legend, points in panel.lines:
+                ax.plot([t for t, _ in points], [v for _, v in points], label=legend)
             ax.set_title(panel.title, fontsize=9)
-            ax.set_xlabel(f"s ({panel.unit})", fontsize=7)
+            ax.set_xlabel(f"s into the window ({panel.unit})", fontsize=7)
             ax.tick_params(labelsize=7)
-            if drawn:
+            if panel.lines:
                 ax.legend(fontsize=6, loc="upper left")
             else:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-                empty.append(panel)
-        for index in range(len(panels), rows * columns):
+        for index in range(len(dashboard.panels), rows * columns):
             axes[index // columns][index % columns].axis("off")
         fig.suptitle(dashboard.title)
         fig.tight_layout()
@@ -236,8 +261,8 @@ def render_dashboards(
         fig.savefig(out / name, dpi=90)
         plt.close(fig)
         lines += [f"### {dashboard.title}", "", f"![{dashboard.title}]({name})", ""]
+        empty = [p for p in dashboard.panels if not p.lines]
         if empty:
-            lines.append("No data in this run: " + "; ".join(
-                f"{p.title} (`{'`, `'.join(q.expr for q in p.queries)}`)" for p in empty) + ".")
-            lines.append("")
+            lines += ["No data in this run: " + "; ".join(
+                f"{p.title} (`{'`, `'.join(p.queries)}`)" for p in empty) + ".", ""]
     return lines

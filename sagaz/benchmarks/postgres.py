@@ -38,6 +38,7 @@ from sagaz.benchmarks.scratch import default_dsn, describe_server, scratch_datab
 from sagaz.config import SagaConfig
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga
+from sagaz.engine.listeners import SagaListener
 from sagaz.ha.pgbouncer import WRITE_POOL, Backend, PgBouncer
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
 from sagaz.tls import ensure_certificates
@@ -88,16 +89,17 @@ async def _noop(ctx: SagaContext) -> None:
     return None
 
 
-def _saga(storage: PostgreSQLSagaStorage) -> Saga:
-    saga = Saga(name="bench-pg", config=SagaConfig(storage=storage))
+def _saga(storage: PostgreSQLSagaStorage, listeners: Sequence[SagaListener] = ()) -> Saga:
+    saga = Saga(name="bench-pg", config=SagaConfig(storage=storage, listeners=list(listeners)))
     for i in range(3):
         saga.add_step(f"s{i}", _noop)
     return saga
 
 
-async def _throughput(dsn: str, sagas: int, concurrency: int) -> float:
+async def _throughput(dsn: str, sagas: int, concurrency: int,
+                      listeners: Sequence[SagaListener] = ()) -> float:
     storage = PostgreSQLSagaStorage(dsn, auto_migrate=False)
-    saga = _saga(storage)
+    saga = _saga(storage, listeners)
     try:
         await saga.run({})  # connections open, plans warm
         return await closed_loop_rate(saga, sagas, concurrency)
@@ -105,11 +107,12 @@ async def _throughput(dsn: str, sagas: int, concurrency: int) -> float:
         await storage.close()
 
 
-async def _latency(dsn: str, rate: float, seconds: float) -> tuple[float, float, float]:
+async def _latency(dsn: str, rate: float, seconds: float,
+                   listeners: Sequence[SagaListener] = ()) -> tuple[float, float, float]:
     """(p50 ms, p99 ms, achieved sagas/s) of run() at ``rate`` sagas/s offered."""
     storage = PostgreSQLSagaStorage(dsn, auto_migrate=False)
     try:
-        latencies, achieved = await open_loop_latency(_saga(storage), rate, seconds)
+        latencies, achieved = await open_loop_latency(_saga(storage, listeners), rate, seconds)
     finally:
         await storage.close()
     return percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, achieved

@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 
 from sagaz.benchmarks.postgres import _latency
+from sagaz.engine.listeners import SagaListener
 from sagaz.ha.local import SUPERUSER, LocalCluster
 
 __all__ = [
@@ -102,9 +103,11 @@ def run_replication_benchmark(
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def measure_replication_lag(cluster: LocalCluster, rate: float, seconds: float) -> ReplicationLag:
-    """Replication lag on a running local cluster while sagas run at ``rate`` through
-    pgbouncer-rw for ``seconds``."""
+def measure_replication_lag(
+    cluster: LocalCluster, rate: float, seconds: float, listeners: Sequence[SagaListener] = (),
+) -> ReplicationLag:
+    """Replication lag on a running local cluster while sagas (with ``listeners``) run at
+    ``rate`` through pgbouncer-rw for ``seconds``."""
     stop = threading.Event()
     lag: list[float] = []
     replay: list[float] = []
@@ -119,7 +122,8 @@ def measure_replication_lag(cluster: LocalCluster, rate: float, seconds: float) 
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
     try:
-        _, p99, achieved = asyncio.run(_latency(cluster.env()["SAGAZ_STORAGE_URL"], rate, seconds))
+        _, p99, achieved = asyncio.run(_latency(cluster.env()["SAGAZ_STORAGE_URL"], rate, seconds,
+                                                listeners))
     finally:
         stop.set()
         thread.join(60)

@@ -24,13 +24,14 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sagaz.benchmarks import limits, postgres
+from sagaz.benchmarks.dashboards import DashboardData
 from sagaz.benchmarks.engine import closed_loop_rate, open_loop_latency, percentile
 from sagaz.benchmarks.outbox import BROKERS, OutboxBenchmark, run_outbox_benchmark
 from sagaz.benchmarks.partitioning import PartitioningBenchmark, run_partitioning_benchmark
@@ -40,6 +41,8 @@ from sagaz.benchmarks.scratch import default_dsn, describe_server, scratch_datab
 from sagaz.config import SagaConfig
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga
+from sagaz.engine.listeners import SagaListener
+from sagaz.ha.local import LocalCluster
 
 __all__ = ["PROFILES", "Profile", "ReportRun", "run_report"]
 
@@ -73,11 +76,11 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", runs=1, sqlite_sagas=1_000, sagas=2_000, concurrency=64, rate=300,
-                     latency_seconds=2, outbox_events=2_000, outbox_rate=2_000,
-                     outbox_latency_seconds=2, partition_rows=130_000, partition_runs=3,
-                     commit_seconds=2, commit_concurrency=16, connect_transactions=30,
-                     lag_seconds=3, analytics_queries=40),
+    "quick": Profile("quick", runs=1, sqlite_sagas=1_000, sagas=1_500, concurrency=64, rate=300,
+                     latency_seconds=1.5, outbox_events=1_500, outbox_rate=2_000,
+                     outbox_latency_seconds=1.5, partition_rows=130_000, partition_runs=3,
+                     commit_seconds=1.5, commit_concurrency=16, connect_transactions=20,
+                     lag_seconds=2, analytics_queries=30),
     "full": Profile("full", runs=3, sqlite_sagas=5_000, sagas=10_000, concurrency=256,
                     rate=1_000, latency_seconds=10, outbox_events=20_000, outbox_rate=5_000,
                     outbox_latency_seconds=5, partition_rows=1_000_000, partition_runs=5,
@@ -103,6 +106,8 @@ class ReportRun:
     connect_pgbouncer_ms: float
     commit_rate: float
     replay: limits.ReplayResult
+    dashboards: list[DashboardData] | None = None
+    """Each dashboard's panels as Prometheus evaluated them; None when not monitored."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -161,8 +166,12 @@ def _free_base_port(nodes: int) -> int:
     """A base port free on every loopback address and port a cluster of ``nodes`` uses."""
     start = random.randrange(37000, 40000)
     for base in range(start, start + 3000, 17):
-        addresses = [(f"127.0.0.{i + 1}", base) for i in range(nodes)]
-        addresses += [("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)]
+        from sagaz.benchmarks.report_monitoring import MONITORING_PORTS
+
+        addresses = [(f"127.0.0.{i + 1}", base + offset) for i in range(nodes)
+                     for offset in (0, MONITORING_PORTS[1])]  # the server, its exporter
+        addresses += [("127.0.0.1", base + offset)
+                      for offset in (1000, 1001, *MONITORING_PORTS)]
         try:
             for host, port in addresses:
                 with socket.socket() as probe:
@@ -175,9 +184,7 @@ def _free_base_port(nodes: int) -> int:
 
 
 @contextmanager
-def _temporary_cluster() -> Iterator[object]:
-    from sagaz.ha.local import LocalCluster
-
+def _temporary_cluster() -> Iterator[LocalCluster]:
     parent = Path(tempfile.mkdtemp(prefix="sagaz-bench-report-"))
     parent.chmod(0o755)  # the servers run as an unprivileged user when we are root
     cluster = LocalCluster.new(parent / "cluster", replicas=1, base_port=_free_base_port(2))
@@ -210,20 +217,19 @@ async def _replica_queries(url: str, queries: int) -> list[float]:
     return sorted(timings)
 
 
-def _through_cluster(cluster: object, profile: Profile, parts: dict[str, object]) -> None:
-    from sagaz.ha.local import LocalCluster
-
-    assert isinstance(cluster, LocalCluster)
+def _through_cluster(cluster: LocalCluster, profile: Profile, parts: dict[str, object],
+                     listeners: Sequence[SagaListener]) -> None:
     env = cluster.env()
     rw, ro, direct = env["SAGAZ_STORAGE_URL"], env["SAGAZ_ANALYTICS_URL"], env["SAGAZ_DATABASE_URL"]
     path = PathResult("pgbouncer-rw of the local cluster (TLS)")
     for _ in range(profile.runs):
         path.rates.append(asyncio.run(postgres._throughput(rw, profile.sagas,
-                                                           profile.concurrency)))
-    parts["lag"] = measure_replication_lag(cluster, profile.rate, profile.lag_seconds)
+                                                           profile.concurrency, listeners)))
+    parts["lag"] = measure_replication_lag(cluster, profile.rate, profile.lag_seconds,
+                                           listeners)
     for _ in range(profile.runs):
         p50, p99, achieved = asyncio.run(postgres._latency(rw, profile.rate,
-                                                           profile.latency_seconds))
+                                                           profile.latency_seconds, listeners))
         path.p50_ms.append(p50)
         path.p99_ms.append(p99)
         path.achieved_rates.append(achieved)
@@ -237,10 +243,12 @@ def _through_cluster(cluster: object, profile: Profile, parts: dict[str, object]
 
 def run_report(
     profile: Profile, dsn: str | None = None, *,
-    brokers: tuple[str, ...] = tuple(BROKERS),
+    brokers: tuple[str, ...] = tuple(BROKERS), monitoring: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> ReportRun:
-    """Run every measurement of ``profile``; ``progress`` is told each stage as it starts."""
+    """Run every measurement of ``profile``; ``progress`` is told each stage as it starts.
+    ``monitoring``: also serve sagaz's metrics, run the exporters and a Prometheus during the
+    cluster stage, and keep every dashboard panel's series (``ReportRun.dashboards``)."""
     base = dsn or default_dsn()
     parts: dict[str, object] = {}
     seconds: dict[str, float] = {}
@@ -285,9 +293,19 @@ def run_report(
     stage(STAGES[4], partitioning)
     progress(STAGES[5])
     started = time.perf_counter()
+    dashboards: list[DashboardData] | None = None
     with _temporary_cluster() as cluster:
-        seconds[STAGES[5]] = time.perf_counter() - started
-        stage(STAGES[6], lambda: _through_cluster(cluster, profile, parts))
+        if not monitoring:
+            seconds[STAGES[5]] = time.perf_counter() - started
+            stage(STAGES[6], lambda: _through_cluster(cluster, profile, parts, ()))
+        else:
+            from sagaz.benchmarks.report_monitoring import monitored_cluster
+
+            with monitored_cluster(cluster) as watched:
+                seconds[STAGES[5]] = time.perf_counter() - started
+                stage(STAGES[6], lambda: _through_cluster(cluster, profile, parts,
+                                                          watched.listeners))
+            dashboards = watched.dashboards
     return ReportRun(
         profile=profile, server=describe_server(base), embedded=_get(parts, "embedded"),
         postgres=_get(parts, "postgres"), cluster_rw=_get(parts, "cluster_rw"),
@@ -296,7 +314,7 @@ def run_report(
         connect_direct_ms=_get(parts, "connect_direct_ms"),
         connect_pgbouncer_ms=_get(parts, "connect_pgbouncer_ms"),
         commit_rate=_get(parts, "commit_rate"), replay=_get(parts, "replay"),
-        stage_seconds=seconds)
+        dashboards=dashboards, stage_seconds=seconds)
 
 
 def _get(parts: dict[str, object], name: str) -> Any:

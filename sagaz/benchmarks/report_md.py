@@ -95,11 +95,13 @@ def targets(run: ReportRun) -> list[Target]:
                       f"{len(queries)} one-month queries scan one partition", pruned,
                       "EXPLAIN ANALYZE of the executed plans"))
     drop, delete = run.partitioning.drop, run.partitioning.delete
+    freed = drop.size_before - drop.size_after
     out.append(Target("Old partitions dropped successfully",
-                      f"DROP {drop.elapsed_ms:,.1f} ms vs DELETE {delete.elapsed_ms:,.1f} ms "
-                      f"for {delete.rows:,} rows", drop.rows == delete.rows and
-                      drop.elapsed_ms < delete.elapsed_ms,
-                      "retention of the oldest month; DROP must remove the same rows, faster"))
+                      f"{drop.rows:,} rows and {freed / 1e6:,.1f} MB gone with the partition in "
+                      f"{drop.elapsed_ms:,.1f} ms (DELETE of the same rows: "
+                      f"{delete.elapsed_ms:,.1f} ms, and frees nothing until VACUUM FULL)",
+                      drop.rows == delete.rows and freed > 0,
+                      "retention of the oldest month by DROP, as maintenance does it"))
     return out
 
 
@@ -302,12 +304,22 @@ def _charts(run: ReportRun, out: Path) -> list[str]:
     return written
 
 
-def write_report(run: ReportRun, out: Path, when: datetime,
-                 dashboards: list[str] | None = None) -> Path:
+def write_report(run: ReportRun, out: Path, when: datetime) -> Path:
     """Write ``report.md`` and its charts into ``out``; returns the report's path. ``when``
     (UTC) is printed in the report: injected, so the text does not depend on the clock."""
+    from sagaz.benchmarks.dashboards import render_dashboards
+
     out.mkdir(parents=True, exist_ok=True)
     charts = _charts(run, out)
+    dashboards = None
+    if run.dashboards is not None:
+        dashboards = [
+            "The deployments' Grafana dashboards, each panel's PromQL evaluated by a Prometheus "
+            "that scraped sagaz's metrics endpoint, postgres_exporter per server and "
+            "pgbouncer_exporter per pool every 2 s during the cluster stage "
+            f"({run.dashboards[0].seconds:,.0f} s, step {run.dashboards[0].step:g} s): "
+            "rate() windows longer than the stage show its start ramping up.", "",
+            *render_dashboards(run.dashboards, out)] if run.dashboards else []
     path = out / "report.md"
     path.write_text(_markdown(run, when, charts, dashboards))
     return path

@@ -38,6 +38,12 @@ def report_command(
     broker: Annotated[list[str] | None, typer.Option(
         "--broker", help="redis, nats or rabbitmq (repeatable; default: all three, on "
                          "loopback).")] = None,
+    dashboards: Annotated[bool, typer.Option(
+        "--dashboards/--no-dashboards", envvar="SAGAZ_BENCH_DASHBOARDS",
+        help="Draw the deployments' Grafana dashboards from their PromQL, evaluated by a "
+             "Prometheus that scrapes sagaz's metrics and the exporters during the cluster "
+             "stage (needs prometheus, prometheus-postgres-exporter and "
+             "prometheus-pgbouncer-exporter).")] = True,
 ) -> None:
     """Measure this machine and write a report: saga throughput and latency (embedded SQLite,
     PostgreSQL direct, through PgBouncer, through a temporary local cluster's pgbouncer-rw),
@@ -68,6 +74,14 @@ def report_command(
         from sagaz.ha.postgres import find_bindir
 
         find_bindir()  # the temporary cluster's binaries: what to install, before any work
+        if dashboards:
+            from sagaz.errors import ConfigurationError
+            from sagaz.ha.monitoring import find_monitoring_binaries
+
+            try:
+                find_monitoring_binaries()
+            except ConfigurationError as exc:
+                fail(f"{str(exc).split(' or leave out')[0]}, or pass --no-dashboards")
         chosen = PROFILES[profile.value]
         started = time.monotonic()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -81,7 +95,8 @@ def report_command(
                 if not out.is_terminal:
                     out.print(f"  [{done + 1}/{len(STAGES)}] {escape(stage)}", soft_wrap=True)
 
-            run = run_report(chosen, dsn, brokers=tuple(broker or BROKERS), progress=progress)
+            run = run_report(chosen, dsn, brokers=tuple(broker or BROKERS),
+                             monitoring=dashboards, progress=progress)
             bar.update(task, completed=len(STAGES), description="writing report.md and charts")
             path = write_report(run, out_dir, datetime.now(UTC))
         for target in targets(run):

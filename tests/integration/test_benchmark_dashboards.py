@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sagaz.benchmarks.dashboards import TemporaryPrometheus, query_range, render_dashboards
+from sagaz.benchmarks.dashboards import (
+    TemporaryPrometheus,
+    collect_dashboards,
+    query_range,
+    render_dashboards,
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class D:
 @pytest.mark.timeout(90)
 def test_panels_are_evaluated_by_a_real_prometheus_and_drawn(tmp_path: Path) -> None:
     assert shutil.which("prometheus"), "Debian prometheus is needed (apt-get install prometheus)"
-    with TemporaryPrometheus({}, interval=0.5) as prometheus:
+    with TemporaryPrometheus([], interval=0.5) as prometheus:
         prometheus.wait_for_scrapes("prometheus")
         start = time.time()
         time.sleep(3)
@@ -50,8 +55,9 @@ def test_panels_are_evaluated_by_a_real_prometheus_and_drawn(tmp_path: Path) -> 
             P("Targets up", (Q('up', "{{job}}"),)),
             P("Scrape samples", (Q("scrape_samples_scraped", "{{instance}}"),)),
             P("Never there", (Q("sagaz_not_a_metric_total"),))))
-        lines = render_dashboards(prometheus.url, [dashboard], start, end, tmp_path)
+        data = collect_dashboards(prometheus.url, [dashboard], start, end)
         directory = prometheus._directory
+    lines = render_dashboards(data, tmp_path)  # after Prometheus stopped: the data was kept
     assert directory is not None and not directory.exists()
     assert (tmp_path / "dashboard-self.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![Prometheus itself](dashboard-self.png)" in lines
@@ -59,5 +65,5 @@ def test_panels_are_evaluated_by_a_real_prometheus_and_drawn(tmp_path: Path) -> 
 
 
 def test_a_query_prometheus_refuses_says_which() -> None:
-    with TemporaryPrometheus({}) as prometheus, pytest.raises(RuntimeError, match="sum by"):
+    with TemporaryPrometheus([]) as prometheus, pytest.raises(RuntimeError, match="sum by"):
         query_range(prometheus.url, "sum by (", time.time() - 5, time.time(), 1)

@@ -86,3 +86,21 @@ def test_the_report_has_its_sections_the_shape_and_real_charts(tmp_path: Path) -
     for chart in ("sagas.png", "outbox.png", "partitioning.png", "replication_lag.png"):
         assert f"![{chart}]({chart})" in text
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dashboards_collected_during_the_run_become_a_section_with_their_pngs(
+    tmp_path: Path,
+) -> None:
+    from sagaz.benchmarks.dashboards import DashboardData, PanelData
+
+    run = _run(rw_rate=1200, rw_p99=45, connect_pgbouncer_ms=20)
+    run.dashboards = [DashboardData("sagaz-sagas", "Sagas", [
+        PanelData("Sagas by status", "ops", ["sum by (status) (rate(sagaz_saga_total[5m]))"],
+                  [("COMPLETED", [(0.0, 1.0), (1.0, 3.0), (2.0, 2.5)])]),
+        PanelData("Dead-lettered events", "short", ["sagaz_outbox_dead_letter_events"], [])],
+        20.0, 1.0)]
+    text = write_report(run, tmp_path, WHEN).read_text()
+    assert "## Dashboards" in text and "![Sagas](dashboard-sagaz-sagas.png)" in text
+    assert "No data in this run: Dead-lettered events (`sagaz_outbox_dead_letter_events`)." \
+        in text
+    assert (tmp_path / "dashboard-sagaz-sagas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
