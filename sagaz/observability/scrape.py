@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,6 +52,9 @@ class ScrapeCollector(Collector):
         self._components = components
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sagaz-scrape")
         self._busy: dict[str, Future[list[Metric]]] = {}
+        self._lock = threading.Lock()
+        self._down: set[str] = set()
+        """Components failing now: said once per outage, not once per scrape."""
 
     def components(self) -> list[Component]:
         found = self._components() if callable(self._components) else self._components
@@ -61,6 +65,13 @@ class ScrapeCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
+        # One scrape at a time (two Prometheus servers): a second one started meanwhile would
+        # find every component busy and report them all broken.
+        with self._lock:
+            families = list(self._collect())
+        yield from families
+
+    def _collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         errors = GaugeMetricFamily(
             "sagaz_scrape_error",
@@ -94,18 +105,36 @@ class ScrapeCollector(Collector):
                     families = future.result(timeout=max(0.0, left))
                     failed = False
                 except FutureTimeout:
-                    logger.warning("metrics of %s not read within %gs", component.name,
-                                   component.timeout, extra={"action": "metrics_scrape_timeout"})
+                    self._failed(component, f"not read within {component.timeout:g}s")
                 except Exception as exc:
-                    logger.warning("metrics of %s unavailable: %s", component.name, exc,
-                                   extra={"action": "metrics_scrape_failed"})
+                    self._failed(component, str(exc) or type(exc).__name__)
                 if not failed:
                     _merge(merged, families)
+                    self._recovered(component)
+            else:
+                self._failed(component, "still busy since an earlier scrape")
             if failed and component.when_failed is not None:
                 _merge(merged, list(component.when_failed()))
             errors.add_metric([component.name], 1 if failed else 0)
         yield from merged.values()
         yield errors
+
+
+    def _failed(self, component: Component, why: str) -> None:
+        if component.name in self._down:
+            logger.debug("metrics of %s still unavailable: %s", component.name, why,
+                         extra={"action": "metrics_scrape_failed"})
+            return
+        self._down.add(component.name)
+        logger.warning("metrics of %s unavailable: %s; sagaz_scrape_error says so until it "
+                       "answers again", component.name, why,
+                       extra={"action": "metrics_scrape_failed"})
+
+    def _recovered(self, component: Component) -> None:
+        if component.name in self._down:
+            self._down.discard(component.name)
+            logger.warning("metrics of %s readable again", component.name,
+                           extra={"action": "metrics_scrape_back"})
 
 
 def _read(component: Component) -> list[Metric]:

@@ -169,7 +169,7 @@ async def test_health_and_readiness_probes(tmp_path: Path) -> None:
         await storage.close()
 
 
-async def test_readyz_says_503_while_the_storage_does_not_answer(pg_dsn: str) -> None:
+async def test_readyz_says_503_while_the_storage_does_not_answer() -> None:
     # A server that refuses connections (nothing listens on port 1): not ready, within 2 s.
     storage = PostgreSQLSagaStorage("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2",
                                     retry_timeout=0)
