@@ -5,13 +5,15 @@ scrape configuration and alert rules the generated deployments use too (:mod:`sa
 Ports (base port P)::
 
     Prometheus          127.0.0.1:P+2000   http://127.0.0.1:P+2000 (`sagaz dev status`)
-    sagaz's endpoint    127.0.0.1:P+2001   scraped as job sagaz (`sagaz metrics serve --port`)
+    sagaz's endpoint    127.0.0.1:P+2001   `sagaz metrics serve --cluster DIR`, job sagaz
     postgres_exporter   127.0.0.N:P+2002   one per node, on the node's own address (label node)
     pgbouncer_exporter  127.0.0.1:P+2003 (rw), P+2004 (ro)   (label pool)
 
 Credentials are the least the exporters need: postgres_exporter logs in as ``sagaz_monitor``
 (pg_monitor, the maintenance database only; sql/roles.sql), pgbouncer_exporter as the console
-user that may only SHOW. Both verify the server over TLS (``sslmode=verify-full`` against the
+user that may only SHOW; ``sagaz metrics serve`` reads the HA figures as those and the outbox
+backlog as the application (through pgbouncer-rw: its storage opens read-write sessions, which a
+replica refuses). Both verify the server over TLS (``sslmode=verify-full`` against the
 cluster CA) and read their password from a file of mode 0600, never from the command line or
 the environment of a process others can inspect. The metrics endpoints themselves are plain
 HTTP on loopback: they carry counters, no secrets.
@@ -31,6 +33,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -147,9 +150,7 @@ class LocalMonitoring:
                                         if p.suffix in (".password", ".pgpass", ".log", ".pid"))]
 
     def write_files(self) -> None:
-        """prometheus.yml, alert-rules.yml and the exporters' password files (0600)."""
-        from sagaz.ha.local import MONITOR_USER, PGBOUNCER_STATS
-
+        """prometheus.yml, alert-rules.yml and the password files (0600)."""
         make_private_dir(self.directory)
         write_private_file(self.directory / "alert-rules.yml",
                            alert_rules(AlertSettings(archive=self.cluster.state.backup)),
@@ -157,14 +158,32 @@ class LocalMonitoring:
         write_private_file(self.directory / "prometheus.yml", prometheus_config(
             self.jobs(), self_address=f"127.0.0.1:{self.prometheus_port}",
             rule_files=["alert-rules.yml"]), atomic=True)
-        write_private_file(self._password_file("postgres-exporter"),
-                           self.cluster.passwords[MONITOR_USER], atomic=True)
+        self.write_password_files()
+
+    def _password_files(self) -> dict[Path, str]:
+        from sagaz.ha.local import APP_USER, MONITOR_USER, PGBOUNCER_STATS
+
         s = self.cluster.state
+        files = {self._password_file("postgres-exporter"): self.cluster.passwords[MONITOR_USER],
+                 self.directory / "sagaz-metrics.pgpass":
+                     f"127.0.0.1:{s.rw_port}:{s.dbname}:{APP_USER}:"
+                     f"{self.cluster.passwords[APP_USER]}\n"}
         for role, port in (("rw", s.rw_port), ("ro", s.ro_port)):
-            password = self.cluster.passwords[PGBOUNCER_STATS]
-            write_private_file(self.directory / f"pgbouncer-{role}.pgpass",
-                               f"127.0.0.1:{port}:pgbouncer:{PGBOUNCER_STATS}:{password}\n",
-                               atomic=True)
+            files[self.directory / f"pgbouncer-{role}.pgpass"] = (
+                f"127.0.0.1:{port}:pgbouncer:{PGBOUNCER_STATS}:"
+                f"{self.cluster.passwords[PGBOUNCER_STATS]}\n")
+        return files
+
+    def write_password_files(self) -> None:
+        """The password files of the current secrets.json (after a rotation too), each written
+        only when it changed."""
+        for path, text in self._password_files().items():
+            try:
+                if path.read_text() == text:
+                    continue
+            except OSError:
+                pass
+            write_private_file(path, text, atomic=True)
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -174,7 +193,7 @@ class LocalMonitoring:
         binaries = find_monitoring_binaries()
         s = self.cluster.state
         ca = str(self.cluster.tls.ca_cert)
-        found = [MonitoredProcess(
+        found = [self._metrics_process(), MonitoredProcess(
             "prometheus",
             [binaries["prometheus"], f"--config.file={self.directory / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.directory / 'prometheus-data'}",
@@ -208,6 +227,24 @@ class LocalMonitoring:
                  "PGSSLMODE": "verify-full", "PGSSLROOTCERT": ca, "PGCONNECT_TIMEOUT": "3"},
                 host, int(port), "/metrics", (str(script), f"--port={port}")))
         return found
+
+    def _metrics_process(self) -> MonitoredProcess:
+        """``sagaz metrics serve --cluster DIR``: the HA figures and the outbox backlog."""
+        from sagaz.ha.local import APP_USER
+
+        s = self.cluster.state
+        cluster = f"--cluster={self.cluster.directory}"
+        port = f"--port={self.sagaz_port}"
+        # The password comes from the pass file (libpq's passfile), not from the URL.
+        url = (f"postgresql://{APP_USER}@127.0.0.1:{s.rw_port}/{s.dbname}?sslmode=verify-full"
+               f"&sslrootcert={self.cluster.tls.ca_cert}"
+               f"&passfile={self.directory / 'sagaz-metrics.pgpass'}")
+        return MonitoredProcess(
+            "sagaz-metrics",
+            [sys.executable, "-m", "sagaz", "--log-level", "WARNING", "metrics", "serve",
+             cluster, port, "--host=127.0.0.1"],
+            {"SAGAZ_STORAGE_URL": url}, "127.0.0.1", self.sagaz_port, "/healthz",
+            ("serve", cluster, port))
 
     def _pid_path(self, process: MonitoredProcess) -> Path:
         return self.directory / f"{process.name}.pid"
@@ -267,7 +304,9 @@ class LocalMonitoring:
         return started
 
     def restart_dead(self) -> list[str]:
-        """Start again the processes that died (the supervisor's pass); the names started."""
+        """Start again the processes that died (the supervisor's pass), after bringing the
+        password files up to date; the names started."""
+        self.write_password_files()
         started = []
         for process in self.processes():
             if self.pid(process) is None:
@@ -285,8 +324,9 @@ class LocalMonitoring:
                 "program: recreate the cluster with another --base-port (SAGAZ_DEV_BASE_PORT); "
                 f"monitoring uses ports P+{PORT_OFFSET} to P+{HIGHEST_OFFSET}")
         log_path = self.directory / f"{process.name}.log"
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_"))},
-               **process.env}
+        # Only the process's own connection settings: none inherited from the caller's shell.
+        env = {**{k: v for k, v in os.environ.items()
+                  if not k.startswith(("PG", "DATA_", "SAGAZ_"))}, **process.env}
         with os.fdopen(open_private_append(log_path), "ab") as log:
             child = subprocess.Popen(process.argv, cwd=self.directory, env=env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,

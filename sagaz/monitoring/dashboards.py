@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DASHBOARDS", "Dashboard", "Panel", "Query", "dashboard_named", "grafana_json"]
+__all__ = ["DASHBOARDS", "Dashboard", "Panel", "Query", "dashboard_named", "grafana_json",
+           "panel_queries"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,12 @@ def dashboard_named(title: str) -> Dashboard:
             return dashboard
     raise KeyError(f"no dashboard {title!r}; there are "
                    f"{', '.join(d.title for d in DASHBOARDS)}")
+
+
+def panel_queries() -> dict[str, dict[str, list[str]]]:
+    """Dashboard title -> panel title -> its PromQL expressions, in display order."""
+    return {d.title: {p.title: [q.expr for q in p.queries] for p in d.panels}
+            for d in DASHBOARDS}
 
 
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

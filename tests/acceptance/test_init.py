@@ -243,7 +243,8 @@ def _check_kubernetes_shape(resources: dict[tuple[str, str], dict[str, Any]], re
     image = args[args.index("--image") + 1] if "--image" in args else "sagaz:latest"
     worker = resources["Deployment", "sagaz-worker"]["spec"]["template"]["spec"]
     assert worker["containers"][0]["image"] == image
-    assert worker["containers"][0]["command"] == ["sagaz", "worker", "--metrics-port", "9464"]
+    assert worker["containers"][0]["command"] == ["sagaz", "worker", "--metrics-port", "9464",
+                                                  "--metrics-host", "0.0.0.0"]
     assert {name for kind, name in resources if kind == "PodDisruptionBudget"} == {
         "postgresql", "pgbouncer-rw", "pgbouncer-ro"}
     assert {name for kind, name in resources if kind == "NetworkPolicy"} == {

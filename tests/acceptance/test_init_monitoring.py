@@ -39,7 +39,8 @@ def test_compose_scrapes_every_part_and_provisions_rules_and_dashboards(compose:
 
     worker = services["sagaz-worker"]
     assert worker["image"] == "registry.example/shop:2.1"
-    assert worker["command"] == ["sagaz", "worker", "--metrics-port", "9464"]
+    assert worker["command"] == ["sagaz", "worker", "--metrics-port", "9464", "--metrics-host",
+                                 "0.0.0.0"]
     assert "/healthz" in " ".join(worker["healthcheck"]["test"])
     assert worker["depends_on"]["postgres-init"] == {
         "condition": "service_completed_successfully"}
@@ -172,7 +173,8 @@ def test_kubernetes_gets_a_pod_monitor_a_prometheus_rule_and_dashboards(
     container = pod["spec"]["containers"][0]
     assert [p["name"] for p in container["ports"]] == [
         e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]]
-    assert container["command"] == ["sagaz", "worker", "--metrics-port", "9464"]
+    assert container["command"] == ["sagaz", "worker", "--metrics-port", "9464",
+                                    "--metrics-host", "0.0.0.0"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 

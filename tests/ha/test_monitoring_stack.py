@@ -4,11 +4,12 @@ credentials; Prometheus' HTTP API shows live series from every target, the alert
 loaded, the supervisor starts a killed exporter again, and `dev down` stops everything.
 
 Every panel of the dashboards is checked here too: Prometheus parses its query, and each metric
-name it reads is in the live output of the exporter it comes from (sagaz's own names: the
-documented list, README "Metrics")."""
+name it reads is in the live output of the endpoint it comes from: the exporters, `sagaz
+metrics serve` of the stack, and a worker's own endpoint (sagaz.Metrics) after real sagas."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,6 +29,7 @@ import psycopg
 import pytest
 from cluster_fixtures import free_base_port
 from devcluster import DevCluster, kill_leftovers, require_cluster_binaries, run_cli
+from prometheus_client.parser import text_string_to_metric_families
 
 from sagaz.errors import ConfigurationError
 from sagaz.ha.local import MONITOR_USER
@@ -38,20 +40,6 @@ from sagaz.monitoring.rules import ALERTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-SAGAZ_METRICS = {
-    "sagaz_saga_total", "sagaz_saga_duration_seconds", "sagaz_step_duration_seconds",
-    "sagaz_step_retries_total", "sagaz_compensations_total", "sagaz_sagas_running",
-    "sagaz_recovered_sagas_total", "sagaz_storage_batch_size", "sagaz_storage_commit_seconds",
-    "sagaz_outbox_pending_events", "sagaz_outbox_dead_letter_events",
-    "sagaz_outbox_published_total", "sagaz_outbox_failed_total",
-    "sagaz_outbox_publish_latency_seconds", "sagaz_inbox_processed_total",
-    "sagaz_inbox_duplicates_total", "sagaz_postgres_replication_lag_seconds",
-    "sagaz_postgres_replication_lag_bytes", "sagaz_pgbouncer_active_connections",
-    "sagaz_pgbouncer_waiting_connections", "sagaz_partition_count",
-    "sagaz_partition_size_bytes", "sagaz_partition_default_rows",
-    "sagaz_partition_future_count", "sagaz_postgres_up", "sagaz_scrape_error",
-}
-"""sagaz's metric names as the issue of its metrics lists them (histograms by family name)."""
 
 
 def _free_monitoring_base() -> int:
@@ -154,6 +142,12 @@ def test_prometheus_sees_live_series_from_every_target(monitored: DevCluster) ->
         assert _eventually(monitoring, f'pgbouncer_pool_size{{pool="{pool}",database="sagaz"}}')
         assert _eventually(monitoring, f'pgbouncer_requests_total{{pool="{pool}",'
                                        f'database="sagaz"}} > 0')
+    # sagaz's own endpoint (`sagaz metrics serve --cluster`): the HA figures and the outbox.
+    assert _eventually(monitoring, 'up{job="sagaz"} == 1')
+    assert _eventually(monitoring, 'sagaz_postgres_up{job="sagaz",node="node1",role="replica"}'
+                                   ' == 1')
+    assert _eventually(monitoring, 'sagaz_pgbouncer_active_connections{job="sagaz",pool="ro"}')
+    assert _eventually(monitoring, 'sagaz_scrape_error{job="sagaz",component="outbox"} == 0')
     targets = _get(f"{monitoring.url}/api/v1/targets")["data"]["activeTargets"]
     jobs = sorted((t["labels"]["job"], t["scrapeUrl"]) for t in targets)
     base = monitored.base_port + PORT_OFFSET
@@ -180,7 +174,8 @@ def test_exporters_use_least_privileged_credentials_from_private_files(
                  *directory.glob("*.log"), *directory.glob("*.pid"),
                  directory / "prometheus.yml"]:
         assert stat.S_IMODE(path.stat().st_mode) in (0o600, 0o700), path
-    secrets = [cluster.passwords[MONITOR_USER], cluster.passwords["pgbouncer_stats"]]
+    secrets = [cluster.passwords[MONITOR_USER], cluster.passwords["pgbouncer_stats"],
+               cluster.passwords["sagaz"]]
     for process in monitoring.processes():
         pid = monitoring.pid(process)
         assert pid is not None, process.name
@@ -200,25 +195,78 @@ def test_exporters_use_least_privileged_credentials_from_private_files(
                         connect_timeout=5)
 
 
-def test_dashboard_queries_parse_and_read_live_metric_names(monitored: DevCluster) -> None:
+def _exposed(text: str) -> set[str]:
+    """The sample names a /metrics text exposes, also of families that have no sample yet
+    (a counter no saga has incremented: its TYPE line declares it)."""
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+             if line and not line.startswith("#")}
+    for family in text_string_to_metric_families(text):
+        names |= {sample.name for sample in family.samples}
+        names |= {f"{family.name}{suffix}" for suffix in _SUFFIXES.get(family.type, ("",))}
+    return names
+
+
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+
+
+async def _worker_endpoint_names(tmp: Path) -> set[str]:
+    """A worker's own endpoint (sagaz.Metrics, as `sagaz worker --metrics-port` serves it)
+    after a saga that completes and one that retries a step and compensates."""
+    from sagaz import Saga, SagaConfig
+    from sagaz.observability.endpoint import serve_metrics
+    from sagaz.observability.metrics import Metrics
+    from sagaz.storage.sqlite import SQLiteSagaStorage
+
+    storage = SQLiteSagaStorage(str(tmp / "worker.db"))
+    config = SagaConfig(storage=storage)
+    metrics = Metrics()
+    metrics.instrument(config)
+    server = serve_metrics(port=0, metrics=metrics, config=config)
+    attempts = []
+
+    async def reserve(ctx: Any) -> None:
+        ctx.emit("Reserved", {"order": ctx["order"]})
+
+    async def release(ctx: Any) -> None:
+        pass
+
+    async def charge(ctx: Any) -> None:
+        attempts.append(1)
+        if ctx["order"] == 2:
+            raise RuntimeError("card declined")
+
+    try:
+        for order in (1, 2):
+            saga = Saga(name="order", config=config)
+            saga.add_step("reserve", reserve, compensation=release)
+            saga.add_step("charge", charge, max_retries=1)
+            with contextlib.suppress(Exception):
+                await saga.run({"order": order})
+        url = f"{server.url}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+    finally:
+        server.stop()
+        await storage.close()
+    assert 'status="COMPENSATED"' in text and "sagaz_step_retries_total{" in text
+    return _exposed(text)
+
+
+def test_dashboard_queries_parse_and_read_live_metric_names(
+        monitored: DevCluster, tmp_path: Path) -> None:
     monitoring = LocalMonitoring(monitored.cluster)
     _use_both_pools(monitored)
     live: set[str] = set()
     for process in monitoring.processes():
-        if process.name.startswith(("postgres-exporter", "pgbouncer-exporter")):
+        if process.name != "prometheus":
             with urllib.request.urlopen(f"http://{process.address}/metrics",
                                         timeout=10) as response:
-                text = response.read().decode()
-            live |= {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-                     if line and not line.startswith("#")}
-    documented = SAGAZ_METRICS | {f"{m}_{s}" for m in SAGAZ_METRICS
-                                  for s in ("bucket", "sum", "count")}
+                live |= _exposed(response.read().decode())
+    live |= asyncio.run(_worker_endpoint_names(tmp_path))
     for dashboard in DASHBOARDS:
         for expr in dashboard.expressions():
             _query(monitoring, expr)  # Prometheus parses and evaluates it
             for name in metric_names(expr):
-                known = documented if name.startswith("sagaz_") else live
-                assert name in known, (dashboard.title, expr, name)
+                assert name in live, (dashboard.title, expr, name)
 
 
 def test_status_prints_the_url_and_the_supervisor_restarts_a_dead_exporter(
@@ -237,6 +285,28 @@ def test_status_prints_the_url_and_the_supervisor_restarts_a_dead_exporter(
     while (monitoring.pid(exporter) in (None, pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert monitoring.pid(exporter) not in (None, pid)
+
+
+def test_pgbouncer_exporter_reconnects_after_a_pool_restart(monitored: DevCluster) -> None:
+    """Debian's exporter keeps one connection for ever; sagaz's launcher opens a new one after
+    PgBouncer restarted: the same process serves the pool's figures again."""
+    monitoring = LocalMonitoring(monitored.cluster)
+    exporter = next(p for p in monitoring.processes() if p.name == "pgbouncer-exporter-ro")
+    pid = monitoring.pid(exporter)
+    result = monitored.cli("dev", "restart", "pgbouncer-ro")
+    assert result.code == 0, result.err
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://{exporter.address}/metrics",
+                                        timeout=5) as response:
+                text = response.read().decode()
+            if "pgbouncer_pool_size{" in text:
+                break
+        time.sleep(0.5)
+    assert "pgbouncer_pool_size{" in text
+    assert monitoring.pid(exporter) == pid
 
 
 def test_down_stops_every_monitoring_process(monitored: DevCluster) -> None:
