@@ -1,12 +1,13 @@
 """What the report's dashboards section needs around the temporary cluster's stage:
 
 - sagaz's metrics endpoint of the benchmark process: the engine's metrics listener on the sagas
-  the stage runs, and the HA figures (lag, pools, partitions) collected on scrape;
+  the stage runs;
 - a ``sagaz worker`` process with its own endpoint, as deployed beside an application: it
   relays the sagas' lifecycle events (to an in-process broker: nothing leaves the machine's
   loopback or outlives the run), so the outbox panels have their figures;
-- postgres_exporter per server and pgbouncer_exporter per pool as ``sagaz dev up --monitoring``
-  starts them, and a temporary Prometheus scraping all of it every 2 s.
+- what ``sagaz dev up --monitoring`` starts beside its Prometheus: ``sagaz metrics serve
+  --cluster`` (the HA figures: lag, pools, partitions, servers up), postgres_exporter per server
+  and pgbouncer_exporter per pool; and a temporary Prometheus scraping all of it every 2 s.
 
 When the stage ends, every panel's query of the deployments' dashboards is evaluated over its
 window (:func:`sagaz.benchmarks.dashboards.collect_dashboards`)."""
@@ -37,8 +38,8 @@ MONITORING_PORTS = range(PORT_OFFSET + 1, PORT_OFFSET + 5)
 
 
 class _Exporters(LocalMonitoring):
-    """The exporters of ``sagaz dev up --monitoring``, without its Prometheus (the report runs
-    its own, scraping every 2 s)."""
+    """What ``sagaz dev up --monitoring`` runs, without its Prometheus (the report runs its own,
+    scraping every 2 s)."""
 
     def processes(self) -> list[MonitoredProcess]:
         return [p for p in super().processes() if p.name != "prometheus"]
@@ -59,7 +60,6 @@ def monitored_cluster(cluster: LocalCluster) -> Iterator[Monitored]:
     holds every panel's series over the body's window. Everything started is stopped."""
     from sagaz.monitoring.dashboards import DASHBOARDS
     from sagaz.observability.endpoint import serve_metrics
-    from sagaz.observability.ha_metrics import cluster_targets
     from sagaz.observability.metrics import Metrics
 
     metrics = Metrics()
@@ -69,13 +69,13 @@ def monitored_cluster(cluster: LocalCluster) -> Iterator[Monitored]:
         stack.callback(loop.close)
         stack.callback(exporters.stop)
         exporters.start()
-        server = serve_metrics(port=exporters.sagaz_port, metrics=metrics, loop=loop,
-                               ha=lambda: cluster_targets(cluster.directory))
+        own_port, worker_port = _free_port(), _free_port()
+        server = serve_metrics(port=own_port, metrics=metrics, loop=loop)
         stack.callback(server.stop)
-        worker_port = _free_port()
         worker = _start_worker(cluster, worker_port)
         stack.callback(_stop, worker)
         jobs = [ScrapeJob("sagaz", [ScrapeTarget(f"127.0.0.1:{exporters.sagaz_port}"),
+                                    ScrapeTarget(f"127.0.0.1:{own_port}"),
                                     ScrapeTarget(f"127.0.0.1:{worker_port}")]),
                 *(job for job in exporters.jobs() if job.name != "sagaz")]
         # Every 2 s: the HA figures take their connections on each scrape, which must end within
