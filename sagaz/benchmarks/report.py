@@ -19,6 +19,7 @@ ports in a temporary directory and is stopped and removed at the end, also on fa
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import socket
@@ -108,6 +109,8 @@ class ReportRun:
     replay: limits.ReplayResult
     dashboards: list[DashboardData] | None = None
     """Each dashboard's panels as Prometheus evaluated them; None when not monitored."""
+    load_average: float = 0.0
+    """The machine's 1-minute load average when the run started (other work competing)."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -250,6 +253,7 @@ def run_report(
     ``monitoring``: also serve sagaz's metrics, run the exporters and a Prometheus during the
     cluster stage, and keep every dashboard panel's series (``ReportRun.dashboards``)."""
     base = dsn or default_dsn()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     parts: dict[str, object] = {}
     seconds: dict[str, float] = {}
 
@@ -314,7 +318,7 @@ def run_report(
         connect_direct_ms=_get(parts, "connect_direct_ms"),
         connect_pgbouncer_ms=_get(parts, "connect_pgbouncer_ms"),
         commit_rate=_get(parts, "commit_rate"), replay=_get(parts, "replay"),
-        dashboards=dashboards, stage_seconds=seconds)
+        dashboards=dashboards, load_average=load, stage_seconds=seconds)
 
 
 def _get(parts: dict[str, object], name: str) -> Any:

@@ -124,8 +124,9 @@ def _markdown(run: ReportRun, when: datetime, charts: list[str],
         f"{run.seconds:,.0f} s on {_machine(run)}.", "",
         f"**Saga shape:** {SAGA_SHAPE}.", "",
         f"Each figure is the median of {p.runs} run(s); the runs are listed where there are "
-        "several. The machine may be shared: quote ratios, which travel better than absolute "
-        "numbers.", "",
+        f"several. Load average when the run started: {run.load_average:.1f} on "
+        f"{os.cpu_count()} CPUs (other work competes for them); quote ratios, which travel "
+        "better than absolute numbers.", "",
         "## Checklist of the design summary", "",
         *[t.line() for t in targets(run)], "",
         "## Physical limits (same run)", "",
