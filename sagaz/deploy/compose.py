@@ -3,7 +3,8 @@
 The files (relative to the output directory)::
 
     docker-compose.yaml   postgres-primary, postgres-replica[-N], pgbackrest-backup,
-                          postgres-init, pgbouncer-rw, pgbouncer-ro, sagaz-worker, prometheus,
+                          postgres-init, pgbouncer-rw, pgbouncer-ro, sagaz-worker,
+                          sagaz-metrics, prometheus,
                           postgres-exporter[-replica[-N]] (one per server),
                           pgbouncer-exporter[-ro] (one per pool), grafana
     .env                  generated passwords and connection URLs (mode 0600)
@@ -33,6 +34,7 @@ from sagaz.deploy.bundle import GeneratedFile, Secrets
 from sagaz.deploy.monitoring import (
     EXPORTER_SCRIPT,
     EXPORTERS_IMAGE,
+    HA_METRICS_PORT,
     METRICS_PORT,
     compose_monitoring_files,
     server_exporters,
@@ -138,7 +140,7 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
               "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
               "image": image, "exporters": server_exporters([r.name for r in services]),
               "monitoring": {"image": EXPORTERS_IMAGE, "script": EXPORTER_SCRIPT,
-                             "metrics_port": METRICS_PORT},
+                             "metrics_port": METRICS_PORT, "ha_port": HA_METRICS_PORT},
               "q": json.dumps, **names}
     files = [
         GeneratedFile("docker-compose.yaml", render("compose/docker-compose.yaml.j2", **values)),

@@ -14,11 +14,14 @@ from sagaz.monitoring.dashboards import DASHBOARDS, grafana_json
 from sagaz.monitoring.rules import AlertSettings, alert_rules
 from sagaz.monitoring.scrape import ScrapeJob, ScrapeTarget, prometheus_config
 
-__all__ = ["EXPORTER_SCRIPT", "EXPORTERS_BASE_IMAGE", "EXPORTERS_IMAGE", "METRICS_PORT",
+__all__ = ["EXPORTER_SCRIPT", "EXPORTERS_BASE_IMAGE", "EXPORTERS_IMAGE", "HA_METRICS_PORT",
+           "METRICS_PORT",
            "ServerExporter", "compose_monitoring_files", "server_exporters"]
 
 METRICS_PORT = 9464
 """sagaz's own endpoint in the containers (`sagaz worker --metrics-port`)."""
+HA_METRICS_PORT = 9465
+"""`sagaz metrics serve` of docker-compose: replication lag, pools, partitions, nodes up."""
 EXPORTERS_IMAGE = "sagaz/prometheus-exporters:bookworm"
 EXPORTERS_BASE_IMAGE = "debian:bookworm-slim"
 EXPORTER_SCRIPT = "/usr/local/lib/sagaz/pgbouncer_exporter.py"
@@ -43,7 +46,8 @@ def server_exporters(replica_names: list[str]) -> list[ServerExporter]:
 
 def _jobs(exporters: list[ServerExporter], pool_roles: list[str]) -> list[ScrapeJob]:
     return [
-        ScrapeJob("sagaz", [ScrapeTarget(f"sagaz-worker:{METRICS_PORT}")]),
+        ScrapeJob("sagaz", [ScrapeTarget(f"sagaz-worker:{METRICS_PORT}"),
+                            ScrapeTarget(f"sagaz-metrics:{HA_METRICS_PORT}")]),
         ScrapeJob("postgres", [ScrapeTarget(f"{e.service}:9187", {"node": e.server})
                                for e in exporters]),
         ScrapeJob("pgbouncer", [

@@ -1,8 +1,8 @@
 """The monitoring of the generated deployments: docker-compose scrapes sagaz-worker, one
 postgres_exporter per server and one pgbouncer_exporter per pool, loads the alert rules and
 provisions the dashboards (checked by `docker-compose config` and `promtool`); Kubernetes gets a
-PodMonitor, a PrometheusRule (validated against a schema of the Prometheus Operator's documented
-fields, and its rules by promtool) and a dashboards ConfigMap."""
+PodMonitor, a PrometheusRule (validated against schemas of the Prometheus Operator's documented
+fields, its rules by promtool) and a dashboards ConfigMap."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
+from init_helpers import _no_sagaz_env, documents, generate, load_env, require_tool
+from k8s_validation import validate_manifests
 from promtool_helpers import check_rules, run_promtool
-from test_init import documents, generate, load_env, require_tool
 
 from sagaz.monitoring.dashboards import DASHBOARDS, grafana_json
 from sagaz.monitoring.rules import ALERTS, AlertSettings, alert_rules
+
+__all__ = ["_no_sagaz_env"]  # the autouse fixture, for this module too
 
 
 @pytest.fixture
@@ -54,7 +56,20 @@ def test_compose_scrapes_every_part_and_provisions_rules_and_dashboards(compose:
     targets = {job["job_name"]: [(t["targets"][0], t.get("labels", {}))
                                  for t in job["static_configs"]]
                for job in config["scrape_configs"]}
-    assert targets["sagaz"] == [("sagaz-worker:9464", {})]
+    assert targets["sagaz"] == [("sagaz-worker:9464", {}), ("sagaz-metrics:9465", {})]
+    # sagaz metrics serve: the HA figures of every server and pool; URLs (passwords) in its
+    # environment, not on its command line.
+    resolved = subprocess.run([tool, "config"], cwd=compose, capture_output=True, text=True,
+                              timeout=60)  # with the values of .env, as the containers get them
+    ha = yaml.safe_load(resolved.stdout)["services"]["sagaz-metrics"]
+    assert ha["image"] == "registry.example/shop:2.1"
+    assert not any("@" in part for part in ha["command"])
+    nodes = ha["environment"]["SAGAZ_METRICS_NODES"].split()
+    assert [n.split("=", 1)[0] for n in nodes] == ["postgres-primary", "postgres-replica",
+                                                   "postgres-replica-2"]
+    assert all("sslmode=verify-full" in n for n in nodes)
+    assert [p.split("=", 1)[0] for p in ha["environment"]["SAGAZ_METRICS_PGBOUNCERS"].split()
+            ] == ["rw", "ro"]
     servers = ["postgres-primary", "postgres-replica", "postgres-replica-2"]
     assert [labels["node"] for _, labels in targets["postgres"]] == servers
     assert [labels["pool"] for _, labels in targets["pgbouncer"]] == ["rw", "ro"]
@@ -96,50 +111,6 @@ def test_compose_scrapes_every_part_and_provisions_rules_and_dashboards(compose:
         script.read_text()
 
 
-# The Prometheus Operator's documented fields (monitoring.coreos.com/v1 API reference) of what
-# sagaz generates, closed with additionalProperties: false so that a misspelt field fails. Not
-# the CRD itself: no package available offline ships its openAPIV3Schema.
-_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-_METADATA = {"type": "object", "required": ["name", "namespace"], "properties": {
-    "name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STRINGS,
-    "annotations": _STRINGS}, "additionalProperties": False}
-_RULE = {"type": "object", "required": ["expr"], "additionalProperties": False,
-         "properties": {"alert": {"type": "string"}, "record": {"type": "string"},
-                        "expr": {"type": "string"}, "for": {"type": "string"},
-                        "keep_firing_for": {"type": "string"}, "labels": _STRINGS,
-                        "annotations": _STRINGS},
-         "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}
-PROMETHEUS_RULE = {
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False, "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
-        "metadata": _METADATA,
-        "spec": {"type": "object", "additionalProperties": False, "properties": {
-            "groups": {"type": "array", "items": {
-                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
-                "properties": {"name": {"type": "string"}, "interval": {"type": "string"},
-                               "limit": {"type": "integer"},
-                               "partial_response_strategy": {"type": "string"},
-                               "rules": {"type": "array", "items": _RULE}}}}}}}}
-POD_MONITOR = {
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False, "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
-        "metadata": _METADATA,
-        "spec": {"type": "object", "required": ["selector"], "additionalProperties": False,
-                 "properties": {
-                     "jobLabel": {"type": "string"},
-                     "selector": {"type": "object", "additionalProperties": False,
-                                  "properties": {"matchLabels": _STRINGS,
-                                                 "matchExpressions": {"type": "array"}}},
-                     "namespaceSelector": {"type": "object"},
-                     "podMetricsEndpoints": {"type": "array", "items": {
-                         "type": "object", "additionalProperties": False, "properties": {
-                             "port": {"type": "string"}, "path": {"type": "string"},
-                             "interval": {"type": "string"}, "scheme": {"type": "string"},
-                             "scrapeTimeout": {"type": "string"}}}}}}}}
-
-
 def _by_kind(path: Path) -> dict[str, dict[str, Any]]:
     return {d["kind"]: d for d in documents(path)}
 
@@ -149,9 +120,15 @@ def test_kubernetes_gets_a_pod_monitor_a_prometheus_rule_and_dashboards(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, namespace: str,
 ) -> None:
     k8s = generate(capsys, tmp_path, "--k8s", "--with-ha", "--namespace", namespace) / "k8s"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    # The PodMonitor and PrometheusRule by schemas of the Prometheus Operator's documented
+    # fields, the ConfigMap by kubernetes-validate --strict (k8s_validation.py).
+    found = validate_manifests([k8s / "prometheus-rules.yaml", k8s / "grafana-dashboards.yaml"],
+                               scratch)
+    assert [d["kind"] for kind in ("podmonitor", "prometheusrule", "kubernetes")
+            for d in found[kind]] == ["PodMonitor", "PrometheusRule", "ConfigMap"]
     monitoring = _by_kind(k8s / "prometheus-rules.yaml")
-    jsonschema.validate(monitoring["PrometheusRule"], PROMETHEUS_RULE)
-    jsonschema.validate(monitoring["PodMonitor"], POD_MONITOR)
     rule = monitoring["PrometheusRule"]
     assert rule["metadata"]["namespace"] == namespace
     rules_file = tmp_path / "rules.yml"

@@ -39,7 +39,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 def _serve(
     directory: Path, tmp: Path
-) -> tuple[subprocess.Popen[str], str, queue.Queue[str]]:
+) -> tuple[subprocess.Popen[str], str, queue.Queue[str], threading.Thread]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAZ_")}
     env.update(PYTHONUNBUFFERED="1", COLUMNS="200",
                SAGAZ_STORAGE_URL=f"sqlite:///{tmp / 'metrics.db'}")
@@ -54,14 +54,15 @@ def _serve(
         for line in proc.stdout:
             lines.put(line)
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         first = lines.get(timeout=30)
     except queue.Empty:
         proc.kill()
         raise AssertionError(proc.communicate()) from None
     assert first.startswith("metrics on http://127.0.0.1:"), first
-    return proc, first.split()[2].removesuffix("/metrics"), lines
+    return proc, first.split()[2].removesuffix("/metrics"), lines, reader
 
 
 @pytest.mark.slow
@@ -70,7 +71,7 @@ def test_ha_metrics_live_then_with_a_hung_pool_and_a_stopped_replica(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     primary, replica = cluster.state.primary, cluster.state.replicas[0]
-    proc, url, lines = _serve(cluster.directory, tmp_path)
+    proc, url, lines, reader = _serve(cluster.directory, tmp_path)
     bouncer = cluster.bouncer("ro", [replica])
     stopped_pid: int | None = None
     try:
@@ -123,12 +124,14 @@ def test_ha_metrics_live_then_with_a_hung_pool_and_a_stopped_replica(
             cluster.node(replica).start()
         proc.send_signal(signal.SIGTERM)
         try:
-            _, err = proc.communicate(timeout=30)
+            proc.wait(timeout=30)  # not communicate(): the reader thread owns stdout
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
     assert proc.returncode == 0, err
-    time.sleep(0.2)  # the reader thread takes the last line
+    reader.join(10)
     assert "metrics stopped\n" in list(lines.queue)
     assert "Traceback" not in err

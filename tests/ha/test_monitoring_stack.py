@@ -309,6 +309,19 @@ def test_pgbouncer_exporter_reconnects_after_a_pool_restart(monitored: DevCluste
     assert monitoring.pid(exporter) == pid
 
 
+def test_monitoring_can_be_switched_off_and_on_again(monitored: DevCluster) -> None:
+    monitoring = LocalMonitoring(monitored.cluster)
+    off = monitored.cli("dev", "up", "--no-monitoring")
+    assert off.code == 0, off.err
+    assert monitoring.running() == []
+    assert json.loads(monitored.cli("dev", "status", "--json").out)["monitoring"] == {
+        "enabled": False}
+    on = monitored.cli("dev", "up", "--monitoring")
+    assert on.code == 0, on.err
+    assert monitoring.url in on.out
+    assert sorted(monitoring.running()) == sorted(p.name for p in monitoring.processes())
+
+
 def test_down_stops_every_monitoring_process(monitored: DevCluster) -> None:
     monitoring = LocalMonitoring(monitored.cluster)
     pids = [monitoring.pid(p) for p in monitoring.processes()]
