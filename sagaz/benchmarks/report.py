@@ -322,4 +322,5 @@ def run_report(
 
 
 def _get(parts: dict[str, object], name: str) -> Any:
+    """A stage's result (each stage stores one; a missing one is a KeyError naming it)."""
     return parts[name]
