@@ -28,16 +28,17 @@ def report_command(
     profile: Annotated[ReportProfile, typer.Option(
         "--profile", envvar="SAGAZ_BENCH_PROFILE", case_sensitive=False,
         help="quick: one run of each measurement, small sizes, under 3 minutes on 2 cores. "
-             "full: medians of 3 runs at the sizes of the single benchmarks (about 15 "
-             "minutes).")] = ReportProfile.QUICK,
+             "full: medians of 3 runs at larger sizes (1M partition rows, 10,000 sagas a "
+             "run): several times as long.")] = ReportProfile.QUICK,
     out_dir: Annotated[Path, typer.Option(
         "--out", envvar="SAGAZ_BENCH_REPORT_DIR", metavar="DIR",
         help="Directory for report.md and the PNG charts (created; files in it are "
              "replaced).")] = Path("sagaz-report"),
     dsn: DsnOption = None,
     broker: Annotated[list[str] | None, typer.Option(
-        "--broker", help="redis, nats or rabbitmq (repeatable; default: all three, on "
-                         "loopback).")] = None,
+        "--broker", envvar="SAGAZ_BENCH_BROKERS",
+        help="redis, nats or rabbitmq (repeatable; the variable takes a space-separated list; "
+             "default: all three, on loopback).")] = None,
     dashboards: Annotated[bool, typer.Option(
         "--dashboards/--no-dashboards", envvar="SAGAZ_BENCH_DASHBOARDS",
         help="Draw the deployments' Grafana dashboards from their PromQL, evaluated by a "
