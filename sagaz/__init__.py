@@ -4,12 +4,14 @@ from sagaz.config import SagaConfig, configure, get_config, shutdown
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga, action, compensate, register
 from sagaz.engine.listeners import SagaListener
+from sagaz.engine.operator import cancel, check_versions, resume, retry
 from sagaz.engine.recovery import RecoveryReport, recover
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus, StepRecord, StepStatus
 from sagaz.errors import (
     ConfigurationError,
     LeaseLostError,
+    OperatorError,
     SagaDefinitionError,
     SagaFailedError,
     SagaNotFoundError,
@@ -26,6 +28,7 @@ __all__ = [
     "ConfigurationError",
     "FailureStrategy",
     "LeaseLostError",
+    "OperatorError",
     "RecoveryReport",
     "RetryPolicy",
     "Saga",
@@ -47,10 +50,14 @@ __all__ = [
     "WorkerListener",
     "__version__",
     "action",
+    "cancel",
+    "check_versions",
     "compensate",
     "configure",
     "get_config",
     "recover",
     "register",
+    "resume",
+    "retry",
     "shutdown",
 ]

@@ -26,6 +26,7 @@ from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import UnitOfWork
+from sagaz.storage.control import stopped_after_fence
 from sagaz.values import storable_text
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class SagaExecution:
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
                 self._notify("saga_interrupted", self.saga.name, saga_id, lost)  # rare: no guard
                 keeper.discard(saga_id)
+                await stopped_after_fence(self.storage, saga_id, self.owner)
                 result = await poll_outcome(self.saga, self.storage, saga_id)
         except BaseException as exc:
             if not isinstance(exc, LeaseLostError):

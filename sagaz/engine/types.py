@@ -108,6 +108,12 @@ class SagaState:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     version: int = 0
+    definition_fingerprint: str | None = None
+    """The fingerprint of the definition the saga started with (None: started before sagas
+    recorded it); see :mod:`sagaz.engine.fingerprint`."""
+    definition_version: str | None = None
+    cancel_requested: JSONDict | None = None
+    """Set by ``sagaz.cancel``: who asked, why and when; the saga is compensated."""
 
     def step(self, name: str) -> StepState:
         found = self.steps.get(name)

@@ -10,7 +10,9 @@ gains a capability by implementing its methods, and nothing above it changes:
   partitions and the consumer-inbox cleanup);
 - :class:`StorageWithInbox`: it keeps a consumer inbox (PostgreSQL);
 - :class:`ObservesCommits`: its group commit reports each batch (size and seconds) to hooks;
-- :class:`Pingable`: it can say cheaply whether its database answers (readiness probes).
+- :class:`Pingable`: it can say cheaply whether its database answers (readiness probes);
+- :class:`~sagaz.storage.control.ControlStorage`: it keeps definition shapes and lets operator
+  verbs seize a saga (memory, SQLite, PostgreSQL).
 """
 
 from __future__ import annotations

@@ -43,13 +43,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _free_monitoring_base() -> int:
-    """A base port whose cluster ports and monitoring ports (P+2000..P+2004, the exporter of
-    node1 on 127.0.0.2) are all free."""
+    """A base port whose cluster ports (and those of a third node, which a test adds) and
+    monitoring ports (P+2000..P+2004, the exporters of node1 and node2 on 127.0.0.2, .3) are all
+    free."""
     for _ in range(50):
-        base = free_base_port(2)
+        base = free_base_port(3)
         try:
             for host, offset in [("127.0.0.1", PORT_OFFSET + i) for i in range(5)] + [
-                    ("127.0.0.2", PORT_OFFSET + 2)]:
+                    ("127.0.0.2", PORT_OFFSET + 2), ("127.0.0.3", PORT_OFFSET + 2)]:
                 with socket.socket() as s:
                     s.bind((host, base + offset))
         except OSError:
@@ -320,6 +321,20 @@ def test_monitoring_can_be_switched_off_and_on_again(monitored: DevCluster) -> N
     assert on.code == 0, on.err
     assert monitoring.url in on.out
     assert sorted(monitoring.running()) == sorted(p.name for p in monitoring.processes())
+
+
+def test_a_replica_added_later_is_scraped_too(monitored: DevCluster) -> None:
+    """`dev up --replicas 2` starts the new node's exporter and Prometheus re-reads its
+    configuration (SIGHUP) with the new target."""
+    monitoring = LocalMonitoring(monitored.cluster)
+    prometheus = next(p for p in monitoring.processes() if p.name == "prometheus")
+    pid = monitoring.pid(prometheus)
+    result = monitored.cli("dev", "up", "--ha", "--replicas", "2")
+    assert result.code == 0, result.out + result.err
+    assert "postgres-exporter-node2" in result.out
+    assert _eventually(monitoring, 'up{job="postgres",node="node2"} == 1')
+    assert _eventually(monitoring, 'pg_settings_in_hot_standby{node="node2"} == 1')
+    assert monitoring.pid(prometheus) == pid  # reloaded, not restarted
 
 
 def test_down_stops_every_monitoring_process(monitored: DevCluster) -> None:

@@ -4,13 +4,14 @@ import sagaz
 def test_public_names_are_pinned() -> None:
     """The public API is a contract: adding or removing a name must be a deliberate change."""
     assert sorted(sagaz.__all__) == sorted([
-        "ConfigurationError", "FailureStrategy", "LeaseLostError", "RecoveryReport",
+        "ConfigurationError", "FailureStrategy", "LeaseLostError", "OperatorError",
+        "RecoveryReport",
         "RetryPolicy", "Saga", "SagaConfig", "SagaContext", "SagaDefinitionError",
         "SagaFailedError", "SagaListener", "SagaNotFoundError", "SagaResult", "SagaStatus",
         "SagaTimeoutError", "SagazError", "StepRecord", "StepStatus", "StepTimeoutError",
-        "StorageError", "Worker", "WorkerListener", "__version__", "action", "compensate",
-        "configure", "get_config",
-        "recover", "register", "shutdown",
+        "StorageError", "Worker", "WorkerListener", "__version__", "action", "cancel",
+        "check_versions", "compensate", "configure", "get_config", "recover", "register",
+        "resume", "retry", "shutdown",
     ])
     for name in sagaz.__all__:
         assert hasattr(sagaz, name), name
