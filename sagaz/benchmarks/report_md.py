@@ -74,14 +74,14 @@ def targets(run: ReportRun) -> list[Target]:
     reduction = 1 - run.connect_pgbouncer_ms / run.connect_direct_ms
     out.append(Target(
         "PgBouncer reduces connection overhead 30%+ (a connection per transaction)",
-        f"{reduction:+.0%} ({run.connect_direct_ms:.1f} ms direct, "
+        f"{reduction:+.1%} ({run.connect_direct_ms:.1f} ms direct, "
         f"{run.connect_pgbouncer_ms:.1f} ms through pgbouncer-rw)", reduction >= 0.30,
         "connect with TLS, SELECT 1, commit, disconnect; median"))
     direct, bouncer = run.postgres.paths[0], run.postgres.paths[-1]
     cost = 1 - bouncer.rate / direct.rate
     out.append(Target(
         "PgBouncer on persistent connections costs under 30% of direct throughput",
-        f"{cost:+.0%} (PgBouncer {bouncer.rate:,.0f}, direct {direct.rate:,.0f} sagas/s)",
+        f"{cost:+.1%} (PgBouncer {bouncer.rate:,.0f}, direct {direct.rate:,.0f} sagas/s)",
         cost < 0.30,
         "pooled clients pay the extra hop and gain no connection setup; same server, no TLS"))
     lag = run.lag.p99
