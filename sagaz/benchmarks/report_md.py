@@ -120,8 +120,8 @@ def _markdown(run: ReportRun, when: datetime, charts: list[str],
     limit_writes = run.commit_rate
     lines = [
         "# sagaz benchmark report", "",
-        f"Profile **{p.name}**, measured {when:%Y-%m-%d %H:%M} UTC in "
-        f"{run.seconds:,.0f} s on {_machine(run)}.", "",
+        f"Profile **{p.name}**, measured {when:%Y-%m-%d %H:%M} UTC on {_machine(run)}; the "
+        f"measuring stages took {run.seconds:,.0f} s (see the end).", "",
         f"**Saga shape:** {SAGA_SHAPE}.", "",
         f"Each figure is the median of {p.runs} run(s); the runs are listed where there are "
         f"several. Load average when the run started: {run.load_average:.1f} on "
