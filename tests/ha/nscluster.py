@@ -87,12 +87,6 @@ class NamespacedCluster:
     def etcd_pid(self, node: str) -> int | None:
         return self.state.etcd(node).pid
 
-    def start_node(self, node: str) -> None:
-        # As `sagaz dev up` would after a reboot: start what of the node is not running.
-        state = self.state
-        state.etcd(node).start()
-        state.patroni(node).start()
-
     def switchover(self) -> str:
         result = self.cli("ha", "switchover")
         assert result.code == 0, result.out + result.err

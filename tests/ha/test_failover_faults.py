@@ -4,7 +4,8 @@ loads (one saga every 10 ms through pgbouncer-rw, and as many through the libpq 
 one fault at a time:
 
 1. SIGKILL of the leader's postmaster;
-2. the leader's node crashing (Patroni, postmaster and etcd member SIGKILLed together);
+2. the leader's node crashing (Patroni, postmaster and etcd member SIGKILLed together; the
+   supervisor starts them again after 30 s, as a service manager would);
 3. the leader partitioned from the other two nodes for 30 s (clients still reach it);
 4. a planned `sagaz ha switchover`;
 5. every etcd member SIGSTOPped for 15 s (failsafe_mode keeps the leader).
