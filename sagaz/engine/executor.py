@@ -18,6 +18,7 @@ from sagaz.engine import plan
 from sagaz.engine.context import SagaContext
 from sagaz.engine.invoke import BadResult, call_step, changes_of
 from sagaz.engine.lease import keeper_for
+from sagaz.engine.listeners import with_listener_headers
 from sagaz.engine.outcomes import local_runs, poll_outcome
 from sagaz.engine.retry import attempt_with_retries
 from sagaz.engine.types import SagaResult, SagaState, SagaStatus, StepRecord, StepState, StepStatus
@@ -252,6 +253,7 @@ class SagaExecution:
             return
         assert outcome.value is not None
         changes, events = outcome.value
+        events = self._headed(name, events)
         before = self.ctx
         if changes:
             self.ctx = {**self.ctx, **changes}
@@ -289,11 +291,16 @@ class SagaExecution:
         if not self.lifecycle_events:
             return []
         state = self.state
-        return [OutboxEvent(
+        return self._headed(None, [OutboxEvent(
             _LIFECYCLE[status], {"saga_id": state.saga_id, "saga_name": self.saga.name,
                                  "status": status.value, "failed_step": state.failed_step,
                                  "error": state.error},
-            key=state.saga_id, saga_id=state.saga_id)]
+            key=state.saga_id, saga_id=state.saga_id)])
+
+    def _headed(self, step: str | None, events: list[OutboxEvent]) -> list[OutboxEvent]:
+        """The events with the headers listeners add (the trace context), before the commit."""
+        return with_listener_headers(self.listeners, self.saga.name, self.state.saga_id, step,
+                                     events)
 
     def _stop(
         self, name: str, status: StepStatus, exc: BaseException | None, attempts: int,
@@ -365,6 +372,7 @@ class SagaExecution:
         outcome = await attempt_with_retries(
             attempt, verdict, spec.retry_policy or self.saga.retry_policy, failed)
         changes, events = outcome.value if outcome.value is not None else ({}, [])
+        events = self._headed(name, events)
         error = outcome.error
         step = self._mark(name, StepStatus.COMPENSATED if error is None
                           else StepStatus.COMPENSATION_FAILED)
