@@ -130,6 +130,12 @@ def test_manual_promote_and_rejoin_refuse_pointing_to_switchover(
     assert "sagaz ha switchover --to node1" in " ".join(promote.err.split())
     rejoin = failover.cli("ha", "rejoin", "node1")
     assert rejoin.code == 2 and "Patroni rejoins" in " ".join(rejoin.err.split())
+    restart = failover.cli("dev", "restart", "node1")
+    assert restart.code == 2 and "switchover" in " ".join(restart.err.split())
+    rotate = failover.cli("dev", "rotate-secrets")
+    assert rotate.code == 2 and "automatic failover" in " ".join(rotate.err.split())
+    restore = failover.cli("dev", "restore", "--to", "latest")
+    assert restore.code == 2 and "automatic failover" in " ".join(restore.err.split())
 
 
 @pytest.mark.timeout(180)
