@@ -3,10 +3,13 @@
 from sagaz.config import SagaConfig, configure, get_config, shutdown
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga, action, compensate, register
+from sagaz.engine.handle import SagaHandle
 from sagaz.engine.listeners import SagaListener
 from sagaz.engine.recovery import RecoveryReport, recover
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus, StepRecord, StepStatus
+from sagaz.engine.wait_steps import wait
+from sagaz.engine.waits import signal
 from sagaz.errors import (
     ConfigurationError,
     LeaseLostError,
@@ -15,8 +18,10 @@ from sagaz.errors import (
     SagaNotFoundError,
     SagaTimeoutError,
     SagazError,
+    SignalRefusedError,
     StepTimeoutError,
     StorageError,
+    WaitTimeoutError,
 )
 
 __version__ = "0.1.0"
@@ -32,16 +37,19 @@ __all__ = [
     "SagaContext",
     "SagaDefinitionError",
     "SagaFailedError",
+    "SagaHandle",
     "SagaListener",
     "SagaNotFoundError",
     "SagaResult",
     "SagaStatus",
     "SagaTimeoutError",
     "SagazError",
+    "SignalRefusedError",
     "StepRecord",
     "StepStatus",
     "StepTimeoutError",
     "StorageError",
+    "WaitTimeoutError",
     "__version__",
     "action",
     "compensate",
@@ -50,4 +58,6 @@ __all__ = [
     "recover",
     "register",
     "shutdown",
+    "signal",
+    "wait",
 ]

@@ -21,7 +21,8 @@ from sagaz.engine.lease import keeper_for
 from sagaz.engine.outcomes import local_runs, poll_outcome
 from sagaz.engine.retry import attempt_with_retries
 from sagaz.engine.types import SagaResult, SagaState, SagaStatus, StepRecord, StepState, StepStatus
-from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError
+from sagaz.engine.wait_steps import no_hook
+from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError, WaitTimeoutError
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import UnitOfWork
@@ -60,6 +61,7 @@ class SagaExecution:
         self.lease_seconds = config.lease_seconds
         self.listeners = config.listeners
         self.lifecycle_events = config.lifecycle_events
+        self.clock = config.clock
         self.state = state
         self.owner = owner
         self.plan = plan.SagaPlan(
@@ -74,6 +76,7 @@ class SagaExecution:
         self._action_tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
         self._deadline: asyncio.TimerHandle | None = None
+        self._reached: list[StepState] = []  # waits reached, written with the next commit
         self._started = time.time()
 
     def request_cancel(self, reason: str | None = None) -> None:
@@ -110,6 +113,7 @@ class SagaExecution:
     async def _drive(self) -> SagaResult:
         """The command loop: ask the plan, run what it says, tell it what happened."""
         state, decide = self.state, self.plan.next
+        clock = self.clock if self.graph.waits else None
         if self.listeners:
             self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
         main = asyncio.current_task()
@@ -119,7 +123,7 @@ class SagaExecution:
         finished: list[str] | tuple[str, ...] | None = None
         try:
             while True:
-                command = decide(state, tasks, finished)
+                command = decide(state, tasks, finished, clock.now() if clock else 0.0)
                 finished = None
                 if isinstance(command, plan.RunSteps):
                     if self._deadline is None and self.saga.timeout is not None:
@@ -152,6 +156,14 @@ class SagaExecution:
                         continue
                     for name in command.names:
                         tasks[name] = loop.create_task(self._compensate(name))
+                elif isinstance(command, plan.ReachWaits):
+                    self._reach(command.names)
+                elif isinstance(command, plan.ResolveWait):
+                    await self._resolve_wait(command)
+                elif isinstance(command, plan.Park):
+                    self._disarm_deadline()
+                    await self._park(command.wake_at)
+                    return self._result()
                 else:
                     self._disarm_deadline()
                     await self._finish(command)
@@ -250,12 +262,11 @@ class SagaExecution:
         finished = time.time()
         step = StepState(name, StepStatus.COMPLETED, changes or None, None, outcome.attempts,
                          started, finished)
-        work = UnitOfWork(saga_id, self.owner, context=self.ctx, steps=[step],
+        work = UnitOfWork(saga_id, self.owner, context=self.ctx, steps=[step, *self._reached],
                           events=events, failed_attempts=self._take_failed_attempts())
         completes = self.plan.completes_saga(self.state, name)
         if completes:
-            work.status, work.release_lease = SagaStatus.COMPLETED, True
-            work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
+            self._completing(work, events)
         try:
             await self.storage.commit(work, self.lease_seconds)
         except StorageError as exc:
@@ -267,10 +278,91 @@ class SagaExecution:
             self._stop(name, StepStatus.UNKNOWN, exc, outcome.attempts, started)
             return
         self.state.steps[name] = step
+        self._reached = []
         if completes:
             self.state.status = SagaStatus.COMPLETED
         if self.listeners:
             self._notify("step_completed", saga_name, saga_id, name, finished - started)
+
+    def _completing(self, work: UnitOfWork, events: list[OutboxEvent]) -> None:
+        """This unit's step completes the saga: the COMPLETED status commits with it."""
+        work.status, work.release_lease = SagaStatus.COMPLETED, True
+        work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
+        work.forget_signals = bool(self.graph.waits)
+
+    # -- durable waits -------------------------------------------------------------------------
+
+    def _reach(self, names: tuple[str, ...]) -> None:
+        now = self.clock.now()
+        for name in names:
+            step = StepState(name, StepStatus.PENDING, started_at=now)
+            self.state.steps[name] = step
+            self._reached.append(step)
+
+    async def _resolve_wait(self, command: plan.ResolveWait) -> None:
+        """End a wait: with its signal's payload (and the hook's result), or its on_timeout."""
+        name, signal = command.name, command.signal
+        spec = self.saga.step_spec(name)
+        reached = self.state.steps[name].started_at
+        changes: dict[str, Any] = {}
+        if signal is not None:
+            changes.update(signal.payload)
+            if spec.action is not no_hook:
+                step_ctx = SagaContext({**self.ctx, **changes}, self.state.saga_id,
+                                       self.saga.name, name, 1)
+                try:
+                    returned = await call_step(spec.action, spec.is_async, step_ctx,
+                                               spec.timeout, name, lambda: False)
+                    changes.update(changes_of(name, step_ctx, {**self.ctx, **changes}, returned))
+                except Exception as exc:
+                    self._failed_attempts.append(failed_attempt(name, 1, exc, time.time()))
+                    self._stop(name, StepStatus.FAILED, exc, 1, reached or time.time())
+                    return
+        elif command.on_timeout is not None:
+            changes.update(command.on_timeout)
+        else:
+            assert spec.wait is not None and spec.wait.timeout is not None
+            self._stop(name, StepStatus.FAILED, WaitTimeoutError(name, spec.wait.signal,
+                                                                 spec.wait.timeout),
+                       0, reached or time.time())
+            return
+        if changes:
+            self.ctx = {**self.ctx, **changes}
+        step = StepState(name, StepStatus.COMPLETED, changes or None, None, 1, reached,
+                         self.clock.now())
+        work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx,
+                          steps=[step, *self._reached],
+                          failed_attempts=self._take_failed_attempts(),
+                          consumed_signals=[signal.signal_id] if signal else [])
+        completes = self.plan.completes_saga(self.state, name)
+        if completes:
+            self._completing(work, [])
+        elif self.state.status is SagaStatus.WAITING:
+            work.status = SagaStatus.RUNNING
+        await self.storage.commit(work, self.lease_seconds)
+        self.state.steps[name] = step
+        self._reached = []
+        if signal is not None:
+            self.state.signals = [s for s in self.state.signals if s is not signal]
+        self.state.status = work.status or self.state.status
+        if self.listeners:
+            self._notify("step_completed", self.saga.name, self.state.saga_id, name, 0.0)
+
+    async def _park(self, wake_at: float | None) -> None:
+        """Store the saga WAITING and let go of it: a worker (or the caller awaiting it)
+        resumes it when it is due."""
+        state = self.state
+        await self.storage.commit(
+            UnitOfWork(state.saga_id, self.owner, status=SagaStatus.WAITING, context=self.ctx,
+                       steps=self._reached, release_lease=True, wake_at=wake_at,
+                       seen_signal_seq=state.signal_seq,
+                       failed_attempts=self._take_failed_attempts()),
+            self.lease_seconds)
+        self._reached = []
+        state.status, state.wake_at = SagaStatus.WAITING, wake_at
+        state.updated_at = time.time()
+        logger.debug("saga %s waits (due %s)", state.saga_id, wake_at,
+                     extra={"action": "saga_parked", "saga_id": state.saga_id})
 
     def _take_failed_attempts(self) -> list[AuditEntry]:
         taken, self._failed_attempts = self._failed_attempts, []
@@ -316,8 +408,9 @@ class SagaExecution:
         return _describe(self.error)
 
     async def _begin_compensation(self, command: plan.BeginCompensation) -> None:
-        steps = [*self.pending.values(), *(self._mark(n, StepStatus.UNKNOWN)
-                                           for n in command.uncertain)]
+        steps = [*self._reached, *self.pending.values(),
+                 *(self._mark(n, StepStatus.UNKNOWN) for n in command.uncertain)]
+        self._reached = []
         error = self._why(command)
         await self.storage.commit(
             UnitOfWork(self.state.saga_id, self.owner, status=SagaStatus.COMPENSATING,
@@ -384,7 +477,8 @@ class SagaExecution:
             await self.storage.commit(
                 UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
                            release_lease=True, events=self._lifecycle_events(status),
-                           failed_attempts=self._take_failed_attempts()),
+                           failed_attempts=self._take_failed_attempts(),
+                           forget_signals=bool(self.graph.waits)),
                 self.lease_seconds,
             )
         self.state.status = status

@@ -18,7 +18,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from sagaz.engine.types import SagaState, SagaStatus, StepState
 from sagaz.storage.audit import AuditEntry
 
-__all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "settle"]
+__all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "WaitStorage", "settle"]
 
 
 @dataclass(slots=True)
@@ -41,6 +41,15 @@ class UnitOfWork:
     failed_attempts: list[AuditEntry] = field(default_factory=list)
     """Attempts that failed since the saga's previous unit of work (retried ones change no
     state, so their audit rows wait for the next unit instead of costing a write each)."""
+    wake_at: float | None = None
+    """With status WAITING: when the parked saga is due (its earliest timer; None: no timer)."""
+    seen_signal_seq: int = 0
+    """With status WAITING: the saga's ``signal_seq`` the executor saw. If a signal arrived since
+    (the stored counter differs), the park wakes the saga at once instead: no signal is missed."""
+    consumed_signals: list[str] = field(default_factory=list)
+    """Ids of signals this unit consumed (a wait took them)."""
+    forget_signals: bool = False
+    """With a final status: delete the saga's signals (nothing will consume them any more)."""
 
 
 @runtime_checkable
@@ -89,6 +98,30 @@ class SagaStorage(Protocol):
         ...
 
     async def close(self) -> None:
+        ...
+
+
+@runtime_checkable
+class WaitStorage(Protocol):
+    """Durable waits: signals to sagas and parked (WAITING) sagas that become due. Times of
+    timers come from the engine's clock (``now``), so tests can advance them."""
+
+    async def signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        """Keep a signal for the saga (consumed when a wait of ``name`` takes it) and wake the
+        saga if it is parked. False when a signal with this id was kept already (idempotent).
+        Raises :class:`~sagaz.errors.SagaNotFoundError` for an unknown saga and
+        :class:`~sagaz.errors.SignalRefusedError` for a finished one."""
+        ...
+
+    async def claim_due(
+        self, owner: str, lease_seconds: float, now: float, limit: int,
+        saga_id: str | None = None,
+    ) -> list[str]:
+        """Atomically take up to ``limit`` WAITING sagas that are due (``wake_at <= now``) and
+        that nobody holds (no lease, or an expired one): one indexed query, whatever the number
+        of waiting sagas. ``saga_id`` restricts it to that saga."""
         ...
 
 
