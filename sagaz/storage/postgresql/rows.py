@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
+from sagaz.engine.types import SagaState, SagaStatus, Signal, StepState, StepStatus
 from sagaz.storage.sql import queries
 
 __all__ = ["copy_state", "load_sagas", "saga_from_row"]
@@ -21,6 +21,7 @@ def saga_from_row(row: Sequence[Any]) -> SagaState:
         saga_id=row[0], saga_name=row[1], status=SagaStatus(row[2]), context=json.loads(row[3]),
         failed_step=row[4], error=row[5], idempotency_key=row[6], created_at=row[7],
         updated_at=row[8], lease_owner=row[9], lease_expires_at=row[10], version=row[11],
+        wake_at=row[12], signal_seq=row[13],
     )
 
 
@@ -36,6 +37,11 @@ async def load_sagas(conn: psycopg.AsyncConnection[Any], ids: list[str]) -> dict
             found[s[0]].steps[s[1]] = StepState(
                 s[1], StepStatus(s[2]), None if s[3] is None else json.loads(s[3]), s[4], s[5],
                 s[6], s[7], s[8])
+        unfinished = [sid for sid, state in found.items() if not state.status.is_final]
+        if unfinished:
+            cur = await conn.execute(Q["select_signals"], {"ids": unfinished})
+            for g in await cur.fetchall():
+                found[g[0]].signals.append(Signal(g[1], g[2], json.loads(g[3]), g[4]))
     return found
 
 
@@ -43,4 +49,5 @@ def copy_state(state: SagaState) -> SagaState:
     return SagaState(state.saga_id, state.saga_name, state.status, dict(state.context),
                      {k: v.copy() for k, v in state.steps.items()}, state.failed_step,
                      state.error, state.idempotency_key, state.created_at, state.updated_at,
-                     state.lease_owner, state.lease_expires_at, state.version)
+                     state.lease_owner, state.lease_expires_at, state.version, state.wake_at,
+                     state.signal_seq)

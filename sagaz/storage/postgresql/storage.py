@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import SagaState, SagaStatus
-from sagaz.errors import ConfigurationError, StorageError
+from sagaz.errors import ConfigurationError, SagaNotFoundError, SignalRefusedError, StorageError
 from sagaz.storage.audit import AuditEntry
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
@@ -386,6 +386,45 @@ class PostgreSQLSagaStorage(ClosesOnExit):
         async def op(conn: _Conn) -> list[str]:
             cur = await conn.execute(Q["claim_expired"],
                                      {"owner": owner, "lease": lease_seconds, "limit": limit})
+            return [row[0] for row in await cur.fetchall()]
+
+        return await self._run(op)
+
+    async def signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        if self.readonly:
+            raise StorageError(f"{self!r} is read-only")
+        params = {"saga_id": saga_id, "signal_id": signal_id, "name": name,
+                  "payload": json.dumps(payload)}
+
+        async def op(conn: _Conn) -> bool:
+            cur = await conn.execute(Q["lock_saga_status"], params)
+            row = await cur.fetchone()
+            if row is None:
+                raise SagaNotFoundError(saga_id)
+            status = SagaStatus(row[0])
+            if status.is_final:
+                raise SignalRefusedError(saga_id, status)
+            cur = await conn.execute(Q["insert_signal"], params)
+            if await cur.fetchone() is None:
+                return False
+            await conn.execute(Q["count_signal"], params)
+            return True
+
+        return await self._run(op)
+
+    async def claim_due(
+        self, owner: str, lease_seconds: float, now: float, limit: int,
+        saga_id: str | None = None,
+    ) -> list[str]:
+        if self.readonly:
+            raise StorageError(f"{self!r} is read-only")
+
+        async def op(conn: _Conn) -> list[str]:
+            cur = await conn.execute(Q["claim_due"], {
+                "owner": owner, "lease": lease_seconds, "now": now, "limit": limit,
+                "saga_id": saga_id})
             return [row[0] for row in await cur.fetchall()]
 
         return await self._run(op)
