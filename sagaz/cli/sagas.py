@@ -21,7 +21,7 @@ __all__ = ["sagas_app"]
 
 sagas_app = typer.Typer(
     name="sagas", no_args_is_help=True,
-    help="Inspect sagas: list them, or show one with its steps and history.")
+    help="Inspect sagas: list them, or show one with its steps and history; signal one.")
 
 JSON_HELP = "Print JSON instead of a table (for scripts)."
 
@@ -166,3 +166,13 @@ def _saga_json(saga: SagaState, with_steps: bool = False) -> dict[str, Any]:
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _register_verbs() -> None:
+    """Verbs that act on one saga live in modules of their own."""
+    from .signal import signal_saga
+
+    sagas_app.command("signal")(signal_saga)
+
+
+_register_verbs()

@@ -24,6 +24,7 @@ import typer
 
 from sagaz.config import SagaConfig
 from sagaz.engine.recovery import RecoveryReport, recover
+from sagaz.engine.waits import resume_due
 from sagaz.errors import StorageError
 
 from .common import ExitCode, Storages, execute, run_async
@@ -230,6 +231,12 @@ async def _pass(config: SagaConfig, warned: set[str]) -> RecoveryReport:
         out.print(f"recovered {report.count} saga(s)")
         for saga_id, status in report.finished.items():
             out.print(f"  {saga_id}: {status.value}")
+    # Parked sagas whose timer fired or that got a signal: one indexed query finds them.
+    resumed = await resume_due(config)
+    if resumed.count:
+        out.print(f"resumed {resumed.count} waiting saga(s)")
+    report.unknown_definitions.update(resumed.unknown_definitions)
+    report.errors.update(resumed.errors)
     for saga_id, name in report.unknown_definitions.items():
         # The same orphan is claimed again every lease period; say it once per worker.
         if saga_id not in warned:

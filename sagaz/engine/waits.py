@@ -76,7 +76,20 @@ async def resume_due(
     definitions = {s.name: s for s in sagas}
     owner = new_owner("resume")
     report = ResumeReport()
-    claimed = await storage.claim_due(owner, config.lease_seconds, config.clock.now(), limit)
+    while True:
+        claimed = await storage.claim_due(owner, config.lease_seconds, config.clock.now(),
+                                          limit)
+        await _resume_claimed(config, definitions, owner, claimed, report)
+        # Usually one query: a second only when more than ``limit`` sagas were due at once.
+        if len(claimed) < limit:
+            break
+    return report
+
+
+async def _resume_claimed(
+    config: SagaConfig, definitions: dict[str, Saga], owner: str, claimed: list[str],
+    report: ResumeReport,
+) -> None:
     runs = []
     for saga_id in claimed:
         state = await config.write_storage.load(saga_id)
@@ -99,7 +112,6 @@ async def resume_due(
             report.errors[getattr(outcome, "saga_id", "?")] = outcome
         else:
             report.resumed[outcome.saga_id] = outcome.status
-    return report
 
 
 async def await_through_waits(saga: Saga, config: SagaConfig, saga_id: str) -> SagaResult:

@@ -46,6 +46,7 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "worker": (["worker", "--once", "--import", "sample_sagas"], relay, {0}),
         "sagas list": (["sagas", "list"], {}, {0}),
         "sagas show": (["sagas", "show", UNKNOWN_ID], {}, {1}),
+        "sagas signal": (["sagas", "signal", UNKNOWN_ID, "Go", "--payload", "{}"], {}, {1}),
         "db migrate": (["db", "migrate", "--dsn", pg], {}, {0}),
         "db maintain": (["db", "maintain", "--dsn", pg], {}, {0}),
         "db partitions": (["db", "partitions", "--dsn", pg], {}, {0}),
