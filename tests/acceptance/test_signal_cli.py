@@ -15,7 +15,7 @@ from sagaz import SagaConfig, SagaStatus
 from sagaz.storage.sqlite import SQLiteSagaStorage
 
 sys.path.insert(0, str(HERE))
-import waiting_sagas  # noqa: E402
+import waiting_sagas
 
 
 async def _park(path: Path) -> str:
