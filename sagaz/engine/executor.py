@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.engine import plan
 from sagaz.engine.context import SagaContext
+from sagaz.engine.executor_waits import DurableWaits, describe
 from sagaz.engine.invoke import BadResult, call_step, changes_of
 from sagaz.engine.lease import keeper_for
 from sagaz.engine.outcomes import local_runs, poll_outcome
 from sagaz.engine.retry import attempt_with_retries
 from sagaz.engine.types import SagaResult, SagaState, SagaStatus, StepRecord, StepState, StepStatus
-from sagaz.engine.wait_steps import no_hook
-from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError, WaitTimeoutError
+from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import UnitOfWork
@@ -41,14 +41,7 @@ _LIFECYCLE = {SagaStatus.COMPLETED: "SagaCompleted", SagaStatus.COMPENSATED: "Sa
 _RECOVERED = "executor died mid-saga; recovered by compensation"
 
 
-def _describe(exc: BaseException) -> str:
-    """The error recorded for a step: storable whatever the exception says, so that recording
-    a failure can never be what fails the saga's commit."""
-    text = str(exc)
-    return storable_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-class SagaExecution:
+class SagaExecution(DurableWaits):
     """One run (or recovery) of one saga by this process."""
 
     def __init__(
@@ -78,6 +71,10 @@ class SagaExecution:
         self._deadline: asyncio.TimerHandle | None = None
         self._reached: list[StepState] = []  # waits reached, written with the next commit
         self._started = time.time()
+
+    @property
+    def _plan(self) -> plan.SagaPlan:
+        return self.plan
 
     def request_cancel(self, reason: str | None = None) -> None:
         """Stop at the next step boundary and compensate what completed."""
@@ -290,80 +287,6 @@ class SagaExecution:
         work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
         work.forget_signals = bool(self.graph.waits)
 
-    # -- durable waits -------------------------------------------------------------------------
-
-    def _reach(self, names: tuple[str, ...]) -> None:
-        now = self.clock.now()
-        for name in names:
-            step = StepState(name, StepStatus.PENDING, started_at=now)
-            self.state.steps[name] = step
-            self._reached.append(step)
-
-    async def _resolve_wait(self, command: plan.ResolveWait) -> None:
-        """End a wait: with its signal's payload (and the hook's result), or its on_timeout."""
-        name, signal = command.name, command.signal
-        spec = self.saga.step_spec(name)
-        reached = self.state.steps[name].started_at
-        changes: dict[str, Any] = {}
-        if signal is not None:
-            changes.update(signal.payload)
-            if spec.action is not no_hook:
-                step_ctx = SagaContext({**self.ctx, **changes}, self.state.saga_id,
-                                       self.saga.name, name, 1)
-                try:
-                    returned = await call_step(spec.action, spec.is_async, step_ctx,
-                                               spec.timeout, name, lambda: False)
-                    changes.update(changes_of(name, step_ctx, {**self.ctx, **changes}, returned))
-                except Exception as exc:
-                    self._failed_attempts.append(failed_attempt(name, 1, exc, time.time()))
-                    self._stop(name, StepStatus.FAILED, exc, 1, reached or time.time())
-                    return
-        elif command.on_timeout is not None:
-            changes.update(command.on_timeout)
-        else:
-            assert spec.wait is not None and spec.wait.timeout is not None
-            self._stop(name, StepStatus.FAILED, WaitTimeoutError(name, spec.wait.signal,
-                                                                 spec.wait.timeout),
-                       0, reached or time.time())
-            return
-        if changes:
-            self.ctx = {**self.ctx, **changes}
-        step = StepState(name, StepStatus.COMPLETED, changes or None, None, 1, reached,
-                         self.clock.now())
-        work = UnitOfWork(self.state.saga_id, self.owner, context=self.ctx,
-                          steps=[step, *self._reached],
-                          failed_attempts=self._take_failed_attempts(),
-                          consumed_signals=[signal.signal_id] if signal else [])
-        completes = self.plan.completes_saga(self.state, name)
-        if completes:
-            self._completing(work, [])
-        elif self.state.status is SagaStatus.WAITING:
-            work.status = SagaStatus.RUNNING
-        await self.storage.commit(work, self.lease_seconds)
-        self.state.steps[name] = step
-        self._reached = []
-        if signal is not None:
-            self.state.signals = [s for s in self.state.signals if s is not signal]
-        self.state.status = work.status or self.state.status
-        if self.listeners:
-            self._notify("step_completed", self.saga.name, self.state.saga_id, name, 0.0)
-
-    async def _park(self, wake_at: float | None) -> None:
-        """Store the saga WAITING and let go of it: a worker (or the caller awaiting it)
-        resumes it when it is due."""
-        state = self.state
-        await self.storage.commit(
-            UnitOfWork(state.saga_id, self.owner, status=SagaStatus.WAITING, context=self.ctx,
-                       steps=self._reached, release_lease=True, wake_at=wake_at,
-                       seen_signal_seq=state.signal_seq,
-                       failed_attempts=self._take_failed_attempts()),
-            self.lease_seconds)
-        self._reached = []
-        state.status, state.wake_at = SagaStatus.WAITING, wake_at
-        state.updated_at = time.time()
-        logger.debug("saga %s waits (due %s)", state.saga_id, wake_at,
-                     extra={"action": "saga_parked", "saga_id": state.saga_id})
-
     def _take_failed_attempts(self) -> list[AuditEntry]:
         taken, self._failed_attempts = self._failed_attempts, []
         return taken
@@ -385,7 +308,7 @@ class SagaExecution:
     ) -> None:
         """A step's action ended without completing: kept for the COMPENSATING commit, told to
         the plan."""
-        self.pending[name] = StepState(name, status, None, _describe(exc) if exc else None,
+        self.pending[name] = StepState(name, status, None, describe(exc) if exc else None,
                                        attempts, started, time.time())
         if exc is not None and self.error is None:
             self.error = exc
@@ -405,7 +328,7 @@ class SagaExecution:
             reason = self.plan.cancel_reason
             return storable_text(f"cancelled: {reason}" if reason else "cancelled")
         assert self.error is not None
-        return _describe(self.error)
+        return describe(self.error)
 
     async def _begin_compensation(self, command: plan.BeginCompensation) -> None:
         steps = [*self._reached, *self.pending.values(),
@@ -454,7 +377,7 @@ class SagaExecution:
         step = self._mark(name, StepStatus.COMPENSATED if error is None
                           else StepStatus.COMPENSATION_FAILED)
         if error is not None:
-            step.compensation_error = _describe(error)
+            step.compensation_error = describe(error)
             self.comp_errors[name] = error
             logger.error("compensation of step %s failed in saga %s: %s", name, saga_id,
                          step.compensation_error,
