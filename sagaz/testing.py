@@ -7,8 +7,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from typing import TYPE_CHECKING
 
-__all__ = ["ManualClock"]
+from sagaz.engine.types import SagaStatus, StepStatus
+
+if TYPE_CHECKING:
+    from sagaz.engine.handle import SagaHandle
+
+__all__ = ["ManualClock", "until_waiting"]
 
 
 class ManualClock:
@@ -45,3 +51,18 @@ class ManualClock:
     def sleepers(self) -> int:
         """How many sleeps are pending (lets a test wait until the engine sleeps)."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
+
+
+async def until_waiting(handle: SagaHandle, step: str) -> None:
+    """Return once the saga is parked on wait ``step`` (stored WAITING with that wait reached
+    and not ended), so that a test advances the clock or signals at the right moment. Bound it
+    with ``asyncio.timeout(...)`` if the saga may never get there."""
+    storage = handle.config.write_storage
+    while True:
+        state = await storage.load(handle.saga_id)
+        if state is not None and state.status is SagaStatus.WAITING:
+            reached = state.steps.get(step)
+            if (reached is not None and reached.status is StepStatus.PENDING
+                    and reached.started_at is not None):
+                return
+        await asyncio.sleep(0.005)

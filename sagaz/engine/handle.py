@@ -32,6 +32,7 @@ class SagaHandle:
     def __init__(self, saga: Saga, config: SagaConfig, saga_id: str,
                  task: asyncio.Task[SagaResult]):
         self.saga_id = saga_id
+        self.config = config
         self._saga = saga
         self._config = config
         self._task = task

@@ -198,7 +198,8 @@ async def test_duplicate_signal_ids_are_idempotent(
     state = await storage.load(handle.saga_id)
     # The duplicate was not kept: the second wait has nothing to take and waits for its timer.
     assert state is not None and state.signals == []
-    assert state.wake_at == pytest.approx(clock.now() + 60)
+    assert state.wake_at == pytest.approx(clock.now() + 60), (
+        state, await storage.get_history(handle.saga_id))
     assert state.step_status("second") is StepStatus.PENDING  # the duplicate did not count
     assert await sagaz.signal(handle.saga_id, "Go", {"n": 3}, signal_id="b", config=config)
     assert await handle.result() == {"n": 3}
