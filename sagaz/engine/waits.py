@@ -90,11 +90,12 @@ async def _resume_claimed(
     config: SagaConfig, definitions: dict[str, Saga], owner: str, claimed: list[str],
     report: ResumeReport,
 ) -> None:
-    runs = []
-    for saga_id in claimed:
-        state = await config.write_storage.load(saga_id)
+    states = await wait_storage(config).load_many(claimed) if claimed else {}
+
+    async def resume(saga_id: str) -> SagaResult | None:
+        state = states.get(saga_id)
         if state is None or state.status is not SagaStatus.WAITING:
-            continue
+            return None
         saga = definitions.get(state.saga_name) or get_registered(state.saga_name)
         if saga is None:
             # Left claimed: the lease expires and a worker that knows the definition takes it.
@@ -103,14 +104,17 @@ async def _resume_claimed(
                          state.saga_name,
                          extra={"action": "resume_unknown_saga", "saga_id": saga_id})
             report.unknown_definitions[saga_id] = state.saga_name
-            continue
-        runs.append(SagaExecution(saga, config, state, owner).drive())
-    for outcome in await asyncio.gather(*runs, return_exceptions=True):
+            return None
+        return await SagaExecution(saga, config, state, owner).drive()
+
+    runs = [resume(saga_id) for saga_id in claimed]
+    for saga_id, outcome in zip(claimed, await asyncio.gather(*runs, return_exceptions=True),
+                                strict=True):
         if isinstance(outcome, BaseException):
-            logger.error("resuming a saga failed: %s", outcome, exc_info=outcome,
-                         extra={"action": "resume_failed"})
-            report.errors[getattr(outcome, "saga_id", "?")] = outcome
-        else:
+            logger.error("resuming saga %s failed: %s", saga_id, outcome, exc_info=outcome,
+                         extra={"action": "resume_failed", "saga_id": saga_id})
+            report.errors[saga_id] = outcome
+        elif outcome is not None:
             report.resumed[outcome.saga_id] = outcome.status
 
 

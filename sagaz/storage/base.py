@@ -115,6 +115,11 @@ class WaitStorage(Protocol):
         :class:`~sagaz.errors.SignalRefusedError` for a finished one."""
         ...
 
+    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
+        """The sagas of these ids that exist, with their steps (and signals), by id: one read
+        for a whole batch of claimed sagas."""
+        ...
+
     async def claim_due(
         self, owner: str, lease_seconds: float, now: float, limit: int,
         saga_id: str | None = None,

@@ -116,6 +116,14 @@ class InMemorySagaStorage(ClosesOnExit):
                          if not consumed]
         return state
 
+    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
+        found = {}
+        for saga_id in saga_ids:
+            state = await self.load(saga_id)
+            if state is not None:
+                found[saga_id] = state
+        return found
+
     async def signal(
         self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
     ) -> bool:

@@ -216,6 +216,17 @@ class SQLiteSagaStorage(ClosesOnExit):
         result: list[str] = await self._write(op)
         return result
 
+    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
+        def op(conn: sqlite3.Connection) -> dict[str, SagaState]:
+            found = {}
+            for saga_id in saga_ids:
+                state = _load(conn, saga_id)
+                if state is not None:
+                    found[saga_id] = state
+            return found
+
+        return await self._run(op)
+
     async def signal(
         self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
     ) -> bool:

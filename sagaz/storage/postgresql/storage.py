@@ -390,6 +390,15 @@ class PostgreSQLSagaStorage(ClosesOnExit):
 
         return await self._run(op)
 
+    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
+        """Many sagas in three queries (resuming a batch of due sagas)."""
+        found = await self._run(lambda conn: load_sagas(conn, saga_ids))
+        if not self.readonly:
+            for state in found.values():
+                if not state.status.is_final:
+                    self._remember(state)
+        return found
+
     async def signal(
         self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
     ) -> bool:
