@@ -148,7 +148,9 @@ def test_every_crash_point_of_sagas_with_waits_ends_terminal_or_waiting() -> Non
         graph = graph_of(deps, waits=waits)
         behaviour = Behaviour(failing=frozenset({failing} if failing else ()))
 
-        def world(**extra: Any) -> World:
+        def world(graph: Any = graph, behaviour: Behaviour = behaviour, resume: bool = resume,
+                  signalled: bool = signalled, waits: dict[str, WaitSpec] = waits,
+                  **extra: Any) -> World:
             made = World(graph, behaviour, resume=resume, **extra)
             if signalled:
                 for spec in waits.values():
