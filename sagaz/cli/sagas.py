@@ -101,6 +101,9 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
         ("failed step", escape(saga.failed_step or "-")),
         ("error", escape(saga.error or "-", multiline=True)),
     ]
+    if saga.status is SagaStatus.WAITING:
+        fields.append(("due", format_time(saga.wake_at) if saga.wake_at is not None
+                       else "when signalled"))
     if not saga.status.is_final:
         # Who runs it and until when: tells a live saga from one waiting for recovery.
         fields.append(("lease", f"{escape(saga.lease_owner or '-')} until "

@@ -55,6 +55,7 @@ class SagaExecution(DurableWaits):
         self.listeners = config.listeners
         self.lifecycle_events = config.lifecycle_events
         self.clock = config.clock
+        self._config = config
         self.state = state
         self.owner = owner
         self.plan = plan.SagaPlan(
@@ -95,7 +96,9 @@ class SagaExecution(DurableWaits):
                 logger.warning("saga %s taken over by recovery; waiting for its outcome", saga_id,
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
                 keeper.discard(saga_id)
-                result = await poll_outcome(self.saga, self.storage, saga_id)
+                if local_runs.get(saga_id) is future:
+                    del local_runs[saga_id]  # joiners now follow the storage, as we do
+                result = await self._outcome_elsewhere()
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: nobody may be waiting
@@ -106,6 +109,14 @@ class SagaExecution(DurableWaits):
                 del local_runs[saga_id]
         future.set_result(result)
         return result
+
+    async def _outcome_elsewhere(self) -> SagaResult:
+        """The outcome of the saga another executor took over (it may park it on the way)."""
+        from sagaz.engine.waits import await_through_waits
+
+        if self.graph.waits:
+            return await await_through_waits(self.saga, self._config, self.state.saga_id)
+        return await poll_outcome(self.saga, self.storage, self.state.saga_id)
 
     async def _drive(self) -> SagaResult:
         """The command loop: ask the plan, run what it says, tell it what happened."""

@@ -324,3 +324,22 @@ async def test_sqlite_upgrade_keeps_sagas_and_steps(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         conn.execute("DELETE FROM saga_executions WHERE saga_id = 's1'")
         assert conn.execute("SELECT count(*) FROM saga_steps").fetchone() == (0,)
+
+
+async def test_start_is_idempotent_and_returns_once_the_saga_is_stored(
+    storage: SagaStorage, config: SagaConfig,
+) -> None:
+    log = Log()
+    saga = approval_saga(log, config, name="started-twice")
+    first = await saga.start({"n": 1}, idempotency_key="order-9")
+    stored = await storage.load(first.saga_id)
+    assert stored is not None and stored.saga_name == "started-twice"  # durably created
+    again = await saga.start({"n": 2}, idempotency_key="order-9")
+    assert again.saga_id == first.saga_id
+    await until_status(storage, first.saga_id, SagaStatus.WAITING)
+    await sagaz.signal(first.saga_id, "OrderApproved", {"ok": True}, config=config)
+    assert await first.result() == await again.result() == {"n": 1, "reserved": True,
+                                                             "ok": True}
+    assert log.lines == ["reserve", "ship"]
+    outcome = await again.outcome()
+    assert outcome.status is SagaStatus.COMPLETED and outcome.saga_id == first.saga_id
