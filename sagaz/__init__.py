@@ -23,6 +23,7 @@ from sagaz.errors import (
     StorageError,
     WaitTimeoutError,
 )
+from sagaz.worker import Worker, WorkerListener
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,8 @@ __all__ = [
     "StepTimeoutError",
     "StorageError",
     "WaitTimeoutError",
+    "Worker",
+    "WorkerListener",
     "__version__",
     "action",
     "compensate",

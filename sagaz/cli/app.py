@@ -21,6 +21,7 @@ from .dev_restore import restore_command as dev_restore_command
 from .dev_secrets import rotate_secrets_command
 from .ha import ha_app
 from .init import init
+from .metrics import metrics_app
 from .outbox import outbox_app
 from .output import printable
 from .running import run as run_command
@@ -126,6 +127,7 @@ app.command("worker")(worker)
 app.add_typer(sagas_app, name="sagas")
 app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(metrics_app, name="metrics")
 app.add_typer(benchmark_app, name="benchmark")
 dev_app.command("rotate-secrets")(rotate_secrets_command)  # its own module: dev.py is full
 dev_app.command("restore")(dev_restore_command)

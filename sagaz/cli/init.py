@@ -48,6 +48,11 @@ def init(
         "--image", envvar="SAGAZ_IMAGE", metavar="IMAGE", show_default=False,
         help="--k8s: the image of the `sagaz worker` Deployment: your application's image with "
              "sagaz installed. Default: sagaz:latest.")] = None,
+    sync: Annotated[bool, typer.Option(
+        "--sync", envvar="SAGAZ_INIT_SYNC",
+        help="--k8s --with-ha: synchronous replication (CloudNativePG `dataDurability: "
+             "required`): a commit returns once a replica has it, so a failover loses no "
+             "acknowledged commit; writes wait while no replica is available.")] = False,
     max_slot_wal_keep_size: Annotated[str, typer.Option(
         "--max-slot-wal-keep-size", envvar=MAX_SLOT_WAL_KEEP_SIZE_ENV, metavar="SIZE",
         help="How far (MB, GB, TB of WAL) a replica may fall behind before the primary gives its "
@@ -60,6 +65,12 @@ def init(
         help="Your own certificates (ca.crt, server.crt, server.key; PEM) instead of the ones "
              "sagaz init generates into tls/ (docker-compose) or k8s/tls/ (Kubernetes). "
              "server.crt must name every service (the error lists what is missing).")] = None,
+    backup_snapshot_class: Annotated[str | None, typer.Option(
+        "--backup-snapshot-class", envvar="SAGAZ_BACKUP_SNAPSHOT_CLASS", metavar="CLASS",
+        show_default=False,
+        help="--k8s: daily backups as CloudNativePG volume snapshots with this "
+             "VolumeSnapshotClass (`kubectl get volumesnapshotclass`). Without it the "
+             "Kubernetes deployment has no backups.")] = None,
     backup_s3_bucket: Annotated[str | None, typer.Option(
         "--backup-s3-bucket", envvar="SAGAZ_BACKUP_S3_BUCKET", metavar="BUCKET",
         show_default=False,
@@ -92,10 +103,12 @@ password anywhere).
   1), PgBouncer pools pgbouncer-rw (6432, transaction pooling to the primary) and pgbouncer-ro
   (6433, over the replicas), the schema with partitioned tables, Prometheus, exporters and
   Grafana. Passwords go to `.env` (mode 0600). Then: `docker-compose up -d`.
-* `sagaz init --k8s --with-ha`: the same on Kubernetes under `k8s/`: a StatefulSet (pod 0 the
-  primary, the others replicas; default 2), PgBouncer Deployments with an autoscaler, a daily
-  partition-maintenance CronJob, the worker, NetworkPolicies, PodDisruptionBudgets; passwords in
-  `k8s/secrets.yaml` (mode 0600). Then: `kubectl apply -k k8s/`.
+* `sagaz init --k8s --with-ha [--sync]`: the same on Kubernetes under `k8s/`, run by the
+  CloudNativePG operator (install it first: `k8s/README.md`): a `Cluster` of 1 + `--replicas`
+  instances (default 2) with automatic failover, `Pooler`s pgbouncer-rw and pgbouncer-ro, daily
+  volume-snapshot backups (`--backup-snapshot-class`), a partition-maintenance CronJob, the
+  worker, NetworkPolicies, PodMonitors; passwords in `k8s/secrets.yaml` (mode 0600). Then:
+  `kubectl apply -k k8s/`.
 * Without `--with-ha`: the same files for a single PostgreSQL server (both pools point at it).
 
 Existing files are never overwritten without `--force`: the command then lists them and writes
@@ -106,11 +119,15 @@ without Docker, see `sagaz dev up --ha`.
 """
 
     def body() -> int:
-        given = {"--namespace": namespace, "--storage-size": storage_size, "--image": image}
+        given = {"--namespace": namespace, "--storage-size": storage_size, "--image": image,
+                 "--backup-snapshot-class": backup_snapshot_class}
         if not k8s and any(value is not None for value in given.values()):
             names = ", ".join(name for name, value in given.items() if value is not None)
             verb = "applies" if names.count("--") == 1 else "apply"
             fail(f"{names} only {verb} to Kubernetes manifests: add --k8s, or leave them out")
+        if sync and not (k8s and with_ha):
+            fail("--sync applies to the Kubernetes deployment with replicas: add --k8s "
+                 "--with-ha (CloudNativePG's synchronous replication), or leave it out")
         if replicas is not None and not with_ha:
             fail("--replicas needs --with-ha (without it, sagaz init writes a single PostgreSQL "
                  "server)")
@@ -118,25 +135,23 @@ without Docker, see `sagaz dev up --ha`.
         s3 = _s3_repository(backup_s3_bucket, backup_s3_endpoint, backup_s3_region)
         if s3 is not None and k8s:
             fail("--backup-s3-bucket/--backup-s3-endpoint/--backup-s3-region apply to the "
-                 "docker-compose deployment only: leave them out with --k8s")
+                 "docker-compose deployment only: on Kubernetes backups are CloudNativePG volume "
+                 "snapshots (k8s/README.md, \"Backups\"); leave them out with --k8s")
         kept = _kept_secrets(directory, k8s, keep=force and not rotate_secrets)
         tls = _own_tls(tls_dir, count, k8s, namespace)
         generated: list[Path] = []
+        # Kubernetes without --tls-dir: the operator's own certificates, none to make here.
         files = _generate(count, with_ha, k8s, namespace, storage_size, image,
-                          max_slot_wal_keep_size, kept.secrets, directory, tls, s3)
-        if tls is None and k8s:
-            from sagaz.tls import TlsFiles
-
-            # Options valid: make the certificates secrets.yaml carries, and generate again.
-            generated = _generated_tls(directory, count, k8s, namespace)
-            files = _generate(count, with_ha, k8s, namespace, storage_size, image,
-                              max_slot_wal_keep_size, kept.secrets, directory,
-                              TlsFiles(_tls_dir(directory, k8s)), s3)
+                          max_slot_wal_keep_size, kept.secrets, directory, tls, s3, sync,
+                          backup_snapshot_class)
         written = _write(directory, files, force)
         if tls is None and not k8s:
             generated = _generated_tls(directory, count, k8s, namespace)
         written += generated
         _report(directory, written, files, k8s, count, namespace or "sagaz")
+        if k8s and backup_snapshot_class is None:
+            out.print("no backups: add --backup-snapshot-class CLASS for daily volume snapshots "
+                      "(kubectl get volumesnapshotclass)", soft_wrap=True)
         _report_secrets(kept)
         return ExitCode.OK
 
@@ -172,7 +187,7 @@ def _kept_secrets(directory: Path, k8s: bool, *, keep: bool) -> KeptSecrets:
 
 def _tls_names(replicas: int, k8s: bool, namespace: str | None) -> list[str]:
     from sagaz.deploy.compose import tls_names
-    from sagaz.deploy.tls import k8s_tls_names
+    from sagaz.deploy.kubernetes import k8s_tls_names
 
     return k8s_tls_names(namespace or "sagaz") if k8s else tls_names(replicas)
 
@@ -220,7 +235,8 @@ def _generated_tls(directory: Path, replicas: int, k8s: bool,
 def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
               storage_size: str | None, image: str | None,
               max_slot_wal_keep_size: str, secrets: Secrets, directory: Path,
-              tls: TlsFiles | None, s3: S3Repository | None) -> list[GeneratedFile]:
+              tls: TlsFiles | None, s3: S3Repository | None,
+              sync: bool = False, snapshot_class: str | None = None) -> list[GeneratedFile]:
     # No database driver needed (tests/acceptance/test_init_without_driver.py).
     from sagaz.deploy import kubernetes
     from sagaz.deploy.bundle import validate_replicas
@@ -234,7 +250,8 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
                 replicas, namespace=namespace or kubernetes.DEFAULT_NAMESPACE,
                 storage_size=storage_size or kubernetes.DEFAULT_STORAGE_SIZE,
                 image=image or kubernetes.DEFAULT_IMAGE, secrets=secrets,
-                max_slot_wal_keep_size=max_slot_wal_keep_size, tls=tls)
+                max_slot_wal_keep_size=max_slot_wal_keep_size, tls=tls, synchronous=sync,
+                snapshot_class=snapshot_class)
         source = tls.directory if tls else _tls_dir(directory, k8s)
         return compose_files(replicas, secrets, max_slot_wal_keep_size=max_slot_wal_keep_size,
                              tls_source=str(source) if tls else "./tls",
@@ -268,10 +285,12 @@ def _report(directory: Path, written: list[Path], files: list[GeneratedFile], k8
     where = "" if directory == Path(".") else f"cd {directory} && "
     out.print("\nnext:")
     if k8s:
+        from sagaz.deploy.kubernetes import CLUSTER_NAME, OPERATOR_MANIFEST
+
         target = directory / "k8s"
+        out.print("  kubectl apply --server-side -f " + OPERATOR_MANIFEST, soft_wrap=True)
         out.print(f"  kubectl apply -k {escape(str(target))}/", soft_wrap=True)
-        out.print(f"  kubectl -n {namespace} rollout status statefulset/postgresql")
-        out.print(f"  kubectl -n {namespace} wait --for=condition=complete job/postgres-init "
+        out.print(f"  kubectl -n {namespace} wait cluster/{CLUSTER_NAME} --for=condition=Ready "
                   "--timeout=10m")
         out.print(f"  (see {escape(str(target / 'README.md'))}; passwords are in "
                   f"{escape(str(target / 'secrets.yaml'))})", soft_wrap=True)

@@ -1,13 +1,9 @@
-"""``sagaz worker``: finishes sagas whose executor died, by calling :func:`sagaz.recover` in a loop.
+"""``sagaz worker``: a thin shell over :class:`sagaz.Worker` (recovery loop, scheduled
+maintenance, outbox relay), printing what it reports.
 
-SIGINT/SIGTERM only set a flag: the pass in progress finishes (a saga half-compensated by this
-worker would otherwise wait for its lease to expire and another worker), then the worker exits 0.
-A second signal stops it at once.
-
-On a PostgreSQL storage the worker also runs the database maintenance (partitions, inbox cleanup)
-on its own schedule, in a thread beside the recovery loop; see :mod:`sagaz.cli.scheduled`. With a
-broker it relays the outbox (SQLite or PostgreSQL) and, on SQLite, deletes old SENT events on the
-same schedule; see :mod:`sagaz.cli.relay`.
+SIGINT/SIGTERM call :meth:`sagaz.Worker.stop`: the pass in progress finishes (a saga
+half-compensated by this worker would otherwise wait for its lease to expire and another
+worker), then the worker exits 0. A second signal stops it at once.
 """
 
 from __future__ import annotations
@@ -16,25 +12,22 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sagaz.config import SagaConfig
-from sagaz.engine.recovery import RecoveryReport, recover
-from sagaz.engine.waits import resume_due
-from sagaz.errors import StorageError
+from sagaz.worker import Worker, WorkerListener
 
 from .common import ExitCode, Storages, execute, run_async
+from .db import require_postgres
 from .loading import import_module, split_module_names
 from .output import escape, out, print_error, print_warning
-from .relay import SentRetention, relay_due_events, relay_for, retention_for
-from .scheduled import MaintenanceSchedule, ScheduledMaintenance
 
 if TYPE_CHECKING:
-    from sagaz.outbox.worker import OutboxWorker
+    from sagaz.engine.recovery import RecoveryReport
+    from sagaz.engine.waits import ResumeReport
+    from sagaz.storage.postgresql.maintenance import MaintenanceReport
 
 __all__ = ["worker"]
 
@@ -82,6 +75,15 @@ def worker(
         help="SQLite storage with a relay: on the maintenance schedule, delete outbox events "
              "SENT more than DAYS ago (PostgreSQL drops whole partitions instead; dead letters "
              "stay until `sagaz outbox dlq purge`).")] = 30,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, max=65535, envvar="SAGAZ_METRICS_PORT", metavar="PORT",
+        show_default=False,
+        help="Serve /metrics (Prometheus), /healthz (the worker's loops run) and /readyz (the "
+             "storage answers) on PORT, e.g. 9464. Not with --once.")] = None,
+    metrics_host: Annotated[str, typer.Option(
+        "--metrics-host", envvar="SAGAZ_METRICS_HOST", metavar="ADDRESS",
+        help="Address the metrics endpoint listens on; loopback by default, 0.0.0.0 (or the "
+             "pod's address) for a Prometheus on another host.")] = "127.0.0.1",
     maintenance_dsn: Annotated[str | None, typer.Option(
         "--maintenance-dsn", envvar="SAGAZ_DATABASE_URL", metavar="URL", show_default=False,
         help="Connection for maintenance, preferably direct to the primary rather than through "
@@ -92,172 +94,120 @@ def worker(
     SAGAZ_BROKER_URL it also relays the outbox's events to the broker (SQLite or PostgreSQL; on
     PostgreSQL woken by NOTIFY when SAGAZ_DATABASE_URL gives a direct connection; on SQLite it
     deletes SENT events past their retention). On a PostgreSQL storage it also maintains the
-    database (partitions, inbox) daily."""
+    database (partitions, inbox) daily. With --metrics-port it serves /metrics, /healthz and
+    /readyz for Prometheus and Kubernetes probes."""
 
     def body() -> int:
         modules = split_module_names(imports or [])
         for name in modules:
             import_module(name)
-        schedule = MaintenanceSchedule(maintenance_interval, inbox_retention_days,
-                                       maintenance_lock_timeout, maintenance_dsn)
-        relaying = _RelayOptions(relay_timeout, outbox_retention_days)
-        return run_async(partial(_work, modules, interval, once, schedule, relaying))
+        if maintenance_dsn and maintenance_dsn.strip():
+            require_postgres(maintenance_dsn.strip(), "--maintenance-dsn (or SAGAZ_DATABASE_URL)")
+        options = {"interval": interval, "maintenance_interval": maintenance_interval,
+                   "metrics_port": None if once else metrics_port, "metrics_host": metrics_host,
+                   "inbox_retention_days": inbox_retention_days,
+                   "maintenance_lock_timeout": maintenance_lock_timeout,
+                   "maintenance_dsn": maintenance_dsn, "relay_timeout": relay_timeout,
+                   "outbox_retention_days": outbox_retention_days}
+        return run_async(partial(_work, modules, once, options))
 
     execute(body)
 
 
-@dataclass(frozen=True, slots=True)
-class _RelayOptions:
-    timeout: float
-    """--once: the relay's deadline."""
-    retention_days: int
-
-
 async def _work(
-    modules: list[str], interval: float, once: bool, schedule: MaintenanceSchedule,
-    relaying: _RelayOptions, storages: Storages,
+    modules: list[str], once: bool, options: dict[str, Any], storages: Storages,
 ) -> int:
-    config = storages.config()
-    # Resolved before the first pass, so a bad --maintenance-dsn is a usage error at once.
-    maintenance = schedule.bind(config.write_storage)
-    relay = relay_for(config, schedule.dsn)
-    retention = retention_for(relay, relaying.retention_days, schedule.interval)
+    printer = _Printer(modules)
+    worker = Worker(storages.config(), listeners=[printer], **options)
+    # Resolved before the first pass, so a bad configuration is a usage error at once.
+    worker.bind()
+    if once:
+        report = await worker.run_once()
+        if worker.relay is not None:
+            if report.relay_failure is not None:
+                print_error(report.relay_failure)
+            else:
+                out.print(f"relayed {report.relayed} event(s)")
+        if not report.ok:
+            return ExitCode.FAILED
+        if not report.recovery.count:
+            out.print("no saga needed recovery")
+        return ExitCode.OK
+    _install_signal_handlers(worker)
     try:
-        if once:
-            return await _work_once(config, maintenance, relay, retention, relaying.timeout)
-        return await _work_forever(config, interval, schedule, maintenance, relay, retention,
-                                   modules)
-    finally:
-        if relay is not None:
-            await _close_relay(relay)
-
-
-async def _close_relay(relay: OutboxWorker) -> None:
-    # Best effort: the outcome is decided; a broker connection left open would only warn at exit.
-    for close in (relay.broker.close, relay.outbox.close):
-        try:
-            await close()
-        except Exception:
-            logger.debug("closing the relay's %s failed", close, exc_info=True,
-                         extra={"action": "worker_relay_close_failed"})
-
-
-async def _work_once(
-    config: SagaConfig, maintenance: ScheduledMaintenance | None, relay: OutboxWorker | None,
-    retention: SentRetention | None, relay_timeout: float,
-) -> int:
-    report = await _pass(config, set())
-    relay_failure = None
-    if relay is not None:
-        relay_failure = await relay_due_events(relay, relay_timeout)
-        if relay_failure is not None:
-            print_error(relay_failure)
-        else:
-            out.print(f"relayed {relay.relayed} event(s)")
-    if retention is not None:
-        await retention.run_once()
-    if maintenance is not None:
-        # Recovery decides the exit code; a maintenance failure is only logged (as in the
-        # loop), so a cron job running --once is not flagged for a busy table.
-        await maintenance.run_once()
-    if report.errors or report.unknown_definitions or relay_failure is not None:
-        return ExitCode.FAILED
-    if not report.count:
-        out.print("no saga needed recovery")
-    return ExitCode.OK
-
-
-async def _work_forever(
-    config: SagaConfig, interval: float, schedule: MaintenanceSchedule,
-    maintenance: ScheduledMaintenance | None, relay: OutboxWorker | None,
-    retention: SentRetention | None, modules: list[str],
-) -> int:
-    stop = asyncio.Event()
-    _install_signal_handlers(stop)
-    where = escape(repr(config.write_storage))
-    loaded = ", ".join(modules) or "none"
-    every = (f"; maintenance every {schedule.interval:g}s" if maintenance is not None else "")
-    every += "; outbox relay on" if relay is not None else ""
-    every += (f" (SENT events kept {retention.days} days)" if retention is not None else "")
-    out.print(f"worker started on {where} (modules: {escape(loaded)}; every {interval:g}s"
-              f"{every}); Ctrl-C to stop", soft_wrap=True)
-    warned: set[str] = set()
-    maintaining: asyncio.Task[None] | None = None
-    relaying: asyncio.Task[None] | None = None
-    pruning: asyncio.Task[None] | None = None
-    try:
-        while not stop.is_set():
-            try:
-                await _pass(config, warned)
-            except StorageError as exc:
-                if exc.connection_rejected:
-                    raise  # wrong credentials or database: no later pass can do better (exit 3)
-                # A long-running worker outlives a database restart: report it in one line and
-                # retry on the next pass. (--once lets the error decide the exit code instead.)
-                print_error(f"recovery pass failed: {exc}; retrying in {interval:g}s")
-            except Exception:
-                # Not expected (a definition that cannot be built, a bug): keep the traceback,
-                # keep the worker alive for the sagas that can be recovered.
-                logger.exception("recovery pass failed; retrying in %gs", interval,
-                                 extra={"action": "worker_pass_failed"})
-            if maintenance is not None and maintaining is None:
-                # Started after the first pass: that pass opened the storage, which applies the
-                # migrations maintenance needs. Its own task, so a slow run never delays recovery.
-                maintaining = asyncio.create_task(maintenance.run_forever(stop))
-            if relay is not None and relaying is None:
-                relaying = asyncio.create_task(relay.run(stop))
-            if retention is not None and pruning is None:
-                pruning = asyncio.create_task(retention.run_forever(stop))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+        await worker.run()
     finally:
         _remove_signal_handlers()
-        for scheduled in (maintaining, pruning):
-            if scheduled is not None:
-                scheduled.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await scheduled
-        if relaying is not None:
-            # run() returns once stop is set and its batches in flight are marked.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relaying, 30)
-    out.print("worker stopped")
     return ExitCode.OK
 
 
-async def _pass(config: SagaConfig, warned: set[str]) -> RecoveryReport:
-    report = await recover(config)
-    if report.count:
-        out.print(f"recovered {report.count} saga(s)")
-        for saga_id, status in report.finished.items():
-            out.print(f"  {saga_id}: {status.value}")
-    # Parked sagas whose timer fired or that got a signal: one indexed query finds them.
-    resumed = await resume_due(config)
-    if resumed.count:
-        out.print(f"resumed {resumed.count} waiting saga(s)")
-    report.unknown_definitions.update(resumed.unknown_definitions)
-    report.errors.update(resumed.errors)
-    for saga_id, name in report.unknown_definitions.items():
-        # The same orphan is claimed again every lease period; say it once per worker.
-        if saga_id not in warned:
-            warned.add(saga_id)
-            print_warning(f"saga {saga_id} ({name!r}) cannot be recovered: no definition named "
-                          f"{name!r} is registered; start the worker with --import MODULE for "
-                          "the module that defines it")
-    for saga_id, error in report.errors.items():
-        print_error(f"recovering saga {saga_id} failed: {type(error).__name__}: {error}")
-    logger.debug("recovery pass: %d finished, %d unknown, %d errors", report.count,
-                len(report.unknown_definitions), len(report.errors),
-                extra={"action": "worker_pass"})
-    return report
+class _Printer(WorkerListener):
+    """What the worker reports, as the lines ``sagaz worker`` prints."""
+
+    def __init__(self, modules: list[str]):
+        self.modules = modules
+        self.warned: set[str] = set()
+        """Sagas without a definition, said once per worker (they are claimed every lease)."""
+
+    def started(self, worker: Worker) -> None:
+        where = escape(repr(worker.config.write_storage))
+        loaded = ", ".join(self.modules) or "none"
+        every = (f"; maintenance every {worker.maintenance_interval:g}s"
+                 if worker.maintenance is not None else "")
+        every += "; outbox relay on" if worker.relay is not None else ""
+        if worker.retention is not None:
+            every += f" (SENT events kept {worker.retention.days} days)"
+        if worker.metrics_server is not None:
+            every += f"; metrics on {worker.metrics_server.url}/metrics"
+        out.print(f"worker started on {where} (modules: {escape(loaded)}; every "
+                  f"{worker.interval:g}s{every}); Ctrl-C to stop", soft_wrap=True)
+
+    def recovery_pass(self, report: RecoveryReport) -> None:
+        if report.count:
+            out.print(f"recovered {report.count} saga(s)")
+            for saga_id, status in report.finished.items():
+                out.print(f"  {saga_id}: {status.value}")
+        for saga_id, name in report.unknown_definitions.items():
+            if saga_id not in self.warned:
+                self.warned.add(saga_id)
+                print_warning(f"saga {saga_id} ({name!r}) cannot be recovered: no definition "
+                              f"named {name!r} is registered; start the worker with --import "
+                              "MODULE for the module that defines it")
+        for saga_id, error in report.errors.items():
+            print_error(f"recovering saga {saga_id} failed: {type(error).__name__}: {error}")
+
+    def waits_resumed(self, report: ResumeReport) -> None:
+        out.print(f"resumed {report.count} waiting saga(s)")
+
+    def maintenance_done(self, report: MaintenanceReport) -> None:
+        out.print(_summary(report), soft_wrap=True)
+
+    def retention_done(self, deleted: int, days: int) -> None:
+        if deleted:
+            out.print(f"outbox: {deleted} SENT event(s) older than {days} day(s) deleted")
+
+    def stopped(self) -> None:
+        out.print("worker stopped")
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
+def _summary(report: MaintenanceReport) -> str:
+    changes = [f"{a.action} {a.partition_name}" for a in report.actions
+               if a.action != "analyzed" and a.partition_name]
+    partitions = ", ".join(changes) if changes else "partitions up to date"
+    inbox = ("" if report.inbox_deleted is None
+             else f"; {report.inbox_deleted} old consumer_inbox row(s) deleted")
+    return f"maintenance: {partitions}{inbox}"
+
+
+def _install_signal_handlers(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()
 
     def on_signal(signum: signal.Signals) -> None:
         out.print(f"{signum.name} received: finishing the current pass, then stopping")
-        stop.set()
+        task = loop.create_task(worker.stop())
+        stopping.add(task)  # referenced until done
+        task.add_done_callback(stopping.discard)
         # Back to the default handlers: a second signal interrupts at once.
         _remove_signal_handlers()
 

@@ -36,9 +36,11 @@ DATABASE = "sagaz"
 
 IMAGES = {
     "postgres": "postgres:16-alpine",
+    # The operand image CloudNativePG documents (PostgreSQL 16, Debian bookworm, with the tools
+    # its instance manager uses); the Cluster of `sagaz init --k8s`.
+    "cnpg_postgres": "ghcr.io/cloudnative-pg/postgresql:16-standard-bookworm",
     # Alpine, runs as uid 70; has no pg_isready, hence the /proc/net/tcp health checks.
     "pgbouncer": "edoburu/pgbouncer:v1.24.1-p0",
-    "kubectl": "registry.k8s.io/kubectl:v1.31.0",
     "prometheus": "prom/prometheus:v2.53.0",
     "postgres_exporter": "quay.io/prometheuscommunity/postgres-exporter:v0.15.0",
     # v0.9.0 is the first to read its connection string from the environment.

@@ -20,11 +20,10 @@ ENV_KEYS = {"postgres": "POSTGRES_PASSWORD", "app": "SAGAZ_APP_PASSWORD",
             "pgbouncer_stats": "SAGAZ_PGBOUNCER_STATS_PASSWORD",
             "grafana_admin": "GRAFANA_ADMIN_PASSWORD"}
 """The variable of ``.env`` holding each field of :class:`Secrets`."""
-SECRET_KEYS = {"postgres": "postgres-password", "app": "app-password",
-               "reader": "reader-password", "replication": "replication-password",
-               "pgbouncer_admin": "pgbouncer-admin-password",
-               "pgbouncer_stats": "pgbouncer-stats-password"}
-"""The key of the Kubernetes Secret holding each field (Grafana is not deployed there)."""
+SECRET_KEYS = {"app": "app-password", "reader": "reader-password"}
+"""The key of the Kubernetes Secret holding each field it uses: CloudNativePG has no superuser
+password (it reaches the superuser through the pod's socket), replicates and runs the pools with
+certificates and credentials of its own, and Grafana is not deployed there."""
 
 _STRING_DATA_LINE = re.compile(
     r"^\s+(?P<key>" + "|".join(SECRET_KEYS.values()) + r"):\s*(?P<value>.*?)\s*$")

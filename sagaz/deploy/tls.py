@@ -8,9 +8,11 @@ or in the ``--tls-dir`` directory; every container that needs them mounts that d
 the container, before its real command starts (a key that its owner on the host made 0600 is not
 readable by a container's own user; PostgreSQL wants its key 0600 and its own).
 
-Kubernetes: the same certificates in two Secrets, ``sagaz-tls`` (kubernetes.io/tls: tls.crt,
-tls.key, ca.crt, what a cert-manager Certificate writes) and ``sagaz-ca`` (the CA, the form a
-cert-manager CA Issuer reads), mounted at :data:`K8S_TLS_DIR`.
+Kubernetes: CloudNativePG's own certificates by default; with ``--tls-dir``, yours in two
+Secrets, ``sagaz-tls`` (kubernetes.io/tls: tls.crt, tls.key, ca.crt, what a cert-manager
+Certificate writes; the Cluster presents it) and ``sagaz-ca`` (the CA, the form a cert-manager CA
+Issuer reads). Clients mount the CA at :data:`K8S_TLS_DIR` (names:
+:func:`sagaz.deploy.kubernetes.k8s_tls_names`).
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from pathlib import Path
 from sagaz.tls import TlsFiles, ensure_certificates, load_tls_dir
 
 __all__ = ["K8S_TLS_DIR", "TLS_DIR", "TLS_SOURCE", "compose_tls_names", "deployment_tls",
-           "k8s_tls_names", "postgres_tls_settings", "tls_query"]
+           "postgres_tls_settings", "tls_query"]
 
 TLS_SOURCE = "/sagaz/tls-source"
 """Where the docker-compose containers mount the certificate directory (read-only)."""
 TLS_DIR = "/tmp/sagaz-tls"
 """Where tls-setup.sh puts the copies a container uses (ca.crt, server.crt, server.key)."""
 K8S_TLS_DIR = "/etc/sagaz/tls"
-"""Where the Kubernetes pods mount the sagaz-tls Secret (ca.crt, tls.crt, tls.key)."""
+"""Where the Kubernetes pods mount the CA their servers are verified with (ca.crt)."""
 
 
 def compose_tls_names(replica_services: list[str]) -> list[str]:
@@ -35,19 +37,6 @@ def compose_tls_names(replica_services: list[str]) -> list[str]:
     published ports on this host (localhost, 127.0.0.1)."""
     return ["postgres-primary", *replica_services, "pgbouncer-rw", "pgbouncer-ro", "localhost",
             "127.0.0.1"]
-
-
-def k8s_tls_names(namespace: str) -> list[str]:
-    """The Services of the Kubernetes deployment, in each form a pod may use."""
-    names = []
-    for service in ("postgresql-primary", "postgresql-read", "pgbouncer-rw", "pgbouncer-ro"):
-        names += [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-                  f"{service}.{namespace}.svc.cluster.local"]
-    # Replicas clone and stream from the primary Service; pods are also reached one by one
-    # through the headless Service (postgresql-N.postgresql-headless).
-    names += [f"*.postgresql-headless.{namespace}.svc.cluster.local",
-              f"*.postgresql-headless.{namespace}.svc"]
-    return names
 
 
 def deployment_tls(generated_dir: Path, names: list[str], tls_dir: Path | None) -> TlsFiles:

@@ -58,6 +58,7 @@ class SagaExecution(DurableWaits):
         self._config = config
         self.state = state
         self.owner = owner
+        self.recovering = recovering
         self.plan = plan.SagaPlan(
             self.graph, saga.failure_strategy, saga.grace_seconds, recovering=recovering,
             resume=saga.recovery == "resume")
@@ -92,14 +93,17 @@ class SagaExecution(DurableWaits):
         try:
             try:
                 result = await self._drive()
-            except LeaseLostError:
+            except LeaseLostError as lost:
                 logger.warning("saga %s taken over by recovery; waiting for its outcome", saga_id,
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
+                self._notify("saga_interrupted", self.saga.name, saga_id, lost)  # rare: no guard
                 keeper.discard(saga_id)
                 if local_runs.get(saga_id) is future:
                     del local_runs[saga_id]  # joiners now follow the storage, as we do
                 result = await self._outcome_elsewhere()
         except BaseException as exc:
+            if not isinstance(exc, LeaseLostError):
+                self._notify("saga_interrupted", self.saga.name, saga_id, exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: nobody may be waiting
             raise
@@ -123,6 +127,8 @@ class SagaExecution(DurableWaits):
         state, decide = self.state, self.plan.next
         clock = self.clock if self.graph.waits else None
         if self.listeners:
+            if self.recovering:
+                self._notify("saga_recovered", self.saga.name, state.saga_id)
             self._notify("saga_started", self.saga.name, state.saga_id, self.ctx)
         main = asyncio.current_task()
         assert main is not None

@@ -35,3 +35,10 @@ class SagaListener:
 
     def saga_finished(self, saga_name: str, saga_id: str, status: str, duration: float) -> None:
         """The final status was committed."""
+
+    def saga_recovered(self, saga_name: str, saga_id: str) -> None:
+        """Recovery took the saga over from an executor that died (``saga_started`` follows)."""
+
+    def saga_interrupted(self, saga_name: str, saga_id: str, error: BaseException) -> None:
+        """This process stopped running the saga before its end: its lease went to recovery,
+        the storage failed, or the task was cancelled. No ``saga_finished`` follows here."""

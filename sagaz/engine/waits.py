@@ -24,7 +24,7 @@ from sagaz.engine.lease import new_owner, process_owner
 from sagaz.engine.outcomes import local_runs
 from sagaz.engine.types import SagaResult, SagaStatus
 from sagaz.errors import ConfigurationError, SagaDefinitionError, SagaNotFoundError
-from sagaz.storage.base import WaitStorage
+from sagaz.storage.capabilities import StorageWithWaits
 from sagaz.values import UnstorableValueError, check_json, check_text
 
 if TYPE_CHECKING:
@@ -41,9 +41,9 @@ AWAIT_POLL_SECONDS = 1.0
 _wakeups: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()
 
 
-def wait_storage(config: SagaConfig) -> WaitStorage:
+def wait_storage(config: SagaConfig) -> StorageWithWaits:
     storage = config.write_storage
-    if not isinstance(storage, WaitStorage):
+    if not isinstance(storage, StorageWithWaits):
         raise ConfigurationError(
             f"{storage!r} does not support durable waits and signals; use the SQLite, "
             "PostgreSQL or in-memory storage")

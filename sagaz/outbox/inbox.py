@@ -22,16 +22,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.event import OutboxEvent
 
 if TYPE_CHECKING:
-    from sagaz.storage.postgresql import PostgreSQLSagaStorage
+    from sagaz.storage.capabilities import StorageWithInbox
 
 __all__ = ["ConsumerInbox", "consume"]
+
+logger = logging.getLogger(__name__)
 
 
 class ConsumerInbox:
@@ -44,20 +48,26 @@ class ConsumerInbox:
     after its own commit.
     """
 
-    def __init__(self, storage: PostgreSQLSagaStorage, consumer_name: str, *,
+    def __init__(self, storage: StorageWithInbox, consumer_name: str, *,
                  max_batch: int = 200):
         if not consumer_name:
             raise ValueError("consumer_name must name the consumer, e.g. 'stock-service'")
-        from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
+        from sagaz.storage.capabilities import StorageWithInbox
 
+        if not isinstance(storage, StorageWithInbox):
+            raise ConfigurationError(
+                f"{storage!r} keeps no consumer inbox; use a PostgreSQL storage for the inbox")
         self.consumer_name = consumer_name
         self.max_batch = max_batch
-        self._outbox = PostgreSQLOutbox(storage)
+        self._outbox = storage.inbox_store()
         self._pending: list[tuple[str, Callable[[Any], Awaitable[Any]], asyncio.Future[bool]]] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None  # referenced: never collected mid-run
         self.processed = 0
         self.duplicates = 0
+        self.listeners: list[Callable[[str, bool], None]] = []
+        """Called with (consumer name, whether the handler ran: False for a duplicate) after
+        each event's commit (metrics); raising is logged and ignored."""
 
     async def process(
         self, event_id: str, handler: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
@@ -82,6 +92,12 @@ class ConsumerInbox:
             self.processed += 1
         else:
             self.duplicates += 1
+        for listener in self.listeners:
+            try:
+                listener(self.consumer_name, ran)
+            except Exception:
+                logger.exception("inbox listener %r failed", listener,
+                                 extra={"action": "inbox_listener_failed"})
         return ran
 
     async def _flush(self) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "ManagedOutboxStore",
     "OutboxStore",
     "PrunesSentEvents",
+    "ReportsBacklog",
     "StorageWithOutbox",
 ]
 
@@ -108,6 +109,15 @@ class ClaimsGivenEvents(Protocol):
     async def claim_ids(
         self, worker: str, event_ids: Sequence[str], claim_seconds: float
     ) -> list[ClaimedEvent]: ...
+
+
+@runtime_checkable
+class ReportsBacklog(Protocol):
+    """An outbox that counts what waits cheaply enough to be read on every metrics scrape."""
+
+    async def backlog(self) -> tuple[int, int]:
+        """(events not sent yet: pending, claimed or retrying; events in DEAD_LETTER)."""
+        ...
 
 
 @runtime_checkable

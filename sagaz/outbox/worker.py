@@ -71,6 +71,9 @@ class OutboxWorker:
     listeners: list[Callable[[Sequence[OutboxEvent]], None]] = field(default_factory=list)
     """Called with the events the broker acknowledged, right after the acknowledgement (metrics,
     tracing, benchmarks); a listener that raises is logged and ignored."""
+    failure_listeners: list[Callable[[Sequence[OutboxEvent]], None]] = field(default_factory=list)
+    """Called with the events whose publish failed: refused, not acknowledged in time, or not
+    sent because the broker was unreachable (metrics); raising is logged and ignored."""
     relayed: int = 0
     dead_lettered: int = 0
     # Wake-up tokens for idle loops (at most one pending): each token lets ONE loop claim, so
@@ -211,15 +214,14 @@ class OutboxWorker:
         except Exception as exc:
             await self.outbox.release(self.worker_id, [e.event_id for e in events])
             self._broker_lost(exc, len(events))
+            _tell(self.failure_listeners, events)
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self._broker_back()
         acked = [e for e, o in zip(events, outcomes, strict=True) if o is None]
-        for listener in self.listeners:
-            try:
-                listener(acked)
-            except Exception:
-                logger.exception("outbox listener %r failed", listener,
-                                 extra={"action": "outbox_listener_failed"})
+        _tell(self.listeners, acked)
+        if len(acked) < len(events):
+            _tell(self.failure_listeners,
+                  [e for e, o in zip(events, outcomes, strict=True) if o is not None])
         sent = [e.event_id for e in acked]
         failed = [(e.event_id, f"{type(o).__name__}: {o}")
                   for e, o in zip(events, outcomes, strict=True) if o is not None]
@@ -242,6 +244,17 @@ class BrokerUnavailable(SagazError):
 
 
 _MAX_RETRY_DELAY = 10.0
+
+
+def _tell(
+    listeners: list[Callable[[Sequence[OutboxEvent]], None]], events: Sequence[OutboxEvent]
+) -> None:
+    for listener in listeners:
+        try:
+            listener(events)
+        except Exception:
+            logger.exception("outbox listener %r failed", listener,
+                             extra={"action": "outbox_listener_failed"})
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

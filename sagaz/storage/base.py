@@ -11,14 +11,17 @@ once the unit is durable. The audit rows of a unit (:mod:`sagaz.storage.audit`) 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
 from sagaz.engine.types import SagaState, SagaStatus, StepState
 from sagaz.storage.audit import AuditEntry
 
-__all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "WaitStorage", "settle"]
+__all__ = ["ClosesOnExit", "SagaStorage", "UnitOfWork", "report_batch", "settle"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -101,35 +104,6 @@ class SagaStorage(Protocol):
         ...
 
 
-@runtime_checkable
-class WaitStorage(Protocol):
-    """Durable waits: signals to sagas and parked (WAITING) sagas that become due. Times of
-    timers come from the engine's clock (``now``), so tests can advance them."""
-
-    async def signal(
-        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
-    ) -> bool:
-        """Keep a signal for the saga (consumed when a wait of ``name`` takes it) and wake the
-        saga if it is parked. False when a signal with this id was kept already (idempotent).
-        Raises :class:`~sagaz.errors.SagaNotFoundError` for an unknown saga and
-        :class:`~sagaz.errors.SignalRefusedError` for a finished one."""
-        ...
-
-    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
-        """The sagas of these ids that exist, with their steps (and signals), by id: one read
-        for a whole batch of claimed sagas."""
-        ...
-
-    async def claim_due(
-        self, owner: str, lease_seconds: float, now: float, limit: int,
-        saga_id: str | None = None,
-    ) -> list[str]:
-        """Atomically take up to ``limit`` WAITING sagas that are due (``wake_at <= now``) and
-        that nobody holds (no lease, or an expired one): one indexed query, whatever the number
-        of waiting sagas. ``saga_id`` restricts it to that saga."""
-        ...
-
-
 class ClosesOnExit:
     """Makes a storage an async context manager: ``async with Storage(...) as storage:`` closes
     it (its connections, pool tasks or thread) when the block ends, however it ends."""
@@ -154,3 +128,14 @@ def settle(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[Any]) -> N
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
+
+
+def report_batch(hooks: Sequence[Callable[[int, float], None]], size: int, seconds: float) -> None:
+    """Tell the batch hooks of a storage (:class:`~sagaz.storage.capabilities.ObservesCommits`)
+    that a group commit of ``size`` writes took ``seconds``; a hook that raises is logged and
+    never fails the writers of the batch."""
+    for hook in hooks:
+        try:
+            hook(size, seconds)
+        except Exception:
+            logger.exception("batch hook %r failed", hook, extra={"action": "batch_hook_failed"})

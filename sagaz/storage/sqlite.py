@@ -23,7 +23,7 @@ from sagaz.engine.types import SagaState, SagaStatus, Signal, StepState, StepSta
 from sagaz.errors import LeaseLostError, SagaNotFoundError, SignalRefusedError, StorageError
 from sagaz.private_files import PRIVATE_DIR_MODE, create_private_file
 from sagaz.storage.audit import AuditEntry, entries_of
-from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
+from sagaz.storage.base import ClosesOnExit, UnitOfWork, report_batch, settle
 from sagaz.storage.sql import migrations, queries
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class SQLiteSagaStorage(ClosesOnExit):
         self.committed_event_hooks: list[Callable[[list[str]], None]] = []
         """Called with the ids of outbox events right after the commit that wrote them (wakes
         the relay of this process, and its optimistic send)."""
+        self.batch_hooks: list[Callable[[int, float], None]] = []
+        """Called after each group-commit batch, with its size and seconds (metrics)."""
 
     def private_files(self) -> list[Path]:
         """The database file and its -wal and -shm files, those that exist."""
@@ -119,6 +121,7 @@ class SQLiteSagaStorage(ClosesOnExit):
             while self._pending:
                 batch, self._pending = self._pending, []
                 ops = [op for op, _ in batch]
+                started = time.perf_counter()
                 try:
                     outcomes = await self._run(functools.partial(_write_batch, ops=ops))
                 except BaseException as exc:
@@ -126,6 +129,8 @@ class SQLiteSagaStorage(ClosesOnExit):
                     if not isinstance(exc, Exception):
                         raise
                     continue
+                if self.batch_hooks:
+                    report_batch(self.batch_hooks, len(batch), time.perf_counter() - started)
                 settle([future for _, future in batch], outcomes)
         finally:
             self._flushing = False
@@ -271,6 +276,10 @@ class SQLiteSagaStorage(ClosesOnExit):
         params = {"status": status.value if status else None, "limit": limit, "offset": offset}
         rows = await self._run(lambda conn: conn.execute(Q["list_sagas"], params).fetchall())
         return [_saga_from_row(row) for row in rows]
+
+    async def ping(self) -> None:
+        """Raise StorageError unless the database file answers a query (readiness probes)."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
         rows = await self._run(lambda conn: conn.execute(Q["count_by_status"]).fetchall())

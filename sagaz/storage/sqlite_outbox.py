@@ -160,6 +160,10 @@ class SQLiteOutbox:
         rows = await self.storage._run(lambda conn: conn.execute(Q["counts"]).fetchall())
         return {str(status): int(n) for status, n in rows}
 
+    async def backlog(self) -> tuple[int, int]:
+        pending, dead = await self.storage._run(lambda conn: conn.execute(Q["backlog"]).fetchone())
+        return int(pending), int(dead)
+
     async def delete_sent(self, older_than_seconds: float) -> int:
         """Delete SENT events sent more than ``older_than_seconds`` ago, a slice per write
         transaction; returns how many."""

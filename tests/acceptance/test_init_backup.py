@@ -1,4 +1,4 @@
-"""Backups of the generated docker-compose deployment: the pgBackRest configuration shared by the
+"""Backups of the generated deployments. docker-compose: the pgBackRest configuration shared by the
 PostgreSQL services, WAL archiving through it, the scheduled backup service, S3 options whose
 credentials only live in .env, and what a container would run (the generated pgbackrest.conf,
 archive_command and backup script) run for real against a local PostgreSQL and pgBackRest."""
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_init import generate, init, load_env, require_tool, service_dir
+from init_helpers import generate, init, load_env, require_tool, service_dir
 
 __all__ = ["service_dir"]  # the fixture, imported for these tests
 
@@ -179,39 +179,28 @@ def test_generated_pgbackrest_config_archives_and_backs_up_a_real_server(
         node.stop("immediate")
 
 
-def test_kubernetes_backups_archive_and_run_weekly_full_daily_diff(
+def test_kubernetes_backups_are_the_operators_volume_snapshots(
     capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
-    from test_init import documents
+    """pgBackRest stays with docker-compose and the local cluster; on Kubernetes the operator
+    backs up (a daily cold volume snapshot: no WAL archive needed)."""
+    from init_helpers import documents
 
-    directory = generate(capsys, tmp_path, "--k8s", "--with-ha") / "k8s"
-    resources = {(d["kind"], d["metadata"]["name"]): d
-                 for d in documents(directory / "pgbackrest-backup.yaml")}
-    schedules = {name: r["spec"]["schedule"] for (kind, name), r in resources.items()
-                 if kind == "CronJob"}
-    assert schedules == {"pgbackrest-full": "0 1 * * 0", "pgbackrest-diff": "0 1 * * 1-6"}
-    for kind in ("full", "diff"):
-        pod = resources["CronJob", f"pgbackrest-{kind}"]["spec"]["jobTemplate"]["spec"][
-            "template"]["spec"]
-        assert pod["serviceAccountName"] == "pgbackrest-backup"
-        assert f"backup --type={kind}" in pod["containers"][0]["command"][-1]
-    assert resources["Role", "pgbackrest-backup"]["rules"][1] == {
-        "apiGroups": [""], "resources": ["pods/exec"], "resourceNames": ["postgresql-0"],
-        "verbs": ["create"]}
-    conf = resources["ConfigMap", "pgbackrest-config"]["data"]["pgbackrest.conf"]
-    from sagaz.deploy.backup import pgbackrest_conf
-
-    assert conf == pgbackrest_conf()  # the one compose mounts
-    sts = next(d for d in documents(directory / "postgresql-ha.yaml")
-               if d["kind"] == "StatefulSet")
-    (container,) = sts["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == "sagaz/postgres-pgbackrest:16-alpine"
-    assert "archive_mode=on" in container["args"]
-    compose = _compose(generate(capsys, tmp_path / "compose", "--with-ha"))
-    compose_args = compose["services"]["postgres-primary"]["command"]  # type: ignore[index]
-    assert [a for a in container["args"] if a.startswith("archive_")] == [
-        a for a in compose_args if a.startswith("archive_")]
-    assert (directory / "pgbackrest" / "Dockerfile").exists()
+    plain = generate(capsys, tmp_path / "plain", "--k8s", "--with-ha") / "k8s"
+    assert not (plain / "backups.yaml").exists()
+    assert "--backup-snapshot-class CLASS" in " ".join((plain / "README.md").read_text().split())
+    directory = generate(capsys, tmp_path / "snap", "--k8s", "--with-ha",
+                         "--backup-snapshot-class", "csi-snapclass") / "k8s"
+    (backup,) = documents(directory / "backups.yaml")
+    assert (backup["kind"], backup["spec"]["method"], backup["spec"]["schedule"]) == (
+        "ScheduledBackup", "volumeSnapshot", "0 0 1 * * *")
+    cluster = next(d for d in documents(directory / "postgresql-cluster.yaml")
+                   if d["kind"] == "Cluster")["spec"]
+    assert cluster["backup"]["target"] == "prefer-standby"
+    assert cluster["backup"]["volumeSnapshot"]["className"] == "csi-snapclass"
+    assert not list(directory.rglob("pgbackrest*"))
+    readme = " ".join((directory / "README.md").read_text().split())
+    assert "Point-in-time recovery** needs a WAL archive" in readme
 
 
 def test_archive_settings_import_without_a_database_driver() -> None:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_init import _no_sagaz_env, documents, generate, init, load_env
+from init_helpers import _no_sagaz_env, documents, generate, init, load_env
 
 from sagaz.deploy.kept_secrets import ENV_KEYS, SECRET_KEYS
 
@@ -47,7 +47,7 @@ def test_force_keeps_the_passwords_and_rotate_secrets_replaces_them(
                           "3", "--force")
     assert code == 0, err
     assert _k8s_passwords(tmp_path) == k8s
-    assert "replicas: 4" in (tmp_path / "k8s" / "postgresql-ha.yaml").read_text()
+    assert "instances: 4" in (tmp_path / "k8s" / "postgresql-cluster.yaml").read_text()
     # What the generated README advises for scaling is what was just done, and safe.
     readme = " ".join((tmp_path / "k8s" / "README.md").read_text().split())
     assert "--replicas N --force` (it keeps the passwords of `secrets.yaml`)" in readme
@@ -124,8 +124,8 @@ def test_gitignore_really_keeps_the_secrets_out_of_git(
         [git, "-C", str(tmp_path), "status", "--porcelain", "--ignored", "--untracked-files=all"],
         check=True, capture_output=True, text=True).stdout.splitlines()
     kept_out = {line[3:] for line in ignored if line.startswith("!!")}
-    assert {".env", "k8s/secrets.yaml", "tls/ca.key", "tls/server.key", "k8s/tls/ca.key",
-            "k8s/tls/server.key", "ca.key"} <= kept_out
+    # (Kubernetes has no k8s/tls/ without --tls-dir: the operator makes its certificates.)
+    assert {".env", "k8s/secrets.yaml", "tls/ca.key", "tls/server.key", "ca.key"} <= kept_out
     assert not {p for p in kept_out if not p.startswith(("tls/", "k8s/tls/"))} - {
         ".env", "k8s/secrets.yaml", "ca.key"}, "only secrets and certificates are ignored"
     tracked = {line[3:] for line in ignored if line.startswith("??")}
@@ -142,4 +142,25 @@ def test_every_generated_password_has_a_place_it_is_read_back_from() -> None:
 
     every = {f.name for f in fields(Secrets)}
     assert set(ENV_KEYS) == every
-    assert set(SECRET_KEYS) == every - {"grafana_admin"}  # Grafana is not deployed there
+    # Kubernetes: CloudNativePG has no superuser password and its own replication and pool
+    # credentials; Grafana is not deployed there. The others are not written at all.
+    assert set(SECRET_KEYS) == {"app", "reader"} <= every
+
+
+def test_force_keeps_the_passwords_of_an_earlier_kubernetes_secrets_file(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A secrets.yaml of the earlier StatefulSet deployment (six passwords in sagaz-postgres):
+    the two roles CloudNativePG manages keep theirs, and nothing is reported missing."""
+    secret = tmp_path / "k8s" / "secrets.yaml"
+    secret.parent.mkdir()
+    earlier = {"postgres-password": "p" * 32, "app-password": "a" * 32,
+               "reader-password": "r" * 32, "replication-password": "x" * 32,
+               "pgbouncer-admin-password": "y" * 32, "pgbouncer-stats-password": "z" * 32}
+    secret.write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: sagaz-postgres\n"
+                      "stringData:\n" + "".join(f'  {k}: "{v}"\n' for k, v in earlier.items()))
+    code, out, err = init(capsys, "--dir", str(tmp_path), "--k8s", "--with-ha", "--force")
+    assert code == 0, err
+    assert f"kept the passwords of {secret}" in out and "warning" not in err
+    assert _k8s_passwords(tmp_path) == {"app-password": "a" * 32, "reader-password": "r" * 32}
+    roles = {d["metadata"]["name"]: d["stringData"]["password"] for d in documents(secret)[1:]}
+    assert roles == {"sagaz-app": "a" * 32, "sagaz-reader": "r" * 32}

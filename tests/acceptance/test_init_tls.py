@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_init import documents, generate, init, load_env
+from init_helpers import documents, generate, init, load_env
 
 from sagaz.tls import certificate_names, ensure_certificates
 
@@ -79,23 +79,57 @@ def test_a_bad_tls_dir_exits_2_with_one_line_and_writes_nothing(
     assert not (tmp_path / "deploy").exists()
 
 
-def test_kubernetes_tls_secrets_are_mounted_and_cert_manager_shaped(
+def test_kubernetes_uses_the_operators_certificates_and_verifies_them(
     capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
+    """Without --tls-dir, CloudNativePG's own CA and server certificate: none generated here,
+    the pools' names added to it, every client verifying with the operator's CA."""
     generate(capsys, tmp_path, "--k8s", "--with-ha")
+    assert not (tmp_path / "k8s" / "tls").exists()
     secrets = {d["metadata"]["name"]: d for d in documents(tmp_path / "k8s" / "secrets.yaml")}
+    assert "sagaz-tls" not in secrets and "sagaz-ca" not in secrets
+    cluster = next(d for d in documents(tmp_path / "k8s" / "postgresql-cluster.yaml")
+                   if d["kind"] == "Cluster")["spec"]
+    assert set(cluster["certificates"]) == {"serverAltDNSNames"}
+    assert "pgbouncer-rw.sagaz.svc" in cluster["certificates"]["serverAltDNSNames"]
+    for key in ("storage-url", "analytics-url", "database-url"):
+        assert secrets["sagaz-postgres"]["stringData"][key].endswith(
+            "?sslmode=verify-full&sslrootcert=/etc/sagaz/tls/ca.crt")
+    worker = (tmp_path / "k8s" / "sagaz-worker.yaml").read_text()
+    assert "secretName: postgresql-ca" in worker
+
+
+def test_kubernetes_tls_dir_becomes_the_clusters_certificate_cert_manager_shaped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    from k8s_validation import validate_manifests
+
+    from sagaz.deploy.kubernetes import k8s_tls_names
+
+    own = ensure_certificates(tmp_path / "own", k8s_tls_names("sagaz"))
+    generate(capsys, tmp_path / "out", "--k8s", "--with-ha", "--tls-dir", str(own.directory))
+    k8s = tmp_path / "out" / "k8s"
+    (tmp_path / "scratch").mkdir()
+    validate_manifests([k8s / name for name in ("secrets.yaml", "secrets-example.yaml",
+                                                "postgresql-cluster.yaml", "sagaz-worker.yaml",
+                                                "maintenance-cronjob.yaml", "pod-monitors.yaml")],
+                       tmp_path / "scratch")
+    secrets = {d["metadata"]["name"]: d for d in documents(k8s / "secrets.yaml")}
     server, ca = secrets["sagaz-tls"], secrets["sagaz-ca"]
     assert server["type"] == ca["type"] == "kubernetes.io/tls"
     assert set(server["data"]) == {"tls.crt", "tls.key", "ca.crt"}
     assert set(ca["data"]) == {"tls.crt", "tls.key"}
-    database = secrets["sagaz-postgres"]["stringData"]
-    for key in ("storage-url", "analytics-url", "database-url"):
-        assert database[key].endswith("?sslmode=verify-full&sslrootcert=/etc/sagaz/tls/ca.crt")
-    manifests = (tmp_path / "k8s" / "postgresql-ha.yaml").read_text() + (
-        tmp_path / "k8s" / "pgbouncer.yaml").read_text()
-    assert manifests.count("secretName: sagaz-tls") >= 3  # StatefulSet, both pools
-    assert "ssl=on" in manifests
-    assert "cert-manager" in (tmp_path / "k8s" / "README.md").read_text()
+    cluster = next(d for d in documents(k8s / "postgresql-cluster.yaml")
+                   if d["kind"] == "Cluster")["spec"]
+    assert cluster["certificates"] == {"serverTLSSecret": "sagaz-tls",
+                                       "serverCASecret": "sagaz-tls"}
+    assert "secretName: sagaz-tls" in (k8s / "sagaz-worker.yaml").read_text()
+    assert "cert-manager" in (k8s / "README.md").read_text()
+    # A certificate without the Cluster's Services is refused, with what it lacks.
+    wrong = ensure_certificates(tmp_path / "wrong", ["pgbouncer-rw", "pgbouncer-ro"])
+    code, out, err = init(capsys, "--dir", str(tmp_path / "other"), "--k8s", "--with-ha",
+                          "--tls-dir", str(wrong.directory))
+    assert code == 2 and "has no subjectAltName for postgresql-rw" in err, (out, err)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="tls-setup.sh hands files over as root")

@@ -51,6 +51,9 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "db maintain": (["db", "maintain", "--dsn", pg], {}, {0}),
         "db partitions": (["db", "partitions", "--dsn", pg], {}, {0}),
         "db cleanup-inbox": (["db", "cleanup-inbox", "--days", "90", "--dsn", pg], {}, {0}),
+        # Runs until a signal: argument validation only (tests/acceptance/test_metrics_cli.py
+        # and tests/ha/test_ha_metrics.py serve and scrape it).
+        "metrics serve": (["metrics", "serve", "--cluster", nowhere], {}, {2}),
         "outbox status": (["outbox", "status"], on_pg, {0}),
         "outbox dlq list": (["outbox", "dlq", "list"], on_pg, {0}),
         "outbox dlq retry": (["outbox", "dlq", "retry"], on_pg, {0}),

@@ -8,9 +8,9 @@ def test_public_names_are_pinned() -> None:
         "Saga", "SagaConfig", "SagaContext", "SagaDefinitionError", "SagaFailedError",
         "SagaHandle", "SagaListener", "SagaNotFoundError", "SagaResult", "SagaStatus",
         "SagaTimeoutError", "SagazError", "SignalRefusedError", "StepRecord", "StepStatus",
-        "StepTimeoutError", "StorageError", "WaitTimeoutError", "__version__", "action",
-        "compensate", "configure", "get_config", "recover", "register", "shutdown", "signal",
-        "wait",
+        "StepTimeoutError", "StorageError", "WaitTimeoutError", "Worker", "WorkerListener",
+        "__version__", "action", "compensate", "configure", "get_config", "recover", "register",
+        "shutdown", "signal", "wait",
     ])
     for name in sagaz.__all__:
         assert hasattr(sagaz, name), name

@@ -175,6 +175,15 @@ class PostgreSQLOutbox:
 
         return await self.storage._run(op)
 
+    async def backlog(self) -> tuple[int, int]:
+        async def op(conn: _Conn) -> tuple[int, int]:
+            cur = await conn.execute(Q["outbox_backlog"])
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        return await self.storage._run(op)
+
     # -- consumer inbox --------------------------------------------------------------------------
 
     async def process_many(

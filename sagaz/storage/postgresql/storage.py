@@ -33,15 +33,18 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import SagaState, SagaStatus
-from sagaz.errors import ConfigurationError, SagaNotFoundError, SignalRefusedError, StorageError
+from sagaz.errors import ConfigurationError, StorageError
 from sagaz.storage.audit import AuditEntry
-from sagaz.storage.base import ClosesOnExit, UnitOfWork, settle
+from sagaz.storage.base import ClosesOnExit, UnitOfWork, report_batch, settle
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
+from sagaz.storage.postgresql.waits import PostgreSQLWaits
 from sagaz.storage.sql import queries
 
 if TYPE_CHECKING:
+    from sagaz.storage.capabilities import BatchHook
+    from sagaz.storage.postgresql.maintenance import MaintenanceReport
     from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
 
 __all__ = ["PostgreSQLSagaStorage", "redact_dsn"]
@@ -59,7 +62,7 @@ _BACKOFF = RetryPolicy(base_delay=0.05, max_delay=2.0)
 _MIN_POOL_WAIT = 0.5
 
 
-class PostgreSQLSagaStorage(ClosesOnExit):
+class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
     """Saga state in PostgreSQL. ``readonly=True`` (replicas, analytics) opens every transaction
     READ ONLY, so a write attempt fails instead of going to the wrong server.
 
@@ -112,6 +115,8 @@ class PostgreSQLSagaStorage(ClosesOnExit):
         self.committed_event_hooks: list[Callable[[list[str]], None]] = []
         """Called with the ids of outbox events right after the batch holding them committed
         (the optimistic send of :class:`~sagaz.outbox.worker.OutboxWorker`)."""
+        self.batch_hooks: list[BatchHook] = []
+        """Called after each batch committed, with its size and seconds (metrics)."""
 
     def __repr__(self) -> str:
         return f"PostgreSQLSagaStorage({redact_dsn(self.dsn)!r}, readonly={self.readonly})"
@@ -291,6 +296,7 @@ class PostgreSQLSagaStorage(ClosesOnExit):
     async def _flush(self, entries: list[tuple[Pending, asyncio.Future[Any]]]) -> None:
         batch = [item for item, _ in entries]
         futures = [future for _, future in entries]
+        started = time.perf_counter()
         try:
             try:
                 outcomes = await self._write(batch)
@@ -310,6 +316,8 @@ class PostgreSQLSagaStorage(ClosesOnExit):
             if not isinstance(exc, Exception):
                 raise
         else:
+            if self.batch_hooks:
+                report_batch(self.batch_hooks, len(batch), time.perf_counter() - started)
             self._remember_created(batch, outcomes)
             settle(futures, outcomes)
             if self.committed_event_hooks:
@@ -390,54 +398,6 @@ class PostgreSQLSagaStorage(ClosesOnExit):
 
         return await self._run(op)
 
-    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
-        """Many sagas in three queries (resuming a batch of due sagas)."""
-        found = await self._run(lambda conn: load_sagas(conn, saga_ids))
-        if not self.readonly:
-            for state in found.values():
-                if not state.status.is_final:
-                    self._remember(state)
-        return found
-
-    async def signal(
-        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
-    ) -> bool:
-        if self.readonly:
-            raise StorageError(f"{self!r} is read-only")
-        params = {"saga_id": saga_id, "signal_id": signal_id, "name": name,
-                  "payload": json.dumps(payload)}
-
-        async def op(conn: _Conn) -> bool:
-            cur = await conn.execute(Q["lock_saga_status"], params)
-            row = await cur.fetchone()
-            if row is None:
-                raise SagaNotFoundError(saga_id)
-            status = SagaStatus(row[0])
-            if status.is_final:
-                raise SignalRefusedError(saga_id, status)
-            cur = await conn.execute(Q["insert_signal"], params)
-            if await cur.fetchone() is None:
-                return False
-            await conn.execute(Q["count_signal"], params)
-            return True
-
-        return await self._run(op)
-
-    async def claim_due(
-        self, owner: str, lease_seconds: float, now: float, limit: int,
-        saga_id: str | None = None,
-    ) -> list[str]:
-        if self.readonly:
-            raise StorageError(f"{self!r} is read-only")
-
-        async def op(conn: _Conn) -> list[str]:
-            cur = await conn.execute(Q["claim_due"], {
-                "owner": owner, "lease": lease_seconds, "now": now, "limit": limit,
-                "saga_id": saga_id})
-            return [row[0] for row in await cur.fetchall()]
-
-        return await self._run(op)
-
     async def list_sagas(
         self, status: SagaStatus | None = None, limit: int = 50, offset: int = 0
     ) -> list[SagaState]:
@@ -448,6 +408,14 @@ class PostgreSQLSagaStorage(ClosesOnExit):
             return [saga_from_row(row) for row in await cur.fetchall()]
 
         return await self._run(op)
+
+    async def ping(self) -> None:
+        """Raise StorageError unless the server answers a query (readiness probes; the
+        caller bounds the wait, the storage retries connection errors meanwhile)."""
+        async def op(conn: _Conn) -> None:
+            await conn.execute(Q["ping"])
+
+        await self._run(op)
 
     async def count_by_status(self) -> dict[SagaStatus, int]:
         async def op(conn: _Conn) -> dict[SagaStatus, int]:
@@ -477,6 +445,33 @@ class PostgreSQLSagaStorage(ClosesOnExit):
             return str(row[0])
 
         return await self._run(op)
+
+    def maintenance_target(self, dsn: str | None = None) -> str | None:
+        """Where maintenance runs: ``dsn`` (a direct connection) or this storage's DSN; None on a
+        read-only storage (replicas are maintained through their primary)."""
+        if self.readonly:
+            return None
+        return dsn.strip() if dsn and dsn.strip() else self.dsn
+
+    async def run_maintenance(
+        self, *, inbox_retention_days: int | None, lock_timeout: float, dsn: str | None = None,
+    ) -> MaintenanceReport:
+        """Partition maintenance, then the consumer-inbox cleanup, in a thread: it may wait
+        seconds for table locks."""
+        from sagaz.storage.postgresql.maintenance import run_maintenance
+
+        target = self.maintenance_target(dsn)
+        if target is None:
+            raise StorageError(f"{self!r} is read-only; maintain the database through its primary")
+        return await asyncio.to_thread(run_maintenance, target,
+                                       retention_days=inbox_retention_days,
+                                       lock_timeout=lock_timeout)
+
+    def inbox_store(self) -> PostgreSQLOutbox:
+        """The consumer inbox of this database (:class:`~sagaz.outbox.inbox.ConsumerInbox`)."""
+        from sagaz.storage.postgresql.outbox import PostgreSQLOutbox
+
+        return PostgreSQLOutbox(self)
 
     def outbox_store(self, *, listen_dsn: str | None = None) -> PostgreSQLOutbox:
         """The outbox of this database, for the relay and ``sagaz outbox``; ``listen_dsn`` (a

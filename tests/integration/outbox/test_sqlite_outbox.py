@@ -17,7 +17,6 @@ import pytest
 
 import sagaz.storage.sqlite_outbox as sqlite_outbox
 from sagaz import Saga, SagaConfig
-from sagaz.cli.relay import relay_for
 from sagaz.outbox.brokers import DestroyableBroker, broker_from_url
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.event import OutboxEvent
@@ -25,6 +24,7 @@ from sagaz.outbox.inbox import consume
 from sagaz.outbox.worker import OutboxWorker
 from sagaz.storage.sqlite import SQLiteSagaStorage
 from sagaz.storage.sqlite_outbox import SQLiteOutbox
+from sagaz.worker_jobs import relay_for
 
 BROKERS = {"redis": ("redis://127.0.0.1:6379/0", 6379),
            "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672/", 5672),

@@ -6,6 +6,10 @@
 --   SAGAZ_APP_PASSWORD, SAGAZ_READER_PASSWORD, SAGAZ_REPLICATION_PASSWORD
 -- Names come from psql variables: app_user, reader_user, replication_user, app_db, and
 -- app_schema (optional, default public): the schema sagaz's tables live in.
+--
+-- CloudNativePG (sagaz init --k8s) runs this file too, converted to plain SQL by
+-- sagaz/deploy/cnpg_sql.py: keep every password in a statement of its own (the operator sets
+-- them from Secrets) and the replication role's statements apart (the operator has its own).
 \set ON_ERROR_STOP on
 \if :{?app_schema}
 \else
@@ -25,8 +29,9 @@ SET password_encryption = 'scram-sha-256';
 -- a leaked application password must not reach other databases, roles or the server.
 SELECT format('CREATE ROLE %I LOGIN', :'app_user')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_user') \gexec
-SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS '
-              'PASSWORD %L', :'app_user', :'app_password') \gexec
+SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS',
+              :'app_user') \gexec
+SELECT format('ALTER ROLE %I PASSWORD %L', :'app_user', :'app_password') \gexec
 
 -- Analytics and dashboards through the read pool: reads the sagaz tables, writes nothing (also
 -- if its connection lands on the primary). Read-only transactions by default, but the role can
@@ -34,8 +39,9 @@ SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICA
 -- privileges, not the setting.
 SELECT format('CREATE ROLE %I LOGIN', :'reader_user')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'reader_user') \gexec
-SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS '
-              'PASSWORD %L', :'reader_user', :'reader_password') \gexec
+SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS',
+              :'reader_user') \gexec
+SELECT format('ALTER ROLE %I PASSWORD %L', :'reader_user', :'reader_password') \gexec
 SELECT format('ALTER ROLE %I SET default_transaction_read_only = on', :'reader_user') \gexec
 -- pg_read_all_data (granted by earlier versions of this file) covers the system catalogs:
 -- pg_authid's password verifiers of every role, the superuser's included.
@@ -48,8 +54,9 @@ SELECT format('GRANT pg_monitor TO %I', :'reader_user') \gexec
 -- Streaming replication (pg_basebackup, replicas): no database access at all.
 SELECT format('CREATE ROLE %I LOGIN REPLICATION', :'replication_user')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'replication_user') \gexec
-SELECT format('ALTER ROLE %I LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
-              'PASSWORD %L', :'replication_user', :'replication_password') \gexec
+SELECT format('ALTER ROLE %I LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS',
+              :'replication_user') \gexec
+SELECT format('ALTER ROLE %I PASSWORD %L', :'replication_user', :'replication_password') \gexec
 
 -- The database belongs to the superuser (earlier versions of this file gave it to the
 -- application: an owner may drop it, create schemas in it and grant CONNECT on it to anyone).

@@ -360,6 +360,16 @@ DELETE FROM saga_outbox
 -- name: outbox_counts
 SELECT status, count(*) FROM saga_outbox GROUP BY status;
 
+-- name: outbox_backlog
+-- The metrics' gauges, read on every scrape: each count stays within a partial index (the
+-- claimable, claimed and dead-letter ones), never touching the SENT rows, the vast majority.
+SELECT (SELECT count(*) FROM saga_outbox WHERE status IN ('PENDING', 'FAILED'))
+       + (SELECT count(*) FROM saga_outbox WHERE status = 'CLAIMED') AS pending,
+       (SELECT count(*) FROM saga_outbox WHERE status = 'DEAD_LETTER') AS dead_letter;
+
+-- name: ping
+SELECT 1;
+
 -- name: outbox_claim_ids
 -- The optimistic send: claim exactly these just-committed events, if no worker took them yet and
 -- no earlier event of their key is unsent (else the relay sends them, in order).

@@ -100,6 +100,11 @@ DELETE FROM saga_outbox
 -- name: counts
 SELECT status, count(*) FROM saga_outbox GROUP BY status;
 
+-- name: backlog
+-- The metrics' gauges, read on every scrape: events not sent yet, and dead letters.
+SELECT (SELECT count(*) FROM saga_outbox WHERE status IN ('PENDING', 'FAILED', 'CLAIMED')),
+       (SELECT count(*) FROM saga_outbox WHERE status = 'DEAD_LETTER');
+
 -- name: delete_sent
 -- Retention of SENT rows (PostgreSQL drops whole partitions instead). In slices, each its own
 -- write transaction, so sagas committing meanwhile wait for one slice at most.
