@@ -26,7 +26,7 @@ from partition_helpers import (
 from sagaz.storage.postgresql.maintenance import maintain_partitions
 
 TODAY = datetime(2027, 3, 15, 8, 30, tzinfo=UTC)
-LIVE_SAGA = ("PENDING", "RUNNING", "COMPENSATING")
+LIVE_SAGA = ("PENDING", "RUNNING", "WAITING", "COMPENSATING")
 FINISHED_SAGA = ("COMPLETED", "COMPENSATED", "FAILED")
 
 
