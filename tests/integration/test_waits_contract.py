@@ -236,18 +236,21 @@ async def test_any_worker_resumes_a_due_saga_once_and_leaves_the_others(
         await asyncio.sleep(0.005)
     for run in runs:  # the awaiting callers die
         run.cancel()
-    await asyncio.gather(*runs, return_exceptions=True)
+    async with asyncio.timeout(30):  # bounded, so that a hang says where it is
+        await asyncio.gather(*runs, return_exceptions=True)
     first, second, third = waiting
     await sagaz.signal(first, "OrderApproved", {"ok": 1}, config=config)
     await sagaz.signal(second, "OrderApproved", {"ok": 2}, config=config)
-    reports = await asyncio.gather(resume_due(config), resume_due(config))
+    async with asyncio.timeout(30):
+        reports = await asyncio.gather(resume_due(config), resume_due(config))
     resumed = {sid: status for report in reports for sid, status in report.resumed.items()}
     assert resumed == {first: SagaStatus.COMPLETED, second: SagaStatus.COMPLETED}
     assert log.lines.count("ship") == 2
     assert (await storage.load(third)).status is SagaStatus.WAITING  # type: ignore[union-attr]
     assert (await resume_due(config)).count == 0  # nothing due: its timer is an hour away
     clock.advance(3600)
-    report = await resume_due(config)
+    async with asyncio.timeout(30):
+        report = await resume_due(config)
     assert report.resumed == {third: SagaStatus.COMPENSATED}
 
 

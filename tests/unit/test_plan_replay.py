@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from plan_world import Behaviour, World, check_invariants, graph_of
@@ -29,6 +30,7 @@ def commits_of(world_args: dict[str, Any]) -> int:
     return world.commits
 
 
+@pytest.mark.timeout(300)
 def test_every_crash_point_of_every_small_saga_ends_consistently() -> None:
     cases = 0
     for (shape, deps), strategy, resume, pick in itertools.product(
@@ -120,7 +122,8 @@ def worlds(draw: Any) -> tuple[World, int | None]:
     return world, draw(st.one_of(st.none(), st.integers(0, 20)))
 
 
-@settings(max_examples=400, deadline=None)
+@pytest.mark.timeout(300)
+@settings(max_examples=200, deadline=None)
 @given(case=worlds())
 def test_random_sagas_interrupted_anywhere_end_consistently(case: tuple[World, int | None]) -> None:
     world, cancel_at = case
