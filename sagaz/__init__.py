@@ -5,6 +5,7 @@ from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga, action, compensate, register
 from sagaz.engine.handle import SagaHandle
 from sagaz.engine.listeners import SagaListener
+from sagaz.engine.operator import cancel, check_versions, resume, retry
 from sagaz.engine.recovery import RecoveryReport, recover
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus, StepRecord, StepStatus
@@ -13,6 +14,7 @@ from sagaz.engine.waits import signal
 from sagaz.errors import (
     ConfigurationError,
     LeaseLostError,
+    OperatorError,
     SagaDefinitionError,
     SagaFailedError,
     SagaNotFoundError,
@@ -31,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "FailureStrategy",
     "LeaseLostError",
+    "OperatorError",
     "RecoveryReport",
     "RetryPolicy",
     "Saga",
@@ -55,11 +58,15 @@ __all__ = [
     "WorkerListener",
     "__version__",
     "action",
+    "cancel",
+    "check_versions",
     "compensate",
     "configure",
     "get_config",
     "recover",
     "register",
+    "resume",
+    "retry",
     "shutdown",
     "signal",
     "wait",

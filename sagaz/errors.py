@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigurationError",
     "LeaseLostError",
+    "OperatorError",
     "SagaDefinitionError",
     "SagaFailedError",
     "SagaNotFoundError",
@@ -144,3 +145,13 @@ class SagaFailedError(SagazError):
         self.failed_step = failed_step
         self.compensation_errors: dict[str, BaseException] = dict(compensation_errors or {})
         self.error = error
+
+
+class OperatorError(SagazError):
+    """An operator verb (cancel, retry, resume) cannot apply to the saga as it is now; the message
+    says why and what would work instead. ``status`` is the saga's status, when it exists."""
+
+    def __init__(self, message: str, *, saga_id: str, status: SagaStatus | None = None):
+        super().__init__(message)
+        self.saga_id = saga_id
+        self.status = status

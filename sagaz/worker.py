@@ -101,8 +101,9 @@ class OnceReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing left unfinished: no recovery error or unknown definition, no relay failure."""
-        return not (self.recovery.errors or self.recovery.unknown_definitions
+        """Nothing left unfinished: no recovery error or stuck saga (unknown definition, or not
+        the one it started with), no relay failure."""
+        return not (self.recovery.errors or self.recovery.stuck
                     or self.relay_failure is not None)
 
 

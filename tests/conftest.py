@@ -8,9 +8,10 @@ import pytest
 import sagaz
 from sagaz import SagaConfig
 
-# The PostgreSQL fixtures (pg_dsn, pg_empty_dsn, ...) and the local cluster (local_cluster):
+# The PostgreSQL fixtures (pg_dsn, pg_empty_dsn, ...), the local cluster (local_cluster) and the
+# storage contract (storage_backend: one test body on memory, SQLite and PostgreSQL):
 # plugins rather than this file, which stays small and generic.
-pytest_plugins = ["pg_fixtures", "cluster_fixtures"]
+pytest_plugins = ["pg_fixtures", "cluster_fixtures", "storage_contract"]
 
 
 @pytest.fixture

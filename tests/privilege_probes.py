@@ -16,7 +16,8 @@ import psycopg
 from psycopg import sql
 
 SAGAZ_TABLES = ("saga_executions", "saga_steps", "saga_outbox", "saga_audit_log",
-                "consumer_inbox", "sagaz_migrations", "sagaz_partition_settings")
+                "saga_definitions", "consumer_inbox", "sagaz_migrations",
+                "sagaz_partition_settings")
 
 READER_REFUSED = [
     # The catalogs PUBLIC cannot read: password verifiers, user mappings' options, column

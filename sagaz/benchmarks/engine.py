@@ -13,7 +13,7 @@ from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga
 from sagaz.storage.memory import InMemorySagaStorage
 
-__all__ = ["EngineBenchmark", "closed_loop_rate", "run_engine_benchmark"]
+__all__ = ["EngineBenchmark", "closed_loop_rate", "open_loop_latency", "run_engine_benchmark"]
 
 
 async def _noop(ctx: SagaContext) -> None:
@@ -44,6 +44,39 @@ async def closed_loop_rate(saga: Saga, sagas: int, concurrency: int) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return per_worker * concurrency / (time.perf_counter() - started)
+
+
+async def open_loop_latency(
+    saga: Saga, rate: float, seconds: float
+) -> tuple[list[float], float]:
+    """(sorted run() latencies in seconds, achieved sagas/s) of ``saga`` offered at ``rate``
+    sagas/s for ``seconds``: open loop, each saga is due at its slot and its latency counts from
+    that slot, so a stall shows up instead of delaying the next starts."""
+    latencies: list[float] = []
+
+    async def one(due: float) -> None:
+        await saga.run({})
+        latencies.append(time.perf_counter() - due)
+
+    await saga.run({})  # connections open, plans warm
+    count = int(rate * seconds)
+    tasks = []
+    start = time.perf_counter()
+    for i in range(count):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return latencies, len(latencies) / elapsed
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted values, nearest rank."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
 @dataclass

@@ -33,11 +33,12 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sagaz.benchmarks.engine import closed_loop_rate
+from sagaz.benchmarks.engine import closed_loop_rate, open_loop_latency, percentile
 from sagaz.benchmarks.scratch import default_dsn, describe_server, scratch_database
 from sagaz.config import SagaConfig
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga
+from sagaz.engine.listeners import SagaListener
 from sagaz.ha.pgbouncer import WRITE_POOL, Backend, PgBouncer
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
 from sagaz.tls import ensure_certificates
@@ -88,16 +89,17 @@ async def _noop(ctx: SagaContext) -> None:
     return None
 
 
-def _saga(storage: PostgreSQLSagaStorage) -> Saga:
-    saga = Saga(name="bench-pg", config=SagaConfig(storage=storage))
+def _saga(storage: PostgreSQLSagaStorage, listeners: Sequence[SagaListener] = ()) -> Saga:
+    saga = Saga(name="bench-pg", config=SagaConfig(storage=storage, listeners=list(listeners)))
     for i in range(3):
         saga.add_step(f"s{i}", _noop)
     return saga
 
 
-async def _throughput(dsn: str, sagas: int, concurrency: int) -> float:
+async def _throughput(dsn: str, sagas: int, concurrency: int,
+                      listeners: Sequence[SagaListener] = ()) -> float:
     storage = PostgreSQLSagaStorage(dsn, auto_migrate=False)
-    saga = _saga(storage)
+    saga = _saga(storage, listeners)
     try:
         await saga.run({})  # connections open, plans warm
         return await closed_loop_rate(saga, sagas, concurrency)
@@ -105,35 +107,15 @@ async def _throughput(dsn: str, sagas: int, concurrency: int) -> float:
         await storage.close()
 
 
-async def _latency(dsn: str, rate: float, seconds: float) -> tuple[float, float, float]:
+async def _latency(dsn: str, rate: float, seconds: float,
+                   listeners: Sequence[SagaListener] = ()) -> tuple[float, float, float]:
     """(p50 ms, p99 ms, achieved sagas/s) of run() at ``rate`` sagas/s offered."""
     storage = PostgreSQLSagaStorage(dsn, auto_migrate=False)
-    saga = _saga(storage)
-    latencies: list[float] = []
-
-    async def one(due: float) -> None:
-        await saga.run({})
-        latencies.append(time.perf_counter() - due)
-
     try:
-        await saga.run({})
-        count = int(rate * seconds)
-        tasks = []
-        start = time.perf_counter()
-        for i in range(count):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+        latencies, achieved = await open_loop_latency(_saga(storage, listeners), rate, seconds)
     finally:
         await storage.close()
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    return p50, p99, len(latencies) / elapsed
+    return percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, achieved
 
 
 def _footprint(dsn: str) -> tuple[int, int, int, int, int]:

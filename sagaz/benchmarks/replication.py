@@ -24,9 +24,13 @@ from pathlib import Path
 import psycopg
 
 from sagaz.benchmarks.postgres import _latency
+from sagaz.engine.listeners import SagaListener
 from sagaz.ha.local import SUPERUSER, LocalCluster
 
-__all__ = ["ReplicationLag", "format_report", "main", "run_replication_benchmark"]
+__all__ = [
+    "ReplicationLag", "format_report", "main", "measure_replication_lag",
+    "run_replication_benchmark",
+]
 
 
 @dataclass
@@ -93,28 +97,39 @@ def run_replication_benchmark(
     cluster = LocalCluster.new(parent / "cluster", replicas=1, base_port=base_port)
     try:
         cluster.up()
-        stop = threading.Event()
-        lag: list[float] = []
-        replay: list[float] = []
-        errors: list[BaseException] = []
-
-        def sampler() -> None:
-            try:
-                _sample(cluster, stop, lag, replay)
-            except BaseException as exc:  # reported below, not lost in the thread
-                errors.append(exc)
-
-        thread = threading.Thread(target=sampler, daemon=True)
-        thread.start()
-        _, p99, achieved = asyncio.run(_latency(cluster.env()["SAGAZ_STORAGE_URL"], rate, seconds))
-        stop.set()
-        thread.join(60)
-        if errors:
-            raise errors[0]
-        return ReplicationLag(rate, achieved, seconds, lag, replay, p99)
+        return measure_replication_lag(cluster, rate, seconds)
     finally:
         cluster.down()
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def measure_replication_lag(
+    cluster: LocalCluster, rate: float, seconds: float, listeners: Sequence[SagaListener] = (),
+) -> ReplicationLag:
+    """Replication lag on a running local cluster while sagas (with ``listeners``) run at
+    ``rate`` through pgbouncer-rw for ``seconds``."""
+    stop = threading.Event()
+    lag: list[float] = []
+    replay: list[float] = []
+    errors: list[BaseException] = []
+
+    def sampler() -> None:
+        try:
+            _sample(cluster, stop, lag, replay)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    try:
+        _, p99, achieved = asyncio.run(_latency(cluster.env()["SAGAZ_STORAGE_URL"], rate, seconds,
+                                                listeners))
+    finally:
+        stop.set()
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    return ReplicationLag(rate, achieved, seconds, lag, replay, p99)
 
 
 def format_report(result: ReplicationLag) -> str:

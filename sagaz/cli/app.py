@@ -11,9 +11,12 @@ from typing import Annotated
 import typer
 
 import sagaz
+from sagaz.observability.logs import JsonFormatter
 
+from . import common
 from .backup import backup_app
 from .benchmark import benchmark_app
+from .benchmark_report import report_command as benchmark_report_command
 from .db import db_app
 from .demo import demo
 from .dev import dev_app
@@ -68,13 +71,23 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
 @app.callback()
 def _global_options(
     log_level: Annotated[LogLevel, typer.Option(
         "--log-level", envvar="SAGAZ_LOG_LEVEL", case_sensitive=False,
         help="Log messages of this level and above go to stderr.")] = LogLevel.WARNING,
+    log_format: Annotated[LogFormat, typer.Option(
+        "--log-format", envvar="SAGAZ_LOG_FORMAT", case_sensitive=False,
+        help="text: one readable line per record. json: one JSON object per line with ts, "
+             "level, logger, message, saga_id, step, action and the record's other fields "
+             "(for log pipelines).")] = LogFormat.TEXT,
 ) -> None:
-    configure_logging(log_level.value)
+    configure_logging(log_level.value, log_format.value)
 
 
 # The handler and root level main() installed, so it can undo them: a program calling main()
@@ -82,14 +95,19 @@ def _global_options(
 _installed: tuple[logging.Handler, int] | None = None
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     """Send log records to stderr. Done here, never in the library: an application embedding
     sagaz owns its logging."""
     global _installed
     restore_logging()
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+        common.tag_sagas_in_logs(True)
+    else:
+        handler.setFormatter(
+            _PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     _installed = (handler, root.level)
     root.addHandler(handler)
     root.setLevel(level)
@@ -111,6 +129,7 @@ def restore_logging() -> None:
         root.removeHandler(handler)
         root.setLevel(level)
         _installed = None
+    common.tag_sagas_in_logs(False)
 
 
 @app.command()
@@ -128,6 +147,7 @@ app.add_typer(sagas_app, name="sagas")
 app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(metrics_app, name="metrics")
+benchmark_app.command("report")(benchmark_report_command)  # its own module, like dev's
 app.add_typer(benchmark_app, name="benchmark")
 dev_app.command("rotate-secrets")(rotate_secrets_command)  # its own module: dev.py is full
 dev_app.command("restore")(dev_restore_command)

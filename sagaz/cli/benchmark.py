@@ -32,6 +32,8 @@ machine, so run them where you deploy.
 * `outbox`: the outbox end to end per broker (relay throughput, commit-to-broker-ack latency at
   5,000 events/s with LISTEN/NOTIFY) and the consumer inbox; needs the brokers on loopback.
 * `brokers`: raw publish throughput of each broker client, without the database.
+* `report`: all of the above in one run, written as report.md with PNG charts and the design
+  summary's checklist as pass/fail lines (`--profile quick`: under 3 minutes).
 * `partitioning`: one-month queries on monthly partitions against an unpartitioned copy, and
   retention by DROP against DELETE (5M rows by default: about 2 minutes).
 

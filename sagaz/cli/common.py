@@ -14,6 +14,7 @@ import typer
 
 from sagaz.config import SagaConfig, get_config
 from sagaz.errors import ConfigurationError, SagaDefinitionError, StorageError
+from sagaz.observability.logs import LogContextListener
 from sagaz.private_files import HoldsPrivateFiles, loose_mode_warnings
 
 from .output import print_error, print_warning
@@ -79,6 +80,16 @@ def execute(body: Callable[[], int]) -> NoReturn:
     raise typer.Exit(int(code))
 
 
+_log_context: LogContextListener | None = None
+
+
+def tag_sagas_in_logs(on: bool) -> None:
+    """With JSON logs, the sagas a command runs tag their records with saga and step (the
+    listener is added to each configuration the command uses)."""
+    global _log_context
+    _log_context = LogContextListener() if on else None
+
+
 class Storages:
     """The configurations a command used, so that their storages are closed at its end."""
 
@@ -91,6 +102,9 @@ class Storages:
         config = (saga.config if saga is not None else None) or get_config()
         if not any(config is known for known in self._configs):
             self._configs.append(config)
+            if _log_context is not None and not any(
+                    isinstance(listener, LogContextListener) for listener in config.listeners):
+                config.listeners.append(_log_context)
             files = [path for storage in (config.write_storage, config.read_storage)
                      if isinstance(storage, HoldsPrivateFiles)
                      for path in storage.private_files()]

@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.filesize import decimal
-from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sagaz.errors import ConfigurationError, SagazError
@@ -30,7 +29,16 @@ from sagaz.ha.dirlock import LOCK_FILE, directory_lock
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
 
 from .common import ExitCode, execute, fail, warn_loose_modes
+from .dev_monitoring import (
+    monitoring_parts_stopped,
+    monitoring_running,
+    monitoring_status,
+    print_monitoring,
+    set_monitoring,
+    start_monitoring,
+)
 from .output import err_console, escape, out, print_warning, table_console
+from .stages import stage_printer
 
 if TYPE_CHECKING:
     from sagaz.ha.health import ClusterHealth
@@ -102,56 +110,6 @@ def cluster_errors() -> Iterator[None]:
         fail(str(exc), ExitCode.STORAGE)
 
 
-@contextmanager
-def stage_printer(title: str) -> Iterator[Callable[[str], None]]:
-    """A progress callback showing each stage and how long it took: a live display on a
-    terminal, one line per stage otherwise (logs, CI)."""
-    started = [time.monotonic()]
-    if out.is_terminal:
-        progress = Progress(SpinnerColumn(finished_text="[green]✓[/]"),
-                            TextColumn("{task.description}"),
-                            TextColumn("[dim]{task.fields[took]}[/]"), console=out)
-        current: list[Any] = []
-
-        def finish() -> None:
-            if current:
-                progress.update(current[0], completed=1,
-                                took=f"{time.monotonic() - started[0]:.2f} s")
-
-        def stage(text: str) -> None:
-            finish()
-            started[0] = time.monotonic()
-            current[:] = [progress.add_task(escape(text), total=1, took="")]
-
-        out.print(title, soft_wrap=True)
-        with progress:
-            yield stage
-            finish()
-        return
-
-    open_line = [False]
-
-    def close_line() -> None:
-        if open_line[0]:
-            out.print(f"{time.monotonic() - started[0]:.2f} s")
-            open_line[0] = False
-
-    def plain(text: str) -> None:
-        close_line()
-        started[0] = time.monotonic()
-        out.print(f"  {escape(text)} ... ", end="", soft_wrap=True)
-        open_line[0] = True
-
-    out.print(title, soft_wrap=True)
-    try:
-        yield plain
-    except BaseException:
-        if open_line[0]:
-            out.print("[red]failed[/]")
-        raise
-    close_line()
-
-
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -197,6 +155,12 @@ def up_command(
         show_default=False,
         help="With --backup: archive a partly filled WAL segment after this many seconds, the "
              f"bound on what a total loss can cost. Default {DEFAULT_ARCHIVE_TIMEOUT}.")] = None,
+    monitoring: Annotated[bool | None, typer.Option(
+        "--monitoring/--no-monitoring", envvar="SAGAZ_DEV_MONITORING", show_default=False,
+        help="Prometheus (with the alert rules) on 127.0.0.1:P+2000, postgres_exporter per "
+             "server and pgbouncer_exporter per pool, kept running by the supervisor (Debian: "
+             "apt-get install prometheus prometheus-postgres-exporter "
+             "prometheus-pgbouncer-exporter). Default: as the cluster had it.")] = None,
 ) -> None:
     """Create and start the local cluster (or whatever part of it is stopped), then print the
     SAGAZ_* URLs to use. Running it on a running cluster changes nothing (but the WAL cap when
@@ -244,7 +208,12 @@ def up_command(
                 directory, replicas=count, base_port=base_port or DEFAULT_BASE_PORT,
                 **({} if max_slot_wal_keep_size is None
                    else {"max_slot_wal_keep_size": max_slot_wal_keep_size}))
-        wants_supervisor = supervise and bool(cluster.state.replicas)
+        if monitoring is not None and monitoring != cluster.state.monitoring:
+            with cluster_errors():
+                set_monitoring(cluster, monitoring)
+        # The supervisor keeps the read pool on live replicas and the monitoring processes up.
+        wants_supervisor = supervise and (bool(cluster.state.replicas)
+                                          or cluster.state.monitoring)
         # Users missing from secrets.json: made by an earlier sagaz; up adds them and runs
         # roles.sql again (it takes back what earlier versions granted).
         to_start = (cluster.stopped_parts() + cluster.missing_users() if exists
@@ -254,11 +223,13 @@ def up_command(
         if backup and not exists:
             cluster.state.backup = True  # the servers start with archiving on
             cluster.state.archive_timeout = archive_timeout or DEFAULT_ARCHIVE_TIMEOUT
-        if not to_start and not wants_backup and (
+        monitoring_stopped = monitoring_parts_stopped(cluster)
+        if not to_start and not wants_backup and not monitoring_stopped and (
                 not wants_supervisor or supervisor_pid(cluster) is not None):
             out.print(f"the cluster in {escape(str(cluster.directory))} is already up "
                       f"({_shape(cluster)}); nothing to do", soft_wrap=True)
             _print_urls(cluster, directory)
+            print_monitoring(cluster)
             return ExitCode.OK
         cluster.preflight()
         started = time.monotonic()
@@ -273,6 +244,9 @@ def up_command(
             elif wants_backup:
                 with stage_printer("enabling backups") as stage:
                     _enable_backups(cluster, stage, archive_timeout)
+            if cluster.state.monitoring and (to_start or wants_backup or monitoring_stopped):
+                with stage_printer("monitoring") as stage:
+                    start_monitoring(cluster, stage)
             if wants_supervisor:
                 pid = start_supervisor(cluster, check_interval)
                 out.print(f"supervisor: pid {pid}, every {check_interval:g} s (log: "
@@ -284,6 +258,7 @@ def up_command(
                       "embedded default of sagaz (SQLite) needs no server at all[/]",
                       soft_wrap=True)
         _print_urls(cluster, directory)
+        print_monitoring(cluster)
         return ExitCode.OK
 
     execute(body)
@@ -414,10 +389,13 @@ def status_command(
 
         health = collect(cluster)
         if as_json:
-            typer.echo(json.dumps(health.to_dict(), indent=2, default=str))
+            typer.echo(json.dumps({**health.to_dict(), "monitoring": monitoring_status(cluster)},
+                                  indent=2, default=str))
         else:
             _print_health(health)
-        return ExitCode.OK if health.healthy else ExitCode.FAILED
+            print_monitoring(cluster)
+        healthy = health.healthy and not monitoring_parts_stopped(cluster)
+        return ExitCode.OK if healthy else ExitCode.FAILED
 
     execute(body)
 
@@ -518,7 +496,7 @@ def down_command(
         cluster = load_cluster(directory)
         from sagaz.ha.supervisor import supervisor_pid
 
-        running = cluster.running_parts()
+        running = cluster.running_parts() + monitoring_running(cluster)
         if supervisor_pid(cluster) is not None:
             running.append("supervisor")
         with cluster_errors():

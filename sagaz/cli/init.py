@@ -46,8 +46,8 @@ def init(
         help="--k8s: the volume of each PostgreSQL pod, e.g. 10Gi (the default) or 500Gi.")] = None,
     image: Annotated[str | None, typer.Option(
         "--image", envvar="SAGAZ_IMAGE", metavar="IMAGE", show_default=False,
-        help="--k8s: the image of the `sagaz worker` Deployment: your application's image with "
-             "sagaz installed. Default: sagaz:latest.")] = None,
+        help="The image of the `sagaz worker` service (docker-compose) or Deployment (--k8s): "
+             "your application's image with sagaz installed. Default: sagaz:latest.")] = None,
     sync: Annotated[bool, typer.Option(
         "--sync", envvar="SAGAZ_INIT_SYNC",
         help="--k8s --with-ha: synchronous replication (CloudNativePG `dataDurability: "
@@ -119,7 +119,7 @@ without Docker, see `sagaz dev up --ha`.
 """
 
     def body() -> int:
-        given = {"--namespace": namespace, "--storage-size": storage_size, "--image": image,
+        given = {"--namespace": namespace, "--storage-size": storage_size,
                  "--backup-snapshot-class": backup_snapshot_class}
         if not k8s and any(value is not None for value in given.values()):
             names = ", ".join(name for name, value in given.items() if value is not None)
@@ -255,7 +255,8 @@ def _generate(replicas: int, with_ha: bool, k8s: bool, namespace: str | None,
         source = tls.directory if tls else _tls_dir(directory, k8s)
         return compose_files(replicas, secrets, max_slot_wal_keep_size=max_slot_wal_keep_size,
                              tls_source=str(source) if tls else "./tls",
-                             host_ca_cert=str(source / "ca.crt"), backup_s3=s3)
+                             host_ca_cert=str(source / "ca.crt"), backup_s3=s3,
+                             **({} if image is None else {"image": image}))
     except SagazError as exc:
         fail(str(exc))
 

@@ -1,5 +1,6 @@
 """``sagaz sagas list`` and ``sagaz sagas show``: inspect saga state and history through the read
-storage (the analytics replica when SAGAZ_ANALYTICS_URL is set)."""
+storage (the analytics replica when SAGAZ_ANALYTICS_URL is set). The operator verbs and the
+version check live in :mod:`.sagas_verbs`."""
 
 from __future__ import annotations
 
@@ -11,26 +12,32 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from sagaz.engine.operator import check_versions
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.storage.audit import AuditEntry
 
 from .common import MAX_LIMIT, MAX_OFFSET, ExitCode, Storages, execute, fail, run_async
 from .output import escape, format_time, out, table_console
+from .sagas_verbs import Imports, import_modules, register_verbs, stuck_table
 
 __all__ = ["sagas_app"]
 
 sagas_app = typer.Typer(
     name="sagas", no_args_is_help=True,
-    help="Inspect sagas: list them, or show one with its steps and history; signal one.")
+    help="Inspect sagas (list, show), check them against the registered definitions "
+         "(check-versions), and act on one (cancel, retry, resume, signal).")
 
 JSON_HELP = "Print JSON instead of a table (for scripts)."
+STUCK = "STUCK"
+_STATUSES = (*(s.value for s in SagaStatus), STUCK)
 
 
 @sagas_app.command("list")
 def list_sagas(
-    status: Annotated[SagaStatus | None, typer.Option(
-        "--status", envvar="SAGAZ_SAGAS_STATUS", case_sensitive=False,
-        help="Only sagas with this status.")] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", envvar="SAGAZ_SAGAS_STATUS", metavar="|".join(_STATUSES),
+        help="Only sagas with this status (any case). STUCK: unfinished sagas that no "
+             "registered definition would run (give --import).")] = None,
     limit: Annotated[int, typer.Option(
         "--limit", min=1, max=MAX_LIMIT, envvar="SAGAZ_SAGAS_LIMIT",
         help="At most this many sagas.")] = 50,
@@ -39,9 +46,29 @@ def list_sagas(
         help="Skip this many (paging).")] = 0,
     as_json: Annotated[bool, typer.Option(
         "--json", envvar="SAGAZ_SAGAS_JSON", help=JSON_HELP)] = False,
+    imports: Imports = None,
 ) -> None:
     """List sagas, newest first."""
-    execute(lambda: run_async(partial(_list, status, limit, offset, as_json)))
+    wanted = None if status is None else status.strip().upper()
+    if wanted is not None and wanted not in _STATUSES:
+        execute(lambda: fail(f"unknown --status {status!r}; use one of {', '.join(_STATUSES)}"))
+    if wanted == STUCK:
+        execute(lambda: run_async(partial(_list_stuck, imports, as_json)))
+    chosen = None if wanted is None else SagaStatus(wanted)
+    execute(lambda: run_async(partial(_list, chosen, limit, offset, as_json)))
+
+
+async def _list_stuck(imports: list[str] | None, as_json: bool, storages: Storages) -> int:
+    import_modules(imports)
+    stuck = [c for c in await check_versions(storages.config()) if c.stuck]
+    if as_json:
+        _print_json([{"id": c.saga_id, "name": c.saga_name, "started_with": c.started_with,
+                      "why": c.how} for c in stuck])
+    elif not stuck:
+        out.print("no stuck sagas")
+    else:
+        table_console().print(stuck_table(stuck, f"stuck sagas ({len(stuck)})"))
+    return ExitCode.OK
 
 
 async def _list(
@@ -100,6 +127,7 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
         ("idempotency key", escape(saga.idempotency_key or "-")),
         ("failed step", escape(saga.failed_step or "-")),
         ("error", escape(saga.error or "-", multiline=True)),
+        ("definition", escape(_definition_label(saga))),
     ]
     if saga.status is SagaStatus.WAITING:
         fields.append(("due", format_time(saga.wake_at) if saga.wake_at is not None
@@ -123,6 +151,22 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
     return ExitCode.OK
 
 
+def _definition_label(saga: SagaState) -> str:
+    if saga.definition_fingerprint is None:
+        return "- (started before sagas recorded it)"
+    version = f"v{saga.definition_version} " if saga.definition_version is not None else ""
+    return f"{version}({saga.definition_fingerprint})"
+
+
+def _what(entry: AuditEntry) -> str:
+    """The error of a row, or who did an operator verb and why."""
+    actor = entry.details.get("actor")
+    if actor is None:
+        return entry.error or "-"
+    reason = entry.details.get("reason")
+    return f"by {actor}" + (f": {reason}" if reason else "")
+
+
 def _history_table(history: list[AuditEntry]) -> Table:
     table = Table(title="history (oldest first)", title_justify="left")
     for column in ("time", "event", "step", "attempt", "error"):
@@ -131,7 +175,7 @@ def _history_table(history: list[AuditEntry]) -> Table:
         attempt = entry.attempt
         table.add_row(format_time(entry.at, millis=True), escape(entry.event),
                       escape(entry.step or "-"), "-" if attempt is None else str(attempt),
-                      escape(entry.error or "-", multiline=True))
+                      escape(_what(entry), multiline=True))
     return table
 
 
@@ -156,6 +200,9 @@ def _saga_json(saga: SagaState, with_steps: bool = False) -> dict[str, Any]:
         "failed_step": saga.failed_step, "error": saga.error,
         "idempotency_key": saga.idempotency_key, "created_at": saga.created_at,
         "updated_at": saga.updated_at, "context": saga.context,
+        "definition_fingerprint": saga.definition_fingerprint,
+        "definition_version": saga.definition_version,
+        "cancel_requested": saga.cancel_requested,
     }
     if with_steps:
         data["steps"] = [
@@ -171,11 +218,14 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
-def _register_verbs() -> None:
-    """Verbs that act on one saga live in modules of their own."""
+register_verbs(sagas_app)
+
+
+def _register_signal() -> None:
+    """The signal verb lives in a module of its own."""
     from .signal import signal_saga
 
     sagas_app.command("signal")(signal_saga)
 
 
-_register_verbs()
+_register_signal()

@@ -173,6 +173,11 @@ class _Printer(WorkerListener):
                 print_warning(f"saga {saga_id} ({name!r}) cannot be recovered: no definition "
                               f"named {name!r} is registered; start the worker with --import "
                               "MODULE for the module that defines it")
+        for saga_id, why in report.stuck.items():
+            if saga_id not in self.warned and saga_id not in report.unknown_definitions:
+                self.warned.add(saga_id)
+                print_warning(f"saga {saga_id} left untouched: {why}; `sagaz sagas "
+                              "check-versions` lists such sagas, `sagaz sagas resume` migrates one")
         for saga_id, error in report.errors.items():
             print_error(f"recovering saga {saga_id} failed: {type(error).__name__}: {error}")
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from sagaz.errors import SagazError
 from sagaz.ha.local import (
     APP_USER,
+    MONITOR_USER,
     PGBOUNCER_ADMIN,
     PGBOUNCER_STATS,
     PRIMARY_SETTINGS,
@@ -26,7 +27,8 @@ from sagaz.ha.local import (
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, wal_retention_settings
 
 __all__ = [
-    "APP_USER", "DATABASE", "GeneratedFile", "IMAGES", "MAX_REPLICAS", "PGBOUNCER_ADMIN",
+    "APP_USER", "DATABASE", "GeneratedFile", "IMAGES", "MAX_REPLICAS", "MONITOR_USER",
+    "PGBOUNCER_ADMIN",
     "PGBOUNCER_STATS", "READER_USER", "REPLICATION_USER", "SUPERUSER", "Secrets", "conflicts",
     "generate_secrets", "server_settings", "url", "validate_image", "validate_namespace",
     "validate_replicas", "validate_storage_size", "write_files",
@@ -76,6 +78,8 @@ class Secrets:
     pgbouncer_admin: str
     grafana_admin: str
     pgbouncer_stats: str
+    monitor: str
+    """postgres_exporter's role (docker-compose; pg_monitor only)."""
 
 
 def generate_secrets() -> Secrets:

@@ -34,6 +34,9 @@ __all__ = ["roles_sql", "schema_sql"]
 _LEFT_TO_THE_OPERATOR = {"app_password", "reader_password", "replication_password",
                          "replication_user"}
 """Variables whose statements the operator's own mechanisms replace (module docstring)."""
+_NOT_DEPLOYED = {"monitor_user", "monitor_password"}
+"""postgres_exporter's role: the Kubernetes deployment runs no postgres_exporter (the operator
+exports each instance's metrics itself)."""
 _DROPPED_META = ("\\set", "\\if", "\\else", "\\endif", "\\getenv", "\\connect")
 _VARIABLE = re.compile(r""":(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
 _DOLLAR_TAG = "$sagaz_gexec$"
@@ -134,6 +137,8 @@ def roles_sql(*, app_user: str, reader_user: str, database: str, schema: str = "
             lines.append(text)
             continue
         used = {m["name"] for m in _VARIABLE.finditer(text)}
+        if used & _NOT_DEPLOYED:
+            continue
         if used & _LEFT_TO_THE_OPERATOR:
             left = ", ".join(sorted(used & _LEFT_TO_THE_OPERATOR))
             note = f"-- (left to the operator: {left})"

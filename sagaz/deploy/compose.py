@@ -3,9 +3,10 @@
 The files (relative to the output directory)::
 
     docker-compose.yaml   postgres-primary, postgres-replica[-N], pgbackrest-backup,
-                          postgres-init, pgbouncer-rw,
-                          pgbouncer-ro, prometheus, postgres-exporter, pgbouncer-exporter[-ro],
-                          grafana
+                          postgres-init, pgbouncer-rw, pgbouncer-ro, sagaz-worker,
+                          sagaz-metrics, prometheus,
+                          postgres-exporter[-replica[-N]] (one per server),
+                          pgbouncer-exporter[-ro] (one per pool), grafana
     .env                  generated passwords and connection URLs (mode 0600)
     tls/                  the cluster CA and server certificate (0700, keys 0600; written by
                           the CLI, see sagaz.deploy.tls), unless --tls-dir names your own
@@ -13,7 +14,9 @@ The files (relative to the output directory)::
     tls-setup.sh
     pgbouncer/pgbouncer-rw.ini  pgbouncer/pgbouncer-ro.ini  pgbouncer/pgbouncer-start.sh
     pgbackrest/pgbackrest.conf  pgbackrest/Dockerfile  pgbackrest/pgbackrest-backup.sh
-    monitoring/prometheus.yml  monitoring/grafana-datasources.yml
+    monitoring/prometheus.yml  monitoring/alert-rules.yml  monitoring/grafana-datasources.yml
+    monitoring/grafana-dashboards.yml  monitoring/dashboards/*.json
+    monitoring/exporters/Dockerfile  monitoring/exporters/pgbouncer_exporter.py
     README.md  .gitignore (.env, tls/, keys; merged into an existing one)
 
 Replica ``i`` (1-based) is the service ``postgres-replica`` (i = 1, the design's name) or
@@ -28,6 +31,14 @@ from dataclasses import dataclass
 from sagaz.deploy import backup as backups
 from sagaz.deploy import bundle
 from sagaz.deploy.bundle import GeneratedFile, Secrets
+from sagaz.deploy.monitoring import (
+    EXPORTER_SCRIPT,
+    EXPORTERS_IMAGE,
+    HA_METRICS_PORT,
+    METRICS_PORT,
+    compose_monitoring_files,
+    server_exporters,
+)
 from sagaz.deploy.render import render
 from sagaz.deploy.schema import generated_schema_files
 from sagaz.deploy.scripts import (
@@ -48,7 +59,11 @@ from sagaz.deploy.tls import (
 from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, PoolSettings
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, normalize_wal_size
 
-__all__ = ["GITIGNORE", "ReplicaService", "compose_files", "replica_services", "tls_names"]
+__all__ = ["DEFAULT_IMAGE", "GITIGNORE", "ReplicaService", "compose_files", "replica_services",
+           "tls_names"]
+
+DEFAULT_IMAGE = "sagaz:latest"
+"""The sagaz-worker service's image unless --image names one."""
 
 GITIGNORE = """\
 # Written by `sagaz init`: the passwords and private keys stay out of version control.
@@ -99,19 +114,22 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
                   max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
                   tls_source: str = "./tls", host_ca_cert: str = "tls/ca.crt",
                   backup_s3: backups.S3Repository | None = None,
+                  image: str = DEFAULT_IMAGE,
                   ) -> list[GeneratedFile]:
     """Every file of the deployment; ``replicas`` 0 is a single server (no --with-ha).
     ``tls_source``: the certificate directory the containers mount; ``host_ca_cert``: its CA as
     the clients of this host name it in the .env URLs (an absolute path, best). Backups go to a
-    named volume, or to ``backup_s3``."""
+    named volume, or to ``backup_s3``. ``image``: the sagaz-worker service's (your application
+    with sagaz installed)."""
     bundle.validate_replicas(replicas, minimum=0)
+    bundle.validate_image(image)
     secrets = secrets or bundle.generate_secrets()
     services = replica_services(replicas)
     pools = _pools(services)
     names = {"superuser": bundle.SUPERUSER, "app_user": bundle.APP_USER,
              "reader_user": bundle.READER_USER, "replication_user": bundle.REPLICATION_USER,
              "admin_user": bundle.PGBOUNCER_ADMIN, "stats_user": bundle.PGBOUNCER_STATS,
-             "database": bundle.DATABASE}
+             "database": bundle.DATABASE, "monitor_user": bundle.MONITOR_USER}
     settings = [*bundle.server_settings(max_slot_wal_keep_size),
                 *postgres_tls_settings(f"{TLS_DIR}/server.crt", f"{TLS_DIR}/server.key")]
     values = {"replicas": replicas, "replica_services": services, "pools": pools,
@@ -120,6 +138,9 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
               "backup": {"s3": backup_s3, "image": backups.BACKUP_IMAGE,
                          "paths": backups.CONTAINER_PATHS},
               "max_slot_wal_keep_size": normalize_wal_size(max_slot_wal_keep_size),
+              "image": image, "exporters": server_exporters([r.name for r in services]),
+              "monitoring": {"image": EXPORTERS_IMAGE, "script": EXPORTER_SCRIPT,
+                             "metrics_port": METRICS_PORT, "ha_port": HA_METRICS_PORT},
               "q": json.dumps, **names}
     files = [
         GeneratedFile("docker-compose.yaml", render("compose/docker-compose.yaml.j2", **values)),
@@ -144,7 +165,7 @@ def compose_files(replicas: int, secrets: Secrets | None = None, *,
         GeneratedFile("pgbackrest/Dockerfile",
                       backups.backup_dockerfile(bundle.IMAGES["postgres"])),
         GeneratedFile("pgbackrest/pgbackrest-backup.sh", backups.backup_schedule_script(), 0o755),
-        GeneratedFile("monitoring/prometheus.yml", render("compose/prometheus.yml.j2", **values)),
+        *compose_monitoring_files([r.name for r in services], [p.role for p in pools]),
         GeneratedFile("monitoring/grafana-datasources.yml",
                       render("compose/grafana-datasources.yml.j2", **values)),
         GeneratedFile("README.md", render("compose/README.md.j2", **values)),

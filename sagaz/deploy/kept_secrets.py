@@ -18,12 +18,13 @@ ENV_KEYS = {"postgres": "POSTGRES_PASSWORD", "app": "SAGAZ_APP_PASSWORD",
             "reader": "SAGAZ_READER_PASSWORD", "replication": "SAGAZ_REPLICATION_PASSWORD",
             "pgbouncer_admin": "SAGAZ_PGBOUNCER_ADMIN_PASSWORD",
             "pgbouncer_stats": "SAGAZ_PGBOUNCER_STATS_PASSWORD",
-            "grafana_admin": "GRAFANA_ADMIN_PASSWORD"}
+            "grafana_admin": "GRAFANA_ADMIN_PASSWORD", "monitor": "SAGAZ_MONITOR_PASSWORD"}
 """The variable of ``.env`` holding each field of :class:`Secrets`."""
 SECRET_KEYS = {"app": "app-password", "reader": "reader-password"}
 """The key of the Kubernetes Secret holding each field it uses: CloudNativePG has no superuser
 password (it reaches the superuser through the pod's socket), replicates and runs the pools with
-certificates and credentials of its own, and Grafana is not deployed there."""
+certificates and credentials of its own, and Grafana and the exporters are not deployed there
+(the operator's Prometheus scrapes sagaz's own endpoint)."""
 
 _STRING_DATA_LINE = re.compile(
     r"^\s+(?P<key>" + "|".join(SECRET_KEYS.values()) + r"):\s*(?P<value>.*?)\s*$")

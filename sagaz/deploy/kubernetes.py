@@ -3,7 +3,9 @@ the CloudNativePG operator, under ``k8s/``::
 
     namespace.yaml  secrets.yaml (generated passwords, mode 0600)  secrets-example.yaml
     postgresql-cluster.yaml  poolers.yaml  backups.yaml  maintenance-cronjob.yaml
-    sagaz-worker.yaml  network-policies.yaml  pod-monitors.yaml  kustomization.yaml  README.md
+    sagaz-worker.yaml  network-policies.yaml  pod-monitors.yaml
+    prometheus-rules.yaml (PodMonitor of the worker, PrometheusRule)  grafana-dashboards.yaml
+    kustomization.yaml  README.md
 
 One ``Cluster`` of ``replicas + 1`` instances (``replicas`` 0: a single instance, the same
 templates): the operator elects the primary and fails over. Its bootstrap SQL is roles.sql and the
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from sagaz.deploy import bundle
 from sagaz.deploy.bundle import GeneratedFile, Secrets
 from sagaz.deploy.cnpg_sql import roles_sql, schema_sql
+from sagaz.deploy.monitoring import METRICS_PORT
 from sagaz.deploy.render import render
 from sagaz.deploy.scripts import POOL_PORTS
 from sagaz.deploy.tls import K8S_TLS_DIR, tls_query
@@ -30,6 +33,8 @@ from sagaz.errors import SagazError
 from sagaz.ha.local import PRIMARY_SETTINGS
 from sagaz.ha.pgbouncer import READ_POOL, WRITE_POOL, PoolSettings
 from sagaz.ha.wal_settings import DEFAULT_MAX_SLOT_WAL_KEEP_SIZE, wal_retention_settings
+from sagaz.monitoring.dashboards import DASHBOARDS, grafana_json
+from sagaz.monitoring.rules import AlertSettings, alert_rules
 from sagaz.tls import TlsFiles
 
 __all__ = ["CLUSTER_NAME", "DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "DEFAULT_STORAGE_SIZE",
@@ -48,11 +53,11 @@ OPERATOR_MANIFEST = ("https://raw.githubusercontent.com/cloudnative-pg/cloudnati
 """The operator release these manifests are written (and validated) for."""
 
 # In the order `kubectl apply -k` should create them: the Secrets before the Cluster that reads
-# them. pod-monitors.yaml is not listed: it needs the Prometheus Operator's CRDs. backups.yaml
-# only with a VolumeSnapshotClass (--backup-snapshot-class).
+# them. pod-monitors.yaml and prometheus-rules.yaml are not listed: they need the Prometheus
+# Operator's CRDs. backups.yaml only with a VolumeSnapshotClass (--backup-snapshot-class).
 RESOURCES = ["namespace.yaml", "secrets.yaml", "postgresql-cluster.yaml", "poolers.yaml",
              "backups.yaml", "maintenance-cronjob.yaml", "sagaz-worker.yaml",
-             "network-policies.yaml"]
+             "network-policies.yaml", "grafana-dashboards.yaml"]
 
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -189,6 +194,7 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         "operator_namespace": OPERATOR_NAMESPACE, "operator_manifest": OPERATOR_MANIFEST,
         "max_slot_wal_keep_size": postgres_parameters(max_slot_wal_keep_size)[
             "max_slot_wal_keep_size"],
+        "metrics_port": METRICS_PORT,
     }
 
     def manifest(name: str, mode: int = 0o644, **extra: object) -> GeneratedFile:
@@ -208,6 +214,14 @@ def kubernetes_files(replicas: int, *, namespace: str = DEFAULT_NAMESPACE,
         manifest("sagaz-worker.yaml"),
         manifest("network-policies.yaml"),
         manifest("pod-monitors.yaml"),
+        # The PodMonitor's job is <namespace>/<its name>. WAL archiving is watched where an
+        # exporter reads pg_stat_archiver (docker-compose, the local cluster), not here:
+        # CloudNativePG's exporter names it cnpg_pg_stat_archiver_*.
+        manifest("prometheus-rules.yaml", rules=alert_rules(AlertSettings(
+            sagaz_job=f"{namespace}/sagaz-worker", archive=False))),
+        manifest("grafana-dashboards.yaml", dashboards=[
+            {"title": d.title, "file_name": d.file_name, "json": grafana_json(d)}
+            for d in DASHBOARDS]),
         manifest("kustomization.yaml"),
         manifest("README.md"),
         GeneratedFile(f"{subdir}/.gitignore",

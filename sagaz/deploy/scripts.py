@@ -9,6 +9,7 @@ from importlib import resources
 from sagaz.deploy.bundle import (
     APP_USER,
     DATABASE,
+    MONITOR_USER,
     PGBOUNCER_ADMIN,
     PGBOUNCER_STATS,
     READER_USER,
@@ -30,7 +31,8 @@ POOL_PORTS = {"rw": 6432, "ro": 6433}
 address is the same from every client)."""
 
 _NAMES = {"app_user": APP_USER, "reader_user": READER_USER,
-          "replication_user": REPLICATION_USER, "database": DATABASE}
+          "replication_user": REPLICATION_USER, "database": DATABASE,
+          "monitor_user": MONITOR_USER}
 
 
 def roles_sql() -> str:

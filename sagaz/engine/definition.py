@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from sagaz.engine.fingerprint import fingerprint_of
 from sagaz.engine.plan import Graph, WaitSpec
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus
@@ -16,9 +18,11 @@ from sagaz.errors import SagaDefinitionError
 
 if TYPE_CHECKING:
     from sagaz.config import SagaConfig
+    from sagaz.engine.fingerprint import DefinitionShape
     from sagaz.engine.handle import SagaHandle
 
-__all__ = ["Saga", "StepSpec", "action", "compensate", "get_registered", "register"]
+__all__ = ["Saga", "StepSpec", "action", "compensate", "get_registered", "register",
+           "registered_versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +143,15 @@ class Saga:
 
     ``recovery`` says what recovery does with a saga whose executor died mid-way: ``"compensate"``
     (default) rolls it back, ``"resume"`` runs the remaining steps forward.
+
+    ``version`` labels this definition (each saga records the version and the fingerprint of the
+    definition it started with, see :mod:`sagaz.engine.versions`); ``compatible_with`` lists the
+    versions (or fingerprints) whose sagas in flight this definition may finish.
     """
 
     saga_name: ClassVar[str | None] = None
+    saga_version: ClassVar[str | None] = None
+    compatible_versions: ClassVar[tuple[str, ...]] = ()
     failure_strategy: FailureStrategy = FailureStrategy.FAIL_FAST
     grace_seconds: float = 2.0
     timeout: float | None = None
@@ -155,6 +165,7 @@ class Saga:
         cls._declared_steps = _collect_declared_steps(cls)
         if cls.saga_name and cls._declared_steps:
             _registry[cls.saga_name] = cls
+            _classes.setdefault(cls.saga_name, []).append(cls)
 
     def __init__(
         self,
@@ -166,6 +177,8 @@ class Saga:
         recovery: RecoveryMode | None = None,
         retry_policy: RetryPolicy | None = None,
         config: SagaConfig | None = None,
+        version: str | None = None,
+        compatible_with: Iterable[str] = (),
     ):
         name = name or type(self).saga_name
         if not name or not isinstance(name, str):
@@ -198,6 +211,18 @@ class Saga:
         if retry_policy is not None:
             self.retry_policy = retry_policy
         self.config = config
+        self.version: str | None = version if version is not None else type(self).saga_version
+        if self.version is not None and (not isinstance(self.version, str) or not self.version):
+            raise SagaDefinitionError(
+                f"version must be a non-empty string such as '2', got {self.version!r}",
+                saga_name=name)
+        if isinstance(compatible_with, str):
+            raise SagaDefinitionError(
+                f"compatible_with must be a list of versions, got {compatible_with!r} (write "
+                f"compatible_with=[{compatible_with!r}])", saga_name=name)
+        self.compatible_with: tuple[str, ...] = (
+            *type(self).compatible_versions, *(str(v) for v in compatible_with))
+        self._shape_cache: tuple[Graph, DefinitionShape] | None = None
         self._steps: list[StepSpec] = [self._bind(spec) for spec in type(self)._declared_steps]
         self._declarative = bool(self._steps)
         self._graph: Graph | None = None
@@ -343,7 +368,7 @@ class Saga:
         from sagaz.engine.outcomes import failure_error
         from sagaz.engine.starting import run_saga
 
-        _registry.setdefault(self.name, self)  # lets recovery in this process find it
+        _remember(self)  # lets recovery in this process find it
         result = await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
         if result.status is SagaStatus.COMPLETED:
             return result.context
@@ -359,7 +384,7 @@ class Saga:
         """Like :meth:`run` but returns a :class:`SagaResult` instead of raising on step failure."""
         from sagaz.engine.starting import run_saga
 
-        _registry.setdefault(self.name, self)
+        _remember(self)
         return await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
 
     async def start(
@@ -374,11 +399,12 @@ class Saga:
         the background of this process; the same ids as :meth:`run` join an existing saga."""
         from sagaz.engine.handle import start
 
-        _registry.setdefault(self.name, self)
+        _remember(self)
         return await start(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
 
     def __repr__(self) -> str:
-        return f"<Saga {self.name!r} steps={[s.name for s in self._steps]}>"
+        version = f" version={self.version!r}" if self.version is not None else ""
+        return f"<Saga {self.name!r}{version} steps={[s.name for s in self._steps]}>"
 
 
 def _mermaid_label(name: str) -> str:
@@ -481,32 +507,73 @@ def _find_cycle(names: list[str], deps: dict[str, tuple[str, ...]]) -> list[str]
 
 # -- registry -----------------------------------------------------------------------------------
 
+# The newest definition registered under each name, and every definition registered under it by
+# fingerprint (several versions may be registered at once: sagas in flight finish with the one
+# they started with). Registered classes are built on first use.
 _registry: dict[str, Saga | type[Saga]] = {}
+_versions: dict[str, dict[str, Saga]] = {}
+_classes: dict[str, list[type[Saga]]] = {}
+_remembered: weakref.WeakSet[Saga] = weakref.WeakSet()
+_built: dict[type[Saga], Saga] = {}
 
 
 def register(saga: Saga | type[Saga]) -> Saga | type[Saga]:
     """Make a saga definition findable by name, so recovery can finish its interrupted runs.
 
-    ``Saga`` subclasses with a ``saga_name`` register themselves. Returns its argument, so it also
-    works as a class decorator.
+    Register every version still needed: a saga in flight is finished by the definition (same
+    fingerprint) it started with; of two with one fingerprint, the later registration wins.
+    ``Saga`` subclasses with a ``saga_name`` register themselves. Returns its argument, so it
+    also works as a class decorator.
     """
     name = saga.name if isinstance(saga, Saga) else saga.saga_name
     if not name:
         raise SagaDefinitionError("only sagas with a name can be registered")
+    _registry[name] = saga
     if isinstance(saga, Saga):
         saga.validate()
-    _registry[name] = saga
+        _remembered.add(saga)
+        known = _versions.setdefault(name, {})
+        fingerprint = fingerprint_of(saga)
+        known.pop(fingerprint, None)  # re-inserted last: the newest registration
+        known[fingerprint] = saga
+    elif saga not in _classes.setdefault(name, []):
+        _classes[name].append(saga)
     return saga
 
 
-def get_registered(name: str) -> Saga | None:
-    """The registered definition for ``name``, or None."""
-    found = _registry.get(name)
-    if found is None or isinstance(found, Saga):
-        return found
-    instance = found()
-    _registry[name] = instance
+def _remember(saga: Saga) -> None:
+    """A saga that runs becomes findable by recovery in this process, next to (not instead of)
+    the definitions registered under its name."""
+    if saga in _remembered:
+        return
+    _remembered.add(saga)
+    _registry.setdefault(saga.name, saga)
+    _versions.setdefault(saga.name, {}).setdefault(fingerprint_of(saga), saga)
+
+
+def _instance(name: str, entry: Saga | type[Saga]) -> Saga:
+    if isinstance(entry, Saga):
+        return entry
+    instance = _built.get(entry)
+    if instance is None:
+        instance = _built[entry] = entry()
+    if _registry.get(name) is entry:
+        _registry[name] = instance
     return instance
+
+
+def get_registered(name: str) -> Saga | None:
+    """The newest registered definition for ``name``, or None."""
+    found = _registry.get(name)
+    return None if found is None else _instance(name, found)
+
+
+def registered_versions(name: str) -> list[Saga]:
+    """Every registered definition named ``name`` (one per fingerprint), oldest first."""
+    for cls in _classes.pop(name, []):
+        instance = _instance(name, cls)
+        _versions.setdefault(name, {})[fingerprint_of(instance)] = instance
+    return list(_versions.get(name, {}).values())
 
 
 def registered_names() -> list[str]:

@@ -19,6 +19,7 @@ from sagaz.engine.context import SagaContext
 from sagaz.engine.executor_waits import DurableWaits, describe
 from sagaz.engine.invoke import BadResult, call_step, changes_of
 from sagaz.engine.lease import keeper_for
+from sagaz.engine.listeners import with_listener_headers
 from sagaz.engine.outcomes import local_runs, poll_outcome
 from sagaz.engine.retry import attempt_with_retries
 from sagaz.engine.types import SagaResult, SagaState, SagaStatus, StepRecord, StepState, StepStatus
@@ -26,6 +27,7 @@ from sagaz.errors import LeaseLostError, SagaTimeoutError, StorageError
 from sagaz.outbox.event import OutboxEvent
 from sagaz.storage.audit import AuditEntry, failed_attempt
 from sagaz.storage.base import UnitOfWork
+from sagaz.storage.control import stopped_after_fence
 from sagaz.values import storable_text
 
 if TYPE_CHECKING:
@@ -98,6 +100,7 @@ class SagaExecution(DurableWaits):
                                extra={"action": "saga_lease_lost", "saga_id": saga_id})
                 self._notify("saga_interrupted", self.saga.name, saga_id, lost)  # rare: no guard
                 keeper.discard(saga_id)
+                await stopped_after_fence(self.storage, saga_id, self.owner)
                 if local_runs.get(saga_id) is future:
                     del local_runs[saga_id]  # joiners now follow the storage, as we do
                 result = await self._outcome_elsewhere()
@@ -270,6 +273,7 @@ class SagaExecution(DurableWaits):
             return
         assert outcome.value is not None
         changes, events = outcome.value
+        events = self._headed(name, events)
         before = self.ctx
         if changes:
             self.ctx = {**self.ctx, **changes}
@@ -313,11 +317,16 @@ class SagaExecution(DurableWaits):
         if not self.lifecycle_events:
             return []
         state = self.state
-        return [OutboxEvent(
+        return self._headed(None, [OutboxEvent(
             _LIFECYCLE[status], {"saga_id": state.saga_id, "saga_name": self.saga.name,
                                  "status": status.value, "failed_step": state.failed_step,
                                  "error": state.error},
-            key=state.saga_id, saga_id=state.saga_id)]
+            key=state.saga_id, saga_id=state.saga_id)])
+
+    def _headed(self, step: str | None, events: list[OutboxEvent]) -> list[OutboxEvent]:
+        """The events with the headers listeners add (the trace context), before the commit."""
+        return with_listener_headers(self.listeners, self.saga.name, self.state.saga_id, step,
+                                     events)
 
     def _stop(
         self, name: str, status: StepStatus, exc: BaseException | None, attempts: int,
@@ -390,6 +399,7 @@ class SagaExecution(DurableWaits):
         outcome = await attempt_with_retries(
             attempt, verdict, spec.retry_policy or self.saga.retry_policy, failed)
         changes, events = outcome.value if outcome.value is not None else ({}, [])
+        events = self._headed(name, events)
         error = outcome.error
         step = self._mark(name, StepStatus.COMPENSATED if error is None
                           else StepStatus.COMPENSATION_FAILED)

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.config import SagaConfig, get_config
 from sagaz.engine.executor import SagaExecution
+from sagaz.engine.fingerprint import shape_of
 from sagaz.engine.lease import process_owner
 from sagaz.engine.outcomes import local_runs
 from sagaz.engine.types import SagaResult, SagaState, SagaStatus
 from sagaz.errors import SagaDefinitionError
+from sagaz.storage.control import record_shape
 from sagaz.values import UnstorableValueError, check_json, check_text
 
 if TYPE_CHECKING:
@@ -110,8 +112,12 @@ async def start_saga(
     if local is not None and local.get_loop() is asyncio.get_running_loop():
         return sid
     owner = process_owner()
+    # The saga records the definition it starts with: recovery finishes it with that one.
+    shape = shape_of(saga)
+    await record_shape(config.write_storage, shape)
     state = SagaState(sid, saga.name, SagaStatus.RUNNING, data, idempotency_key=idempotency_key,
-                      lease_owner=owner)
+                      lease_owner=owner, definition_fingerprint=shape.fingerprint,
+                      definition_version=shape.version)
     stored, created = await config.write_storage.create(state, config.lease_seconds)
     if not created:
         if stored.saga_name != saga.name:

@@ -121,6 +121,12 @@ class SagaState:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     version: int = 0
+    definition_fingerprint: str | None = None
+    """The fingerprint of the definition the saga started with (None: started before sagas
+    recorded it); see :mod:`sagaz.engine.fingerprint`."""
+    definition_version: str | None = None
+    cancel_requested: JSONDict | None = None
+    """Set by ``sagaz.cancel``: who asked, why and when; the saga is compensated."""
     wake_at: float | None = None
     """A WAITING saga is due (a timer fires, or a signal arrived) from then on."""
     signal_seq: int = 0

@@ -68,8 +68,10 @@ file, not to PostgreSQL: its password opens no database."""
 PGBOUNCER_STATS = "pgbouncer_stats"
 """PgBouncer's console, read-only (SHOW POOLS, STATS, DATABASES): health, status, exporters.
 Known only to PgBouncer's auth file, like PGBOUNCER_ADMIN."""
+MONITOR_USER = "sagaz_monitor"
+"""postgres_exporter's role: pg_monitor, the maintenance database only (sql/roles.sql)."""
 GENERATED_USERS = (SUPERUSER, APP_USER, READER_USER, REPLICATION_USER, PGBOUNCER_ADMIN,
-                   PGBOUNCER_STATS)
+                   PGBOUNCER_STATS, MONITOR_USER)
 """Every user with a generated password in secrets.json."""
 POOL_USERS = (APP_USER, READER_USER, PGBOUNCER_ADMIN, PGBOUNCER_STATS)
 """The users the pools accept: neither the superuser nor the replication user goes through a
@@ -111,6 +113,9 @@ class ClusterState:
     """WAL archiving and backups through pgBackRest (``sagaz dev up --backup``)."""
     archive_timeout: int = DEFAULT_ARCHIVE_TIMEOUT
     retention_full: int = DEFAULT_RETENTION_FULL
+    monitoring: bool = False
+    """Prometheus and the exporters run with the cluster (``sagaz dev up --monitoring``, see
+    :mod:`sagaz.ha.monitoring`)."""
 
     def port(self, node: str) -> int:
         return self.base_port
@@ -185,6 +190,9 @@ class LocalCluster:
         for role in ("rw", "ro"):
             pool = d / f"pgbouncer-{role}"
             candidates += [pool / "userlist.txt", pool / "pgbouncer.ini", pool / "pgbouncer.log"]
+        from sagaz.ha.monitoring import LocalMonitoring
+
+        candidates += LocalMonitoring(self).private_files()
         return [path for path in candidates if path.exists()]
 
     # -- parts -----------------------------------------------------------------------------------
@@ -450,9 +458,11 @@ class LocalCluster:
     def down(self, purge: bool = False) -> None:
         """Stop the supervisor, the pools and the servers (fast: running transactions are rolled
         back); ``purge`` then deletes the directory, data and passwords included."""
+        from sagaz.ha.monitoring import stop_monitoring
         from sagaz.ha.supervisor import stop_supervisor
 
-        stop_supervisor(self)
+        stop_supervisor(self)  # first: it would start the monitoring processes again
+        stop_monitoring(self)
         for role in ("ro", "rw"):
             self.bouncer(role).stop()
         for name in reversed(self.state.nodes):
@@ -495,12 +505,14 @@ class LocalCluster:
                "PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(self.tls.ca_cert),
                "SAGAZ_APP_PASSWORD": self.passwords[APP_USER],
                "SAGAZ_READER_PASSWORD": self.passwords[READER_USER],
-               "SAGAZ_REPLICATION_PASSWORD": self.passwords[REPLICATION_USER]}
+               "SAGAZ_REPLICATION_PASSWORD": self.passwords[REPLICATION_USER],
+               "SAGAZ_MONITOR_PASSWORD": self.passwords[MONITOR_USER]}
         result = subprocess.run(
             [str(Path(self.state.bindir) / "psql"), "-X", "-q", "-h", self.primary.host, "-p",
              str(self.primary.port), "-U", SUPERUSER, "-d", "postgres",
              "-v", f"app_user={APP_USER}", "-v", f"reader_user={READER_USER}",
              "-v", f"replication_user={REPLICATION_USER}", "-v", f"app_db={self.state.dbname}",
+             "-v", f"monitor_user={MONITOR_USER}",
              "-f", "-"], input=script.read_text("utf-8"), env=env, capture_output=True,
             text=True)
         if result.returncode != 0:

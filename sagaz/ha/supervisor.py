@@ -37,6 +37,9 @@ it fell further behind than ``max_slot_wal_keep_size``, see :mod:`sagaz.ha.wal_s
 fresh base backup and a new slot, in the background so the read pool keeps being reconciled
 meanwhile (:mod:`sagaz.ha.slots`).
 
+With monitoring on (``sagaz dev up --monitoring``) it also starts again Prometheus or an
+exporter that died (:mod:`sagaz.ha.monitoring`).
+
 It runs as ``sagaz dev supervise --dir D`` (started in the background by ``sagaz dev up``, pid in
 ``D/supervisor.pid``, log in ``D/supervisor.log``, stopped by ``sagaz dev down``).
 """
@@ -54,8 +57,9 @@ import time
 from pathlib import Path
 
 from sagaz.errors import SagazError
-from sagaz.ha.dirlock import locked_by_a_command
+from sagaz.ha.dirlock import DirectoryBusy, directory_lock, locked_by_a_command
 from sagaz.ha.local import LocalCluster
+from sagaz.ha.monitoring import LocalMonitoring
 from sagaz.ha.osuser import process_alive
 from sagaz.ha.readpool import (
     CHECK_TIMEOUT,
@@ -110,6 +114,8 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                 cluster = LocalCluster.load(directory)
                 await reconcile_read_pool(cluster)
                 await healer.check(cluster)
+                if cluster.state.monitoring:
+                    await asyncio.to_thread(_restart_dead_monitoring, directory)
             except (SagazError, OSError, ValueError) as exc:
                 # One bad pass (a file being rewritten, PgBouncer restarting) must not end the
                 # supervision: the next pass tries again.
@@ -118,6 +124,19 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
             await _pause(stop, interval, started)
     finally:
         await healer.close()
+
+
+def _restart_dead_monitoring(directory: Path) -> None:
+    """Start again Prometheus or an exporter that died (its own log says why it stopped). Under
+    the directory lock, with cluster.json read again: a `dev up --no-monitoring` or `dev down`
+    that began since this pass started is not undone."""
+    try:
+        with directory_lock(directory, wait=False):
+            cluster = LocalCluster.load(directory)
+            if cluster.state.monitoring:
+                LocalMonitoring(cluster).restart_dead()
+    except DirectoryBusy:
+        pass  # a command runs: the next pass looks again
 
 
 async def _pause(stop: asyncio.Event, interval: float, started: float) -> None:

@@ -20,11 +20,13 @@ daily); keep that longer than any redelivery window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.base import Broker
@@ -33,7 +35,7 @@ from sagaz.outbox.event import OutboxEvent
 if TYPE_CHECKING:
     from sagaz.storage.capabilities import StorageWithInbox
 
-__all__ = ["ConsumerInbox", "consume"]
+__all__ = ["ConsumeHook", "ConsumerInbox", "consume"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,18 +149,37 @@ def _takes_connection(handler: Callable[..., Any]) -> bool:
     return "connection" in inspect.signature(handler).parameters
 
 
+class ConsumeHook(Protocol):
+    """Wraps the handling of each delivered event (tracing continues the producer's trace)."""
+
+    def handling(self, consumer_name: str, event: OutboxEvent) -> AbstractContextManager[Any]:
+        """Entered before the inbox and the handler run, left after (an error propagates)."""
+        ...
+
+
 async def consume(
     broker: Broker, consumer_name: str, handler: Callable[..., Awaitable[Any]], *,
     stop: Awaitable[None], inbox: ConsumerInbox | None = None, prefetch: int = 100,
+    hooks: Sequence[ConsumeHook] = (),
 ) -> None:
     """Deliver events to ``handler(event[, connection=...])`` as the durable consumer
     ``consumer_name`` until ``stop`` completes. With an ``inbox``, duplicates are dropped and the
-    broker's ack follows the inbox commit; without, the handler sees every delivery."""
+    broker's ack follows the inbox commit; without, the handler sees every delivery. ``hooks``
+    wrap each delivery (``sagaz.observability.tracing.SagaTracer`` continues the trace)."""
 
-    async def on_event(event: OutboxEvent) -> None:
+    async def deliver(event: OutboxEvent) -> None:
         if inbox is not None:
             await inbox.process(event.event_id, handler, event)
         else:
             await handler(event)
+
+    async def on_event(event: OutboxEvent) -> None:
+        if not hooks:
+            await deliver(event)
+            return
+        with contextlib.ExitStack() as stack:
+            for hook in hooks:
+                stack.enter_context(hook.handling(consumer_name, event))
+            await deliver(event)
 
     await broker.consume(consumer_name, on_event, stop=stop, prefetch=prefetch)

@@ -33,6 +33,7 @@ import random
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sagaz.errors import SagazError, StorageError
 from sagaz.outbox.brokers import BrokerAckTimeout
@@ -45,7 +46,7 @@ from sagaz.outbox.store import (
     OutboxStore,
 )
 
-__all__ = ["BrokerUnavailable", "OutboxStore", "OutboxWorker"]
+__all__ = ["BrokerUnavailable", "OutboxStore", "OutboxWorker", "PublishHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class OutboxWorker:
     listeners: list[Callable[[Sequence[OutboxEvent]], None]] = field(default_factory=list)
     """Called with the events the broker acknowledged, right after the acknowledgement (metrics,
     tracing, benchmarks); a listener that raises is logged and ignored."""
+    publish_hooks: list[PublishHook] = field(default_factory=list)
+    """Around each publish: they may rewrite the events just before (tracing puts the relay's
+    own span into the ``traceparent``) and see every outcome after."""
     failure_listeners: list[Callable[[Sequence[OutboxEvent]], None]] = field(default_factory=list)
     """Called with the events whose publish failed: refused, not acknowledged in time, or not
     sent because the broker was unreachable (metrics); raising is logged and ignored."""
@@ -203,6 +207,8 @@ class OutboxWorker:
     async def _publish(self, claimed: Sequence[ClaimedEvent]) -> None:
         """Publish claimed events and mark the outcome of each."""
         events = [c.event for c in claimed]
+        for hook in self.publish_hooks:
+            events = list(hook.publishing(events))
         try:
             outcomes = await self.broker.publish_batch(events)
         except BrokerAckTimeout as exc:
@@ -212,11 +218,13 @@ class OutboxWorker:
                            extra={"action": "outbox_ack_timeout", "events": len(events)})
             outcomes = [exc] * len(events)
         except Exception as exc:
+            self._published(events, [exc] * len(events))
             await self.outbox.release(self.worker_id, [e.event_id for e in events])
             self._broker_lost(exc, len(events))
             _tell(self.failure_listeners, events)
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self._broker_back()
+        self._published(events, outcomes)
         acked = [e for e, o in zip(events, outcomes, strict=True) if o is None]
         _tell(self.listeners, acked)
         if len(acked) < len(events):
@@ -236,6 +244,31 @@ class OutboxWorker:
                              self.max_attempts,
                              extra={"action": "outbox_dead_letter", "event_id": event_id})
         self.relayed += len(sent)
+
+
+    def _published(
+        self, events: Sequence[OutboxEvent], outcomes: Sequence[BaseException | None]
+    ) -> None:
+        for hook in self.publish_hooks:
+            try:
+                hook.published(events, outcomes)
+            except Exception:
+                logger.exception("outbox publish hook %r failed", hook,
+                                 extra={"action": "outbox_listener_failed"})
+
+
+class PublishHook(Protocol):
+    """Wraps the relay's publish of a batch (tracing)."""
+
+    def publishing(self, events: Sequence[OutboxEvent]) -> Sequence[OutboxEvent]:
+        """The events to publish instead (same ids and order; e.g. with headers added)."""
+        ...
+
+    def published(
+        self, events: Sequence[OutboxEvent], outcomes: Sequence[BaseException | None]
+    ) -> None:
+        """Each event's outcome: None when the broker acknowledged it, else the error."""
+        ...
 
 
 class BrokerUnavailable(SagazError):

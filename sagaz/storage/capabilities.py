@@ -11,6 +11,8 @@ gains a capability by implementing its methods, and nothing above it changes:
 - :class:`StorageWithInbox`: it keeps a consumer inbox (PostgreSQL);
 - :class:`ObservesCommits`: its group commit reports each batch (size and seconds) to hooks;
 - :class:`Pingable`: it can say cheaply whether its database answers (readiness probes);
+- :class:`~sagaz.storage.control.ControlStorage`: it keeps definition shapes and lets operator
+  verbs seize a saga (memory, SQLite, PostgreSQL);
 - :class:`StorageWithWaits`: it keeps signals and parked sagas (durable waits: every storage of
   sagaz).
 """

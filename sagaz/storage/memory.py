@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sagaz.engine.fingerprint import DefinitionShape
 from sagaz.engine.types import SagaState, SagaStatus, Signal
 from sagaz.errors import LeaseLostError, SagaNotFoundError, SignalRefusedError, StorageError
 from sagaz.storage.audit import AuditEntry, entries_of
 from sagaz.storage.base import ClosesOnExit, UnitOfWork
+from sagaz.storage.control import Seized, Seizure
 
 __all__ = ["InMemorySagaStorage"]
 
@@ -20,6 +22,8 @@ def _copy_state(state: SagaState, with_steps: bool = True) -> SagaState:
         {k: v.copy() for k, v in state.steps.items()} if with_steps else {},
         state.failed_step, state.error, state.idempotency_key, state.created_at,
         state.updated_at, state.lease_owner, state.lease_expires_at, state.version,
+        state.definition_fingerprint, state.definition_version,
+        None if state.cancel_requested is None else dict(state.cancel_requested),
         state.wake_at, state.signal_seq,
     )
 
@@ -30,18 +34,21 @@ class InMemorySagaStorage(ClosesOnExit):
 
     def __init__(
         self, *, readonly: bool = False,
-        _shared: tuple[dict[str, SagaState], dict[str, list[AuditEntry]]] | None = None,
+        _shared: tuple[dict[str, SagaState], dict[str, list[AuditEntry]],
+                       dict[str, DefinitionShape]] | None = None,
     ):
         self.readonly = readonly
         self._sagas: dict[str, SagaState] = {} if _shared is None else _shared[0]
         self._history: dict[str, list[AuditEntry]] = {} if _shared is None else _shared[1]
+        self._definitions: dict[str, DefinitionShape] = {} if _shared is None else _shared[2]
         self.events: list[Any] = []
         # saga id -> signal id -> (signal, consumed); dicts keep the order they were sent in.
         self._signals: dict[str, dict[str, tuple[Signal, bool]]] = {}
 
     def reader(self) -> InMemorySagaStorage:
         """A read-only view of the same data (stands in for a replica in tests)."""
-        return InMemorySagaStorage(readonly=True, _shared=(self._sagas, self._history))
+        return InMemorySagaStorage(readonly=True,
+                                   _shared=(self._sagas, self._history, self._definitions))
 
     def _record(self, saga_id: str, entries: list[AuditEntry], now: float) -> None:
         if entries:
@@ -207,4 +214,59 @@ class InMemorySagaStorage(ClosesOnExit):
     async def close(self) -> None:
         return None
 
+    # -- ControlStorage --------------------------------------------------------------------------
 
+    async def record_definition(self, shape: DefinitionShape) -> None:
+        self._check_writable()
+        self._definitions.setdefault(shape.fingerprint, shape)
+
+    async def load_definition(self, fingerprint: str) -> DefinitionShape | None:
+        return self._definitions.get(fingerprint)
+
+    async def seize(self, seizure: Seizure) -> Seized:
+        self._check_writable()
+        saga = self._sagas.get(seizure.saga_id)
+        if saga is None:
+            return Seized(None, False)
+        now = time.time()
+        live = (saga.lease_owner is not None and saga.lease_expires_at is not None
+                and saga.lease_expires_at >= now)
+        if saga.status not in seizure.statuses or (live and not seizure.fence_live_holder):
+            return Seized(_copy_state(saga), False, saga.lease_owner, saga.lease_expires_at)
+        previous = saga.lease_owner, saga.lease_expires_at
+        if seizure.keep_live_expiry and live:
+            pass
+        elif seizure.hand_off:
+            saga.lease_expires_at = now
+        else:
+            saga.lease_expires_at = now + seizure.lease_seconds
+        saga.lease_owner = seizure.owner
+        if seizure.cancel is not None:
+            saga.cancel_requested = {**seizure.cancel, "fenced": previous[0] if live else None}
+        if seizure.definition is not None:
+            saga.definition_fingerprint, saga.definition_version = seizure.definition
+        saga.updated_at = now
+        saga.version += 1
+        if seizure.entry is not None:
+            self._record(saga.saga_id, [seizure.entry], now)
+        fenced = live and previous[0] != seizure.owner
+        return Seized(_copy_state(saga), True, *previous, fenced=fenced)
+
+    async def release_fenced(self, saga_id: str, owner: str) -> bool:
+        self._check_writable()
+        saga = self._sagas.get(saga_id)
+        now = time.time()
+        if (saga is None or saga.cancel_requested is None or saga.status.is_final
+                or saga.cancel_requested.get("fenced") != owner
+                or saga.lease_expires_at is None or saga.lease_expires_at <= now):
+            return False
+        saga.lease_expires_at = now
+        return True
+
+    async def release(self, saga_id: str, owner: str) -> bool:
+        self._check_writable()
+        saga = self._sagas.get(saga_id)
+        if saga is None or saga.lease_owner != owner:
+            return False
+        saga.lease_owner = None
+        return True

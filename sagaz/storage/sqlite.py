@@ -19,11 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sagaz.engine.fingerprint import DefinitionShape
 from sagaz.engine.types import SagaState, SagaStatus, Signal, StepState, StepStatus
 from sagaz.errors import LeaseLostError, SagaNotFoundError, SignalRefusedError, StorageError
 from sagaz.private_files import PRIVATE_DIR_MODE, create_private_file
 from sagaz.storage.audit import AuditEntry, entries_of
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, report_batch, settle
+from sagaz.storage.control import Seized, Seizure
 from sagaz.storage.sql import migrations, queries
 
 if TYPE_CHECKING:
@@ -147,6 +149,8 @@ class SQLiteSagaStorage(ClosesOnExit):
                 "status": state.status.value, "context": context,
                 "idempotency_key": state.idempotency_key, "now": now,
                 "owner": state.lease_owner, "expires": now + lease_seconds,
+                "fingerprint": state.definition_fingerprint,
+                "definition_version": state.definition_version,
             })
             found = _load(conn, state.saga_id)
             assert found is not None
@@ -297,6 +301,66 @@ class SQLiteSagaStorage(ClosesOnExit):
             lambda conn: conn.execute(Q["saga_history"], {"saga_id": saga_id}).fetchall())
         return [AuditEntry(event, json.loads(details), at) for event, details, at in rows]
 
+    # -- ControlStorage --------------------------------------------------------------------------
+
+    async def record_definition(self, shape: DefinitionShape) -> None:
+        params = {"fingerprint": shape.fingerprint, "saga_name": shape.saga_name,
+                  "version": shape.version, "shape": json.dumps(shape.to_json())}
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["insert_definition"], {**params, "now": time.time()})
+
+        await self._write(op)
+
+    async def load_definition(self, fingerprint: str) -> DefinitionShape | None:
+        row = await self._run(lambda conn: conn.execute(
+            Q["select_definition"], {"fingerprint": fingerprint}).fetchone())
+        return None if row is None else DefinitionShape.from_json(json.loads(row[0]))
+
+    async def seize(self, seizure: Seizure) -> Seized:
+        audit = _audit_params(seizure.saga_id, [seizure.entry] if seizure.entry else [])
+        fingerprint, version = seizure.definition or (None, None)
+
+        def op(conn: sqlite3.Connection) -> Seized:
+            now = time.time()
+            row = conn.execute(Q["lease_of"], {"saga_id": seizure.saga_id}).fetchone()
+            if row is None:
+                return Seized(None, False)
+            status, owner, expires = SagaStatus(row[0]), row[1], row[2]
+            live = owner is not None and expires is not None and expires >= now
+            if status not in seizure.statuses or (live and not seizure.fence_live_holder):
+                return Seized(_load(conn, seizure.saga_id), False, owner, expires)
+            cancel = None if seizure.cancel is None else json.dumps(
+                {**seizure.cancel, "fenced": owner if live else None})
+            conn.execute(Q["seize_saga"], {
+                "saga_id": seizure.saga_id, "owner": seizure.owner, "now": now,
+                "expires": now + seizure.lease_seconds,
+                "keep_live_expiry": seizure.keep_live_expiry, "hand_off": seizure.hand_off,
+                "cancel": cancel, "fingerprint": fingerprint, "definition_version": version})
+            _insert_audit(conn, audit, now)
+            return Seized(_load(conn, seizure.saga_id), True, owner, expires,
+                          fenced=live and owner != seizure.owner)
+
+        result: Seized = await self._write(op)
+        return result
+
+    async def release_fenced(self, saga_id: str, owner: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(Q["release_fenced"],
+                               {"saga_id": saga_id, "owner": owner, "now": time.time()})
+            return cur.rowcount == 1
+
+        result: bool = await self._write(op)
+        return result
+
+    async def release(self, saga_id: str, owner: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(Q["release_claim"], {"saga_id": saga_id, "owner": owner})
+            return cur.rowcount == 1
+
+        result: bool = await self._write(op)
+        return result
+
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection | None) -> None:
             if conn is not None:
@@ -425,7 +489,9 @@ def _saga_from_row(row: tuple[Any, ...]) -> SagaState:
         saga_id=row[0], saga_name=row[1], status=SagaStatus(row[2]), context=json.loads(row[3]),
         failed_step=row[4], error=row[5], idempotency_key=row[6], created_at=row[7],
         updated_at=row[8], lease_owner=row[9], lease_expires_at=row[10], version=row[11],
-        wake_at=row[12], signal_seq=row[13],
+        definition_fingerprint=row[12], definition_version=row[13],
+        cancel_requested=None if row[14] is None else json.loads(row[14]),
+        wake_at=row[15], signal_seq=row[16],
     )
 
 

@@ -8,9 +8,10 @@
   these objects are created (imageName or imageCatalogRef, ``synchronous.number > 0``) are
   asserted by test_init_k8s.py, the others guard updates (immutable references) or fields these
   files leave out.
-- PodMonitor (``monitoring.coreos.com/v1``): :data:`POD_MONITOR_SCHEMA`, built from the fields
-  the Prometheus Operator's API reference documents for PodMonitorSpec, PodMetricsEndpoint and
-  SafeTLSConfig (no CRD of it is available offline); unknown fields are refused.
+- PodMonitor and PrometheusRule (``monitoring.coreos.com/v1``): :data:`POD_MONITOR_SCHEMA` and
+  :data:`PROMETHEUS_RULE_SCHEMA`, built from the fields the Prometheus Operator's API reference
+  documents for PodMonitorSpec, PodMetricsEndpoint, SafeTLSConfig, PrometheusRuleSpec, RuleGroup
+  and Rule (no CRD of it is available offline); unknown fields are refused.
 - everything else: ``kubernetes-validate --strict`` (Kubernetes' own OpenAPI schemas).
 """
 
@@ -165,6 +166,37 @@ POD_MONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {"type": "object", "additionalProperties": False, "properties": {
+            "groups": {"type": "array", "items": {
+                "type": "object", "required": ["name"], "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1}, "interval": _DURATION,
+                    "query_offset": _DURATION, "limit": {"type": "integer"},
+                    "partial_response_strategy": {"type": "string"},
+                    "labels": _STRINGS,
+                    "rules": {"type": "array", "items": {
+                        "type": "object", "required": ["expr"], "additionalProperties": False,
+                        "properties": {"alert": {"type": "string"},
+                                       "record": {"type": "string"},
+                                       "expr": {"type": ["string", "integer"]},
+                                       "for": _DURATION, "keep_firing_for": _DURATION,
+                                       "labels": _STRINGS, "annotations": _STRINGS},
+                        # Only one of record and alert must be set.
+                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}}}}}}},
+    },
+}
+_MONITORING_SCHEMAS = {"PodMonitor": POD_MONITOR_SCHEMA,
+                       "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
+
+
 def schema_errors(document: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft7Validator(schema)
     return [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
@@ -173,14 +205,16 @@ def schema_errors(document: dict[str, Any], schema: dict[str, Any]) -> list[str]
 
 def validate_manifests(paths: list[Path], scratch: Path) -> dict[str, list[dict[str, Any]]]:
     """Validate every object of ``paths`` by its kind's schema (module docstring); fails the test
-    with every error. Returns the objects by validator: "cnpg", "podmonitor", "kubernetes"."""
+    with every error. Returns the objects by validator: "cnpg", "podmonitor",
+    "prometheusrule", "kubernetes"."""
     tool = Path(sys.executable).parent / "kubernetes-validate"
     if not tool.exists():
         message = "kubernetes-validate is not installed (pip install -e '.[dev]')"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: {message}", pytrace=False)
         pytest.skip(message)
-    found: dict[str, list[dict[str, Any]]] = {"cnpg": [], "podmonitor": [], "kubernetes": []}
+    found: dict[str, list[dict[str, Any]]] = {"cnpg": [], "podmonitor": [],
+                                              "prometheusrule": [], "kubernetes": []}
     errors: list[str] = []
     plain: list[Path] = []
     for path in paths:
@@ -197,8 +231,13 @@ def validate_manifests(paths: list[Path], scratch: Path) -> dict[str, list[dict[
                 errors += [f"{where}: {e}" for e in schema_errors(document, schema)]
                 found["cnpg"].append(document)
             elif document["apiVersion"] == "monitoring.coreos.com/v1":
-                errors += [f"{where}: {e}" for e in schema_errors(document, POD_MONITOR_SCHEMA)]
-                found["podmonitor"].append(document)
+                monitoring = _MONITORING_SCHEMAS.get(document["kind"])
+                if monitoring is None:
+                    errors.append(f"{where}: no schema for monitoring.coreos.com/v1 "
+                                  f"{document['kind']}")
+                    continue
+                errors += [f"{where}: {e}" for e in schema_errors(document, monitoring)]
+                found[document["kind"].lower()].append(document)
             else:
                 rest.append(document)
                 found["kubernetes"].append(document)

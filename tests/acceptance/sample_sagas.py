@@ -4,6 +4,7 @@ here), so everything is at module level."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
 from typing import Any
 
@@ -76,3 +77,23 @@ class BlockingSaga(Saga):
     @compensate("second")
     def undo_second(self, ctx: SagaContext) -> None:
         pathlib.Path(ctx["marker"] + ".undo-second").touch()
+
+
+_log = logging.getLogger("sample_sagas")
+
+
+async def reserve_and_log(ctx: SagaContext) -> None:
+    # An action's own log call, without any saga fields: JSON logs tag it with saga and step.
+    _log.warning("reserving stock for %s", ctx.get("order", "?"),
+                 extra={"action": "sample_reserve"})
+
+
+async def undo_fails(ctx: SagaContext) -> None:
+    raise RuntimeError("stock service down")
+
+
+logged = (
+    Saga(name="cli-logged")
+    .add_step("reserve", reserve_and_log, undo_fails)
+    .add_step("charge", explode, undo)
+)

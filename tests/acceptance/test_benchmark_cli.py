@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_benchmark_postgres_runs_small(pg_server: str) -> None:
@@ -64,3 +65,19 @@ def test_benchmark_backup_without_the_server_binaries_exits_2_in_one_line() -> N
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds no initdb and postgres" in lines[0], result.stderr
     assert "benchmark backup:" not in result.stdout  # nothing was started
+
+
+def test_benchmark_report_validates_its_arguments_in_one_line(tmp_path: Path) -> None:
+    """Bad arguments stop before anything is measured or started: exit 2, one line (the run
+    itself, about two minutes: tests/benchmarks/test_report_benchmark.py)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for args, expected in ((["--profile", "huge"], "huge"),
+                           (["--broker", "kafka"], "unknown broker(s) ['kafka']"),
+                           (["--out", str(a_file)], "is a file; give a directory")):
+        result = subprocess.run([sys.executable, "-m", "sagaz", "benchmark", "report", *args],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "sagaz-report").exists()

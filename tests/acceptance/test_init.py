@@ -36,8 +36,8 @@ __all__ = ["_no_sagaz_env", "documents", "generate", "init", "load_env", "requir
 
 COMPOSE_SERVICES = {"postgres-primary", "postgres-init", "pgbackrest-backup", "pgbouncer-rw",
                     "pgbouncer-ro",
-                    "prometheus", "postgres-exporter", "pgbouncer-exporter",
-                    "pgbouncer-exporter-ro", "grafana"}
+                    "sagaz-worker", "sagaz-metrics", "prometheus", "postgres-exporter",
+                    "pgbouncer-exporter", "pgbouncer-exporter-ro", "grafana"}
 
 # -- docker-compose --------------------------------------------------------------------------------
 
@@ -57,7 +57,8 @@ def test_compose_files_pass_docker_compose_config(
     services = compose["services"]
     count = int(replicas or 0)
     names = ["postgres-replica"] + [f"postgres-replica-{i}" for i in range(2, count + 1)]
-    assert set(services) == COMPOSE_SERVICES | set(names[:count])
+    exporters = {n.replace("postgres-", "postgres-exporter-", 1) for n in names[:count]}
+    assert set(services) == COMPOSE_SERVICES | set(names[:count]) | exporters
     for name in ["postgres-primary", *names[:count]]:
         assert services[name]["image"] == "sagaz/postgres-pgbackrest:16-alpine"
         assert services[name]["build"] == "./pgbackrest"
@@ -247,7 +248,7 @@ def test_secrets_are_generated_private_and_nowhere_else(
     k8s_secret = k8s_documents[0]["stringData"]
     k8s_secrets = {v for k, v in k8s_secret.items() if k.endswith("-password")}
     # CloudNativePG needs no other password: no superuser's, its own replication and pool users.
-    assert len(compose_secrets) == 7 and len(k8s_secrets) == 2
+    assert len(compose_secrets) == 8 and len(k8s_secrets) == 2
     # The roles' Secrets the operator reads hold the same passwords.
     assert {d["stringData"]["password"] for d in k8s_documents[1:]} == k8s_secrets
     assert all(len(s) >= 32 for s in compose_secrets | k8s_secrets)

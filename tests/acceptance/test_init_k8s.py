@@ -22,11 +22,12 @@ __all__ = ["_no_sagaz_env"]  # the autouse fixture, for this module too
 
 MANIFESTS = ["namespace.yaml", "secrets.yaml", "secrets-example.yaml", "postgresql-cluster.yaml",
              "poolers.yaml", "backups.yaml", "maintenance-cronjob.yaml", "sagaz-worker.yaml",
-             "network-policies.yaml", "pod-monitors.yaml"]
+             "network-policies.yaml", "pod-monitors.yaml", "prometheus-rules.yaml",
+             "grafana-dashboards.yaml"]
 """With --backup-snapshot-class; backups.yaml is not written without it."""
-# Outside the kustomization: the example has no values, the PodMonitors need the Prometheus
-# Operator's CRDs.
-NOT_KUSTOMIZED = {"secrets-example.yaml", "pod-monitors.yaml"}
+# Outside the kustomization: the example has no values, the PodMonitors and the PrometheusRule
+# need the Prometheus Operator's CRDs.
+NOT_KUSTOMIZED = {"secrets-example.yaml", "pod-monitors.yaml", "prometheus-rules.yaml"}
 
 # What CloudNativePG's admission webhooks accept (its documented allowlist of PgBouncer
 # parameters; the PostgreSQL parameters it fixes or blocks): the CRD schemas do not say.
@@ -90,6 +91,7 @@ def test_kubernetes_manifests_validate_against_their_schemas(
     assert {d["kind"] for d in found["cnpg"]} == {"Cluster", "Pooler"} | (
         {"ScheduledBackup"} if backups else set())
     assert {d["kind"] for d in found["podmonitor"]} == {"PodMonitor"}
+    assert {d["kind"] for d in found["prometheusrule"]} == {"PrometheusRule"}
 
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
@@ -208,7 +210,8 @@ def _check_clients(resources: dict[tuple[str, str], dict[str, Any]], args: list[
     image = args[args.index("--image") + 1] if "--image" in args else "sagaz:latest"
     worker = resources["Deployment", "sagaz-worker"]["spec"]["template"]["spec"]
     assert worker["containers"][0]["image"] == image
-    assert worker["containers"][0]["command"] == ["sagaz", "worker"]
+    assert worker["containers"][0]["command"] == ["sagaz", "worker", "--metrics-port", "9464",
+                                                  "--metrics-host", "0.0.0.0"]
     for spec in (pod, worker):
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False

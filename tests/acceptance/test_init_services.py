@@ -130,7 +130,8 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
     # Fresh names, so this test's roles and database are its own on the shared cluster.
     suffix = os.urandom(3).hex()
     names = {"SAGAZ_APP_USER": f"app_{suffix}", "SAGAZ_READER_USER": f"reader_{suffix}",
-             "SAGAZ_REPLICATION_USER": f"repl_{suffix}", "SAGAZ_DATABASE": f"db_{suffix}"}
+             "SAGAZ_REPLICATION_USER": f"repl_{suffix}", "SAGAZ_DATABASE": f"db_{suffix}",
+             "SAGAZ_MONITOR_USER": f"monitor_{suffix}"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SAGAZ_"))}
     base["PATH"] = f"{cluster.state.bindir}:{base['PATH']}"
     # As in the containers: every client verifies the server (the local cluster's CA here).
@@ -138,7 +139,7 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
     admin = {**base, **names, "PGHOST": host, "PGPORT": port, "PGUSER": SUPERUSER,
              "PGPASSWORD": cluster.passwords[SUPERUSER],
              **{k: env[k] for k in ("SAGAZ_APP_PASSWORD", "SAGAZ_READER_PASSWORD",
-                                    "SAGAZ_REPLICATION_PASSWORD")}}
+                                    "SAGAZ_REPLICATION_PASSWORD", "SAGAZ_MONITOR_PASSWORD")}}
     for _ in range(2):  # idempotent
         result = _run(deploy / "init-primary.sh", "bash", admin)
         assert result.returncode == 0, result.stderr
@@ -184,6 +185,12 @@ def test_generated_init_scripts_and_schema_run_on_postgresql(
                          autocommit=True) as conn:
         row = conn.execute("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = %s",
                            (names["SAGAZ_REPLICATION_USER"],)).fetchone()
+        assert row == (True, False)
+        # postgres_exporter's role: pg_monitor, and no way into the application's database.
+        row = conn.execute("SELECT pg_has_role(%s, 'pg_monitor', 'MEMBER'), "
+                           "has_database_privilege(%s, %s, 'CONNECT')",
+                           (names["SAGAZ_MONITOR_USER"],) * 2 + (names["SAGAZ_DATABASE"],)
+                           ).fetchone()
         assert row == (True, False)
 
     # The replica bootstrap: a real pg_basebackup with its own slot, twice (a re-clone drops the

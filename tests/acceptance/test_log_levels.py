@@ -1,6 +1,7 @@
 """Every command of ``sagaz`` at every ``--log-level``: no log call may fail, and no ``extra`` key
 may name a LogRecord attribute (logging raises KeyError for one, but only for records of an
-enabled level: ``--log-level info`` once killed the worker's maintenance that way).
+enabled level: ``--log-level info`` once killed the worker's maintenance that way). Once more at
+debug with ``--log-format json``: every record must format as JSON.
 
 Commands run in-process (``sagaz.cli.main``) so a hook on ``Logger.makeRecord`` sees every record.
 The commands that would start a local cluster or a long benchmark run only up to their argument
@@ -46,6 +47,11 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "worker": (["worker", "--once", "--import", "sample_sagas"], relay, {0}),
         "sagas list": (["sagas", "list"], {}, {0}),
         "sagas show": (["sagas", "show", UNKNOWN_ID], {}, {1}),
+        "sagas cancel": (["sagas", "cancel", UNKNOWN_ID, "--reason", "r"], {}, {1}),
+        "sagas retry": (["sagas", "retry", UNKNOWN_ID], {}, {1}),
+        "sagas resume": (["sagas", "resume", UNKNOWN_ID, "--definition", "1"], {}, {1}),
+        "sagas check-versions": (["sagas", "check-versions", "--import", "sample_sagas"], {},
+                                 {0}),
         "sagas signal": (["sagas", "signal", UNKNOWN_ID, "Go", "--payload", "{}"], {}, {1}),
         "db migrate": (["db", "migrate", "--dsn", pg], {}, {0}),
         "db maintain": (["db", "maintain", "--dsn", pg], {}, {0}),
@@ -66,6 +72,8 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "benchmark outbox": (["benchmark", "outbox", "--events", "1"], {}, {2}),
         "benchmark brokers": (["benchmark", "brokers", "--events", "1"], {}, {2}),
         "benchmark backup": (["benchmark", "backup", "--size-mb", "1"], {}, {2}),
+        "benchmark report": (["benchmark", "report", "--broker", "kafka", "--out",
+                              str(tmp / "report")], {}, {2}),
         "dev up": (["dev", "up", "--replicas", "999", "--dir", nowhere], {}, {2}),
         "dev env": (["dev", "env", "--dir", nowhere], {}, {1, 2}),
         "dev status": (["dev", "status", "--dir", nowhere], {}, {1, 2}),
@@ -125,9 +133,10 @@ def test_the_table_names_every_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize(("level", "log_format"),
+                         [*((level, "text") for level in LEVELS), ("debug", "json")])
 def test_every_command_at_every_log_level(
-    level: str, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    level: str, log_format: str, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], collisions: list[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -141,7 +150,7 @@ def test_every_command_at_every_log_level(
                 scoped.setenv(name, value)
             previous = sagaz.configure(None)  # the global config comes from this env
             try:
-                code = main(["--log-level", level, *args])
+                code = main(["--log-level", level, "--log-format", log_format, *args])
             finally:
                 sagaz.configure(previous)
         captured = capsys.readouterr()

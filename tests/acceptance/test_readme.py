@@ -386,7 +386,9 @@ def test_status_json_example_has_the_keys_status_prints(block: Block) -> None:
     from sagaz.ha import health
 
     doc = json.loads(block.text)
-    assert set(doc) == _field_names(health.ClusterHealth) | {"healthy"}
+    assert set(doc) == _field_names(health.ClusterHealth) | {"healthy", "monitoring"}
+    # As tests/ha/test_monitoring_stack.py sees `dev status --json` print it.
+    assert set(doc["monitoring"]) == {"enabled", "prometheus_url", "stopped"}
     assert set(doc["nodes"][0]) == _field_names(health.NodeHealth)
     assert set(doc["replication"][0]) == _field_names(health.ReplicationStat)
     assert set(doc["slots"][0]) == _field_names(health.SlotStat)

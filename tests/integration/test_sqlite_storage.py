@@ -81,8 +81,8 @@ def run_together(barrier: Path, argv_list: list[list[str]]) -> list[Any]:
 # -- migrations ---------------------------------------------------------------------------------
 
 
-MIGRATIONS = [(1, "initial"), (2, "outbox"), (3, "outbox_relay"), (4, "audit_log"), (5, "reserved"),
-              (6, "durable_waits")]
+MIGRATIONS = [(1, "initial"), (2, "outbox"), (3, "outbox_relay"), (4, "audit_log"),
+              (5, "definition_versions"), (6, "durable_waits")]
 
 
 async def test_migrations_are_applied_once_and_reopening_is_idempotent(

@@ -302,17 +302,18 @@ async def test_a_crashed_resumer_leaves_the_saga_to_the_next_one(
 
 async def test_sqlite_upgrade_keeps_sagas_and_steps(tmp_path: Path) -> None:
     """Migration 0006 rebuilds saga_executions and saga_steps: a database written before it
-    keeps its rows (and the steps stay tied to their saga)."""
+    keeps its rows, their definition columns (0005) and the steps' tie to their saga."""
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE sagaz_migrations (version INTEGER PRIMARY KEY, "
                      "name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        for migration in migrations("sqlite")[:4]:
+        for migration in migrations("sqlite")[:5]:
             conn.executescript(migration.sql)
             conn.execute("INSERT INTO sagaz_migrations VALUES (?, ?, 0)",
                          (migration.version, migration.name))
         conn.execute("INSERT INTO saga_executions (saga_id, saga_name, status, context, "
-                     "created_at, updated_at) VALUES ('s1', 'old', 'COMPLETED', '{}', 1, 1)")
+                     "created_at, updated_at, definition_version) "
+                     "VALUES ('s1', 'old', 'COMPLETED', '{}', 1, 1, '2')")
         conn.execute("INSERT INTO saga_steps (saga_id, step_name, status) "
                      "VALUES ('s1', 'a', 'COMPLETED')")
     storage = SQLiteSagaStorage(path)
@@ -320,6 +321,7 @@ async def test_sqlite_upgrade_keeps_sagas_and_steps(tmp_path: Path) -> None:
         state = await storage.load("s1")
         assert state is not None and state.status is SagaStatus.COMPLETED
         assert state.step_status("a") is StepStatus.COMPLETED
+        assert state.definition_version == "2"
     finally:
         await storage.close()
     with sqlite3.connect(path) as conn:

@@ -4,13 +4,14 @@ import sagaz
 def test_public_names_are_pinned() -> None:
     """The public API is a contract: adding or removing a name must be a deliberate change."""
     assert sorted(sagaz.__all__) == sorted([
-        "ConfigurationError", "FailureStrategy", "LeaseLostError", "RecoveryReport", "RetryPolicy",
-        "Saga", "SagaConfig", "SagaContext", "SagaDefinitionError", "SagaFailedError",
-        "SagaHandle", "SagaListener", "SagaNotFoundError", "SagaResult", "SagaStatus",
-        "SagaTimeoutError", "SagazError", "SignalRefusedError", "StepRecord", "StepStatus",
-        "StepTimeoutError", "StorageError", "WaitTimeoutError", "Worker", "WorkerListener",
-        "__version__", "action", "compensate", "configure", "get_config", "recover", "register",
-        "shutdown", "signal", "wait",
+        "ConfigurationError", "FailureStrategy", "LeaseLostError", "OperatorError",
+        "RecoveryReport", "RetryPolicy", "Saga", "SagaConfig", "SagaContext",
+        "SagaDefinitionError", "SagaFailedError", "SagaHandle", "SagaListener",
+        "SagaNotFoundError", "SagaResult", "SagaStatus", "SagaTimeoutError", "SagazError",
+        "SignalRefusedError", "StepRecord", "StepStatus", "StepTimeoutError", "StorageError",
+        "WaitTimeoutError", "Worker", "WorkerListener", "__version__", "action", "cancel",
+        "check_versions", "compensate", "configure", "get_config", "recover", "register", "resume",
+        "retry", "shutdown", "signal", "wait",
     ])
     for name in sagaz.__all__:
         assert hasattr(sagaz, name), name

@@ -199,7 +199,8 @@ def _create_row(state: SagaState, lease: float) -> dict[str, Any]:
     return {"saga_id": state.saga_id, "saga_name": state.saga_name,
             "status": state.status.value, "context": state.context,
             "idempotency_key": state.idempotency_key, "owner": state.lease_owner,
-            "lease": lease}
+            "lease": lease, "fingerprint": state.definition_fingerprint,
+            "definition_version": state.definition_version}
 
 
 def _commit_rows(

@@ -21,7 +21,9 @@ def saga_from_row(row: Sequence[Any]) -> SagaState:
         saga_id=row[0], saga_name=row[1], status=SagaStatus(row[2]), context=json.loads(row[3]),
         failed_step=row[4], error=row[5], idempotency_key=row[6], created_at=row[7],
         updated_at=row[8], lease_owner=row[9], lease_expires_at=row[10], version=row[11],
-        wake_at=row[12], signal_seq=row[13],
+        definition_fingerprint=row[12], definition_version=row[13],
+        cancel_requested=None if row[14] is None else json.loads(row[14]),
+        wake_at=row[15], signal_seq=row[16],
     )
 
 
@@ -49,5 +51,6 @@ def copy_state(state: SagaState) -> SagaState:
     return SagaState(state.saga_id, state.saga_name, state.status, dict(state.context),
                      {k: v.copy() for k, v in state.steps.items()}, state.failed_step,
                      state.error, state.idempotency_key, state.created_at, state.updated_at,
-                     state.lease_owner, state.lease_expires_at, state.version, state.wake_at,
-                     state.signal_seq)
+                     state.lease_owner, state.lease_expires_at, state.version,
+                     state.definition_fingerprint, state.definition_version,
+                     state.cancel_requested, state.wake_at, state.signal_seq)

@@ -31,11 +31,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from sagaz.engine.fingerprint import DefinitionShape
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import SagaState, SagaStatus
 from sagaz.errors import ConfigurationError, StorageError
 from sagaz.storage.audit import AuditEntry
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, report_batch, settle
+from sagaz.storage.control import Seized, Seizure
+from sagaz.storage.postgresql import control
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
@@ -513,6 +516,31 @@ class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
         logger.info("replica behind %s, reading saga %s from the primary", min_lsn, saga_id,
                     extra={"action": "replica_fallback", "saga_id": saga_id})
         return await self.primary.load(saga_id)
+
+    # -- ControlStorage (sagaz/storage/control.py) ---------------------------------------------
+
+    async def record_definition(self, shape: DefinitionShape) -> None:
+        self._check_writable()
+        await self._run(lambda conn: control.record_definition(conn, shape))
+
+    async def load_definition(self, fingerprint: str) -> DefinitionShape | None:
+        return await self._run(lambda conn: control.load_definition(conn, fingerprint))
+
+    async def seize(self, seizure: Seizure) -> Seized:
+        self._check_writable()
+        return await self._run(lambda conn: control.seize(conn, seizure))
+
+    async def release_fenced(self, saga_id: str, owner: str) -> bool:
+        self._check_writable()
+        return await self._run(lambda conn: control.release_fenced(conn, saga_id, owner))
+
+    async def release(self, saga_id: str, owner: str) -> bool:
+        self._check_writable()
+        return await self._run(lambda conn: control.release(conn, saga_id, owner))
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise StorageError(f"{self!r} is read-only; write through the primary storage")
 
     async def close(self) -> None:
         """Let the writes in flight finish, then close the pool and wait for its tasks: nothing

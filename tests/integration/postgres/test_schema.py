@@ -21,7 +21,7 @@ Conn = psycopg.Connection[TupleRow]
 PARTITIONED = {"saga_executions": "created_at", "saga_outbox": "created_at",
                "saga_audit_log": "created_at"}
 PLAIN = {"saga_steps", "saga_signals", "consumer_inbox", "sagaz_partition_settings",
-         "sagaz_migrations"}
+         "sagaz_migrations", "saga_definitions"}
 ALL_VERSIONS = [m.version for m in migrations("postgresql")]
 
 
@@ -250,6 +250,7 @@ def test_primary_keys(pg_readonly_conn: Conn) -> None:
         "consumer_inbox": ["consumer_name", "event_id"],
         "sagaz_partition_settings": ["table_name"],
         "sagaz_migrations": ["version"],
+        "saga_definitions": ["fingerprint"],
     }
 
 

@@ -3,9 +3,11 @@
 -- Idempotent: re-running it resets the passwords and grants.
 --
 -- Passwords come from the environment, never from the command line (other users see that in ps):
---   SAGAZ_APP_PASSWORD, SAGAZ_READER_PASSWORD, SAGAZ_REPLICATION_PASSWORD
--- Names come from psql variables: app_user, reader_user, replication_user, app_db, and
--- app_schema (optional, default public): the schema sagaz's tables live in.
+--   SAGAZ_APP_PASSWORD, SAGAZ_READER_PASSWORD, SAGAZ_REPLICATION_PASSWORD,
+--   SAGAZ_MONITOR_PASSWORD (with monitor_user)
+-- Names come from psql variables: app_user, reader_user, replication_user, app_db,
+-- app_schema (optional, default public): the schema sagaz's tables live in, and monitor_user
+-- (optional): the role of postgres_exporter.
 --
 -- CloudNativePG (sagaz init --k8s) runs this file too, converted to plain SQL by
 -- sagaz/deploy/cnpg_sql.py: keep every password in a statement of its own (the operator sets
@@ -50,6 +52,19 @@ SELECT format('REVOKE pg_read_all_data FROM %I', :'reader_user')
 -- Replication lag, pg_stat_activity and the settings for dashboards (pg_stat_replication shows
 -- its lag columns only to pg_read_all_stats, which pg_monitor includes).
 SELECT format('GRANT pg_monitor TO %I', :'reader_user') \gexec
+
+-- postgres_exporter (deployments with monitoring): the statistics views and settings through
+-- pg_monitor, in the maintenance database `postgres` only. No CONNECT on the application's
+-- database (revoked from PUBLIC below) and no privilege on any table: a leaked monitoring
+-- password reads no saga.
+\if :{?monitor_user}
+\getenv monitor_password SAGAZ_MONITOR_PASSWORD
+SELECT format('CREATE ROLE %I LOGIN', :'monitor_user')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'monitor_user') \gexec
+SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS '
+              'CONNECTION LIMIT 10 PASSWORD %L', :'monitor_user', :'monitor_password') \gexec
+SELECT format('GRANT pg_monitor TO %I', :'monitor_user') \gexec
+\endif
 
 -- Streaming replication (pg_basebackup, replicas): no database access at all.
 SELECT format('CREATE ROLE %I LOGIN REPLICATION', :'replication_user')

@@ -16,12 +16,13 @@ SELECT pg_advisory_xact_lock(k)
 -- Rows come as one JSON array (json_to_recordset): far cheaper to build client-side than one
 -- array parameter per column, and the context travels as a nested object, not re-encoded text.
 INSERT INTO saga_executions (saga_id, saga_name, status, context, idempotency_key, created_at,
-                             updated_at, lease_owner, lease_expires_at, version)
+                             updated_at, lease_owner, lease_expires_at, version,
+                             definition_fingerprint, definition_version)
 SELECT u.saga_id, u.saga_name, u.status, u.context, u.idempotency_key, now(), now(),
-       u.owner, now() + make_interval(secs => u.lease), 0
+       u.owner, now() + make_interval(secs => u.lease), 0, u.fingerprint, u.definition_version
   FROM json_to_recordset(%(rows)s::json)
        AS u(saga_id uuid, saga_name text, status text, context jsonb, idempotency_key text,
-            owner text, lease float8)
+            owner text, lease float8, fingerprint text, definition_version text)
 -- The existing ids are probed through each partition's primary-key index with the id array: a
 -- join against the row set would be planned as a hash join over a sequential scan of every
 -- partition (the planner cannot know the row set is small), costing a full scan per batch.
@@ -136,6 +137,7 @@ SELECT saga_id::text FROM saga_executions WHERE saga_id = ANY(%(ids)s::uuid[]);
 SELECT saga_id::text, saga_name, status, context::text, failed_step, error, idempotency_key,
        extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8,
        lease_owner, extract(epoch FROM lease_expires_at)::float8, version,
+       definition_fingerprint, definition_version, cancel_requested::text,
        extract(epoch FROM wake_at)::float8, signal_seq
   FROM saga_executions
  WHERE saga_id = ANY(%(ids)s::uuid[]);
@@ -223,6 +225,7 @@ RETURNING s.saga_id::text;
 SELECT saga_id::text, saga_name, status, context::text, failed_step, error, idempotency_key,
        extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8,
        lease_owner, extract(epoch FROM lease_expires_at)::float8, version,
+       definition_fingerprint, definition_version, cancel_requested::text,
        extract(epoch FROM wake_at)::float8, signal_seq
   FROM saga_executions
  WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
@@ -403,3 +406,51 @@ UNION ALL SELECT 'consumer_inbox', count(*) FROM consumer_inbox;
 
 -- name: restore_drill_newest_saga
 SELECT extract(epoch FROM max(updated_at))::float8 FROM saga_executions;
+
+-- name: insert_definition
+INSERT INTO saga_definitions (fingerprint, saga_name, version, shape)
+VALUES (%(fingerprint)s, %(saga_name)s, %(version)s, %(shape)s::jsonb)
+ON CONFLICT (fingerprint) DO NOTHING;
+
+-- name: select_definition
+SELECT shape::text FROM saga_definitions WHERE fingerprint = %(fingerprint)s;
+
+-- name: lock_saga_lease
+-- An operator verb's seizure (sagaz/storage/control.py) reads the lease under a row lock, then
+-- decides and updates in the same transaction: an executor's commit waits for it, then finds
+-- the lease gone.
+SELECT status, lease_owner, extract(epoch FROM lease_expires_at)::float8,
+       extract(epoch FROM now())::float8, created_at
+  FROM saga_executions
+ WHERE saga_id = %(saga_id)s::uuid
+   FOR UPDATE;
+
+-- name: seize_saga
+UPDATE saga_executions
+   SET lease_owner = %(owner)s,
+       lease_expires_at = CASE
+           WHEN %(keep_live_expiry)s AND lease_expires_at >= now() THEN lease_expires_at
+           WHEN %(hand_off)s THEN now()
+           ELSE now() + make_interval(secs => %(lease)s) END,
+       cancel_requested = COALESCE(%(cancel)s::jsonb, cancel_requested),
+       definition_fingerprint = COALESCE(%(fingerprint)s::text, definition_fingerprint),
+       definition_version = CASE WHEN %(fingerprint)s::text IS NULL THEN definition_version
+                                 ELSE %(definition_version)s::text END,
+       updated_at = now(),
+       version = version + 1
+ WHERE saga_id = %(saga_id)s::uuid AND created_at = %(created_at)s;
+
+-- name: insert_audit_row
+INSERT INTO saga_audit_log (saga_id, event, details)
+VALUES (%(saga_id)s::uuid, %(event)s, %(details)s::jsonb);
+
+-- name: release_fenced
+-- The executor a cancel fenced has stopped: the lease left to run out for it ends now.
+UPDATE saga_executions SET lease_expires_at = now()
+ WHERE saga_id = %(saga_id)s::uuid AND cancel_requested ->> 'fenced' = %(owner)s
+   AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'COMPENSATING')
+   AND lease_expires_at > now();
+
+-- name: release_claim
+UPDATE saga_executions SET lease_owner = NULL
+ WHERE saga_id = %(saga_id)s::uuid AND lease_owner = %(owner)s;

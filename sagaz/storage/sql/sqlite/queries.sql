@@ -15,8 +15,10 @@ INSERT INTO sagaz_migrations (version, name, applied_at) VALUES (:version, :name
 
 -- name: insert_saga
 INSERT INTO saga_executions (saga_id, saga_name, status, context, idempotency_key, created_at,
-                             updated_at, lease_owner, lease_expires_at)
-VALUES (:saga_id, :saga_name, :status, :context, :idempotency_key, :now, :now, :owner, :expires)
+                             updated_at, lease_owner, lease_expires_at, definition_fingerprint,
+                             definition_version)
+VALUES (:saga_id, :saga_name, :status, :context, :idempotency_key, :now, :now, :owner, :expires,
+        :fingerprint, :definition_version)
 ON CONFLICT (saga_id) DO NOTHING;
 
 -- name: update_saga
@@ -57,7 +59,8 @@ SELECT 1 FROM saga_executions WHERE saga_id = :saga_id;
 
 -- name: select_saga
 SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key, created_at,
-       updated_at, lease_owner, lease_expires_at, version, wake_at, signal_seq
+       updated_at, lease_owner, lease_expires_at, version, definition_fingerprint,
+       definition_version, cancel_requested, wake_at, signal_seq
   FROM saga_executions
  WHERE saga_id = :saga_id;
 
@@ -82,7 +85,8 @@ RETURNING saga_id;
 
 -- name: list_sagas
 SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key, created_at,
-       updated_at, lease_owner, lease_expires_at, version, wake_at, signal_seq
+       updated_at, lease_owner, lease_expires_at, version, definition_fingerprint,
+       definition_version, cancel_requested, wake_at, signal_seq
   FROM saga_executions
  WHERE (:status IS NULL OR status = :status)
  ORDER BY created_at DESC
@@ -103,6 +107,44 @@ VALUES (:saga_id, :event, :details, COALESCE(:at, :now));
 
 -- name: saga_history
 SELECT event, details, created_at FROM saga_audit_log WHERE saga_id = :saga_id ORDER BY id;
+
+-- name: insert_definition
+INSERT INTO saga_definitions (fingerprint, saga_name, version, shape, recorded_at)
+VALUES (:fingerprint, :saga_name, :version, :shape, :now)
+ON CONFLICT (fingerprint) DO NOTHING;
+
+-- name: select_definition
+SELECT shape FROM saga_definitions WHERE fingerprint = :fingerprint;
+
+-- name: lease_of
+SELECT status, lease_owner, lease_expires_at FROM saga_executions WHERE saga_id = :saga_id;
+
+-- name: seize_saga
+-- An operator verb takes the saga's lease (see sagaz/storage/control.py); the statement runs
+-- in the write transaction that read lease_of, so nothing changes in between.
+UPDATE saga_executions
+   SET lease_owner = :owner,
+       lease_expires_at = CASE
+           WHEN :keep_live_expiry AND lease_expires_at >= :now THEN lease_expires_at
+           WHEN :hand_off THEN :now
+           ELSE :expires END,
+       cancel_requested = COALESCE(:cancel, cancel_requested),
+       definition_fingerprint = COALESCE(:fingerprint, definition_fingerprint),
+       definition_version = CASE WHEN :fingerprint IS NULL THEN definition_version
+                                 ELSE :definition_version END,
+       updated_at = :now,
+       version = version + 1
+ WHERE saga_id = :saga_id;
+
+-- name: release_fenced
+-- The executor a cancel fenced has stopped: the lease left to run out for it ends now.
+UPDATE saga_executions SET lease_expires_at = :now
+ WHERE saga_id = :saga_id AND json_extract(cancel_requested, '$.fenced') = :owner
+   AND status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED', 'COMPENSATING')
+   AND lease_expires_at > :now;
+
+-- name: release_claim
+UPDATE saga_executions SET lease_owner = NULL WHERE saga_id = :saga_id AND lease_owner = :owner;
 
 -- Durable waits (sagaz/engine/waits.py)
 

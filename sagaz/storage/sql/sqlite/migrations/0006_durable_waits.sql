@@ -18,6 +18,9 @@ CREATE TABLE saga_executions_new (
     lease_owner      TEXT,
     lease_expires_at REAL,
     version          INTEGER NOT NULL DEFAULT 0,
+    definition_fingerprint TEXT,
+    definition_version     TEXT,
+    cancel_requested       TEXT,
     -- A WAITING saga is due from then on (its earliest timer; 0 once a signal arrived).
     wake_at          REAL,
     -- Signals ever sent to the saga: a park that saw fewer wakes the saga at once.
@@ -26,9 +29,11 @@ CREATE TABLE saga_executions_new (
 
 INSERT INTO saga_executions_new (saga_id, saga_name, status, context, failed_step, error,
                                  idempotency_key, created_at, updated_at, lease_owner,
-                                 lease_expires_at, version)
+                                 lease_expires_at, version, definition_fingerprint,
+                                 definition_version, cancel_requested)
 SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key, created_at,
-       updated_at, lease_owner, lease_expires_at, version
+       updated_at, lease_owner, lease_expires_at, version, definition_fingerprint,
+       definition_version, cancel_requested
   FROM saga_executions;
 
 CREATE TABLE saga_steps_new (

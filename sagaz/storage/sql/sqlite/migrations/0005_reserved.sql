@@ -1,2 +1,0 @@
--- Reserved: this number belongs to another change of the schema (merged separately).
-SELECT 1;
