@@ -334,6 +334,7 @@ class SagaExecution(DurableWaits):
     ) -> None:
         """A step's action ended without completing: kept for the COMPENSATING commit, told to
         the plan."""
+        status = self.plan.ended_as(name, status)
         self.pending[name] = StepState(name, status, None, describe(exc) if exc else None,
                                        attempts, started, time.time())
         if exc is not None and self.error is None:

@@ -324,8 +324,19 @@ class SagaPlan:
     grace_over: bool = False
     grace_started: bool = False
     cancelling: set[str] = field(default_factory=set)
+    uncertain: set[str] = field(default_factory=set)
+    """Resumed after a crash: steps that may have run before it. Run again, they keep that
+    uncertainty if they do not complete this time (see :meth:`ended_as`)."""
 
     # -- events ----------------------------------------------------------------------------------
+
+    def ended_as(self, name: str, status: StepStatus) -> StepStatus:
+        """The status to record for a step whose action ended without completing. A step that
+        may have run before the crash and now failed or was cancelled may still have the first
+        run's effect: it is UNKNOWN, so that it is compensated."""
+        if name in self.uncertain and status in (StepStatus.FAILED, StepStatus.CANCELLED):
+            return StepStatus.UNKNOWN
+        return status
 
     def step_ended(self, name: str, status: StepStatus) -> None:
         """A step's action ended without completing (FAILED, UNKNOWN or CANCELLED); completions
@@ -379,6 +390,7 @@ class SagaPlan:
                 # The executor died: the steps it could have been running may have happened.
                 return BeginCompensation(ready_steps(graph, state), None, self.stop or
                                          Stop.RECOVERED)
+            self.uncertain = set(ready_steps(graph, state))
         if self.stop is None:
             if graph.waits:
                 return self._next_with_waits(state, in_flight, now)

@@ -80,6 +80,20 @@ class World:
         self.resumes = 0
         self._unsaved = set()
 
+    def __repr__(self) -> str:
+        b = self.behaviour
+        return (f"World(deps={self.graph.deps}, compensable={sorted(self.graph.compensable)}, "
+                f"waits={self.graph.waits}, failing={sorted(b.failing)}, "
+                f"failing_comp={sorted(b.failing_compensations)}, drains={sorted(b.drains)}, "
+                f"crash_after={self.crash_after}, lose={self.lose_commit}, "
+                f"strategy={self.strategy}, resume={self.resume}, recovered={self.recovered}, "
+                f"commands={self.journal.commands}, effects={self.journal.effects}, "
+                f"undone={self.journal.undone}, steps={self._statuses()}, "
+                f"status={self.state.status})")
+
+    def _statuses(self) -> dict[str, str]:
+        return {n: s.status.value for n, s in self.state.steps.items()}
+
     def send(self, name: str) -> None:
         """A signal arrives (kept until a wait of its name consumes it)."""
         self.state.signals.append(Signal(f"sig-{len(self.state.signals)}-{name}", name, {}))
@@ -219,12 +233,14 @@ class World:
             self._commit(lambda state: state.steps.__setitem__(name, StepState(name, status)))
             return
         if cancelled and name not in b.drains:
-            pending[name] = StepState(name, StepStatus.CANCELLED)
-            the_plan.step_ended(name, StepStatus.CANCELLED)
+            status = the_plan.ended_as(name, StepStatus.CANCELLED)
+            pending[name] = StepState(name, status)
+            the_plan.step_ended(name, status)
             return
         if name in b.failing:
-            pending[name] = StepState(name, StepStatus.FAILED)
-            the_plan.step_ended(name, StepStatus.FAILED)
+            status = the_plan.ended_as(name, StepStatus.FAILED)
+            pending[name] = StepState(name, status)
+            the_plan.step_ended(name, status)
             return
         self.journal.effects[name] = self.journal.effects.get(name, 0) + 1
         completes = the_plan.completes_saga(self.state, name)

@@ -137,3 +137,13 @@ def test_waits_resolve_by_signal_first_then_by_timer() -> None:
     assert plan.SagaPlan(graph).next(fresh, now=1.0) == plan.ResolveWait("w", go)
     fresh.signals.clear()
     assert plan.SagaPlan(graph).next(fresh, now=10.0) == plan.ResolveWait("w", None, None)
+
+
+def test_a_step_rerun_after_a_crash_keeps_its_uncertainty_when_it_does_not_complete() -> None:
+    """Found by the random replay: in resume mode a step that may have run before the crash,
+    run again and cancelled (or failed) this time, may still have the first run's effect."""
+    p = plan.SagaPlan(ROOTS, recovering=True, resume=True)
+    assert p.next(state()) == plan.RunSteps(("a", "b"))
+    assert p.ended_as("b", StepStatus.CANCELLED) is StepStatus.UNKNOWN
+    assert p.ended_as("a", StepStatus.FAILED) is StepStatus.UNKNOWN
+    assert plan.SagaPlan(ROOTS).ended_as("b", StepStatus.CANCELLED) is StepStatus.CANCELLED
