@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.filesize import decimal
-from rich.table import Table
 
 from sagaz.errors import ConfigurationError, SagazError
 from sagaz.ha.archive_settings import ARCHIVE_TIMEOUT_ENV, DEFAULT_ARCHIVE_TIMEOUT
@@ -37,11 +35,10 @@ from .dev_monitoring import (
     set_monitoring,
     start_monitoring,
 )
-from .output import err_console, escape, out, print_warning, table_console
+from .output import err_console, escape, out
 from .stages import stage_printer
 
 if TYPE_CHECKING:
-    from sagaz.ha.health import ClusterHealth
     from sagaz.ha.local import LocalCluster
 
 __all__ = ["DirOption", "cluster_lock", "dev_app", "load_cluster", "stage_printer"]
@@ -61,6 +58,7 @@ sagaz dev up --ha              # primary + 1 replica + pgbouncer-rw/ro (+ the su
 eval "$(sagaz dev env)"        # SAGAZ_STORAGE_URL, SAGAZ_ANALYTICS_URL, SAGAZ_DATABASE_URL
 sagaz dev status               # roles, replication lag, pools, partitions
 sagaz ha promote node1         # manual failover drill
+sagaz dev up --ha --failover   # or: Patroni + etcd, automatic failover (`sagaz ha switchover`)
 sagaz dev down --purge         # stop everything and delete the data
 ```
 
@@ -155,6 +153,28 @@ def up_command(
         show_default=False,
         help="With --backup: archive a partly filled WAL segment after this many seconds, the "
              f"bound on what a total loss can cost. Default {DEFAULT_ARCHIVE_TIMEOUT}.")] = None,
+    failover: Annotated[bool, typer.Option(
+        "--failover", envvar="SAGAZ_DEV_FAILOVER",
+        help="With --ha: automatic failover. --nodes etcd members and Patroni-managed servers; "
+             "the supervisor keeps pgbouncer-rw on the leader. See `sagaz ha switchover`.")
+    ] = False,
+    nodes: Annotated[int, typer.Option(
+        "--nodes", min=1, max=9, envvar="SAGAZ_DEV_NODES", metavar="N",
+        help="With --failover: how many nodes (etcd member + Patroni + PostgreSQL each); 3 "
+             "survive the loss of any one.")] = 3,
+    sync: Annotated[bool, typer.Option(
+        "--sync", envvar="SAGAZ_DEV_SYNC",
+        help="With --failover: synchronous replication (Patroni's synchronous_mode): a commit "
+             "returns once a standby has it, and no acknowledged commit is lost on failover.")
+    ] = False,
+    sync_strict: Annotated[bool, typer.Option(
+        "--sync-strict", envvar="SAGAZ_DEV_SYNC_STRICT",
+        help="With --sync: refuse writes while no synchronous standby is left "
+             "(synchronous_mode_strict) instead of going on without one.")] = False,
+    revive_after: Annotated[float, typer.Option(
+        "--revive-after", min=1, max=3600, envvar="SAGAZ_DEV_REVIVE_AFTER", metavar="SECONDS",
+        help="With --failover: the supervisor starts an etcd member or Patroni that died again "
+             "after this long (a new cluster).")] = 30.0,
     monitoring: Annotated[bool | None, typer.Option(
         "--monitoring/--no-monitoring", envvar="SAGAZ_DEV_MONITORING", show_default=False,
         help="Prometheus (with the alert rules) on 127.0.0.1:P+2000, postgres_exporter per "
@@ -194,6 +214,8 @@ def up_command(
         from sagaz.ha.local import LocalCluster
         from sagaz.ha.supervisor import start_supervisor, supervisor_pid
 
+        if failover or (exists and LocalCluster.load(directory).state.patroni is not None):
+            return _up_failover(exists)
         if exists:
             cluster = LocalCluster.load(directory)
             _check_compatible(cluster, replicas, base_port)
@@ -259,6 +281,40 @@ def up_command(
                       soft_wrap=True)
         _print_urls(cluster, directory)
         print_monitoring(cluster)
+        return ExitCode.OK
+
+    def _up_failover(exists: bool) -> int:
+        from sagaz.deploy.patroni import PatroniSettings
+        from sagaz.ha.patroni_cluster import PatroniCluster
+        from sagaz.ha.supervisor import start_supervisor
+
+        if not ha:
+            fail("--failover needs --ha (a Patroni cluster of --nodes nodes)")
+        if backup or replicas is not None:
+            fail("--failover takes --nodes, not --replicas, and no --backup (yet)")
+        if exists:
+            cluster = PatroniCluster.load(directory)
+            _check_compatible(cluster.local, None, base_port)
+        else:
+            cluster = PatroniCluster.new(
+                directory, nodes=nodes, base_port=base_port or DEFAULT_BASE_PORT,
+                revive_after=revive_after,
+                settings=PatroniSettings(synchronous_mode=sync,
+                                         synchronous_mode_strict=sync_strict))
+        started = time.monotonic()
+        title = f"{'starting' if exists else 'creating'} the failover cluster in " \
+            f"{escape(str(cluster.directory))} ({len(cluster.state.nodes)} nodes)"
+        with cluster_errors():
+            with stage_printer(title) as stage:
+                cluster.up(stage)
+            if supervise:
+                pid = start_supervisor(cluster.local, min(check_interval, 0.5))
+                out.print(f"supervisor: pid {pid} (log: "
+                          f"{escape(str(cluster.directory / 'supervisor.log'))})", soft_wrap=True)
+        out.print(f"[bold green]up[/] in {time.monotonic() - started:.2f} s: leader "
+                  f"{cluster.state.primary}, pgbouncer-rw :{cluster.state.rw_port}, "
+                  f"pgbouncer-ro :{cluster.state.ro_port}", soft_wrap=True)
+        _print_urls(cluster.local, directory)
         return ExitCode.OK
 
     execute(body)
@@ -345,9 +401,15 @@ def _shape(cluster: LocalCluster) -> str:
 
 def _print_urls(cluster: LocalCluster, directory: Path) -> None:
     env = cluster.env()
+    if cluster.state.patroni is not None:
+        from sagaz.ha.patroni_cluster import PatroniCluster
+
+        env = PatroniCluster(cluster).env()
     what = {"SAGAZ_STORAGE_URL": "write pool (pgbouncer-rw, transaction pooling, the primary)",
             "SAGAZ_ANALYTICS_URL": "read pool (pgbouncer-ro, the replicas; read-only user)",
             "SAGAZ_DATABASE_URL": "direct to the primary (migrations, `sagaz db`)"}
+    if cluster.state.patroni is not None:
+        what["SAGAZ_DATABASE_URL"] = "every node; libpq picks the leader (migrations, `sagaz db`)"
     out.print("\nUse these. They contain generated passwords, kept in "
               f"{escape(str(cluster.directory / 'secrets.json'))} (mode 0600):", soft_wrap=True)
     for key, value in env.items():
@@ -364,6 +426,15 @@ def env_command(directory: DirOption = DEFAULT_DIR) -> None:
 
     def body() -> int:
         cluster = load_cluster(directory)
+        if cluster.state.patroni is not None:
+            from sagaz.ha.patroni_cluster import PatroniCluster
+
+            failover = PatroniCluster(cluster)
+            for key, value in failover.env().items():
+                typer.echo(f"export {key}={shlex.quote(value)}")
+            typer.echo("# or, without the pool (libpq finds the leader; no transaction pooling):")
+            typer.echo(f"# export SAGAZ_STORAGE_URL={shlex.quote(failover.multihost_url())}")
+            return ExitCode.OK
         for key, value in cluster.env().items():
             typer.echo(f"export {key}={shlex.quote(value)}")
         return ExitCode.OK
@@ -387,84 +458,23 @@ def status_command(
         cluster = load_cluster(directory)
         from sagaz.ha.health import collect
 
+        from .dev_status import print_health
+
+        if cluster.state.patroni is not None:
+            from .dev_failover import print_patroni_status
+
+            return print_patroni_status(cluster, as_json)
         health = collect(cluster)
         if as_json:
             typer.echo(json.dumps({**health.to_dict(), "monitoring": monitoring_status(cluster)},
                                   indent=2, default=str))
         else:
-            _print_health(health)
+            print_health(health)
             print_monitoring(cluster)
         healthy = health.healthy and not monitoring_parts_stopped(cluster)
         return ExitCode.OK if healthy else ExitCode.FAILED
 
     execute(body)
-
-
-def _print_health(h: ClusterHealth) -> None:
-    lag = {r.name: r for r in h.replication}
-    grid = Table(title=f"nodes of {escape(h.directory)}", title_justify="left")
-    for column in ("node", "role", "address", "pid", "lsn", "state", "lag (bytes)",
-                   "lag (s)"):
-        grid.add_column(column, no_wrap=True,
-                        justify="right" if column.startswith(("lag", "pid")) else "left")
-    for n in h.nodes:
-        role = n.role if n.role == n.configured_role else f"{n.role} (expected {n.configured_role})"
-        style = None if n.role == n.configured_role else "bold red"
-        stat = lag.get(n.name)
-        state = stat.state if stat else (n.receiver_status or "-") if n.role == "replica" else "-"
-        lag_bytes = f"{stat.replay_lag_bytes:,}" if stat and stat.replay_lag_bytes is not None \
-            else "-"
-        seconds = stat.replay_lag_seconds if stat and stat.replay_lag_seconds is not None \
-            else n.replay_delay_seconds
-        grid.add_row(n.name, escape(role), f"{n.host}:{n.port}", str(n.pid or "-"),
-                     n.lsn or "-", escape(state or "-"), lag_bytes,
-                     "-" if seconds is None else f"{seconds:.3f}", style=style)
-    console = table_console()
-    console.print(grid)
-    names = {n.host: n.name for n in h.nodes}
-    pools = Table(title="pools", title_justify="left")
-    for column in ("pool", "port", "servers", "clients active/waiting", "servers active/idle",
-                   "transactions", "queries", "avg query"):
-        pools.add_column(column, no_wrap=True)
-    for p in h.pools.values():
-        hosts = ",".join(f"{names.get(a, a)}" for a in p.hosts) + \
-            (" (PAUSED)" if p.paused else "")
-        if not p.running or p.error:
-            pools.add_row(f"pgbouncer-{p.role}", str(p.port), "-",
-                          escape(p.error or "not running"), "", "", "", "", style="bold red")
-            continue
-        active = sum(x.get("cl_active", 0) for x in p.pools)
-        waiting = sum(x.get("cl_waiting", 0) for x in p.pools)
-        sv_active = sum(x.get("sv_active", 0) for x in p.pools)
-        sv_idle = sum(x.get("sv_idle", 0) for x in p.pools)
-        xacts = sum(x.get("total_xact_count", 0) for x in p.stats)
-        queries = sum(x.get("total_query_count", 0) for x in p.stats)
-        avg = max((x.get("avg_query_time", 0) for x in p.stats), default=0)
-        pools.add_row(f"pgbouncer-{p.role}", str(p.port), escape(hosts),
-                      f"{active}/{waiting}", f"{sv_active}/{sv_idle}", f"{xacts:,}",
-                      f"{queries:,}", f"{avg / 1000:.2f} ms")
-    console.print(pools)
-    for slot in h.slots:
-        left = ("" if slot.safe_wal_size is None else
-                f"; lost after {decimal(max(0, slot.safe_wal_size))} more of WAL")
-        if slot.wal_status == "unreserved":
-            print_warning(f"replication slot {slot.name} is beyond max_slot_wal_keep_size: the "
-                          "next checkpoint gives it up unless its replica catches up first")
-        elif not slot.active and not slot.lost:
-            print_warning(f"replication slot {slot.name} is inactive and keeps "
-                          f"{decimal(slot.retained_bytes or 0)} of WAL on {h.primary}{left}: "
-                          f"`sagaz ha rejoin {slot.name}` (or drop the slot)")
-    slots = ", ".join(f"{s.name} {s.wal_status}" + ("" if s.safe_wal_size is None else
-                      f" ({decimal(max(0, s.safe_wal_size))} before the cap)")
-                      for s in h.slots) or "-"
-    out.print(f"replication slots: {slots}", soft_wrap=True)
-    partitions = ", ".join(f"{t} {c}" for t, c in h.partitions.items()) or "-"
-    out.print(f"partitions: {partitions}", soft_wrap=True)
-    out.print("supervisor: " + (f"pid {h.supervisor_pid}" if h.supervisor_pid
-                                else "not running (pgbouncer-ro keeps a dead replica)"))
-    for error in h.errors:
-        print_warning(error)
-    out.print("[bold green]healthy[/]" if h.healthy else "[bold red]degraded[/]")
 
 
 @dev_app.command("down")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ExitCode, execute
+from .common import ExitCode, execute, fail
 from .dev import (
     DEFAULT_DIR,
     DirOption,
@@ -46,6 +46,9 @@ def restore_command(
         from sagaz.ha.backup.restore import RestoreTarget
 
         with locked_cluster(directory) as cluster:
+            if cluster.state.patroni is not None:
+                fail("dev restore does not support a cluster with automatic failover (it has "
+                     "no pgBackRest repository): see `sagaz dev up --backup` without --failover")
             target = RestoreTarget.parse(to)
             from sagaz.ha.backup.cluster_restore import restore_cluster
             from sagaz.ha.backup.repo import BackupRepository

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ExitCode, execute
+from .common import ExitCode, execute, fail
 from .dev import DEFAULT_DIR, DirOption, cluster_errors, locked_cluster, require_driver
 from .output import escape, out, print_warning
 
@@ -30,6 +30,10 @@ def rotate_secrets_command(
     def body() -> int:
         require_driver()
         with locked_cluster(directory) as cluster:
+            if cluster.state.patroni is not None:
+                fail("rotate-secrets does not support a cluster with automatic failover yet "
+                     "(Patroni keeps the superuser and replication passwords in patroni.yml): "
+                     "recreate it (`sagaz dev down --purge`, `sagaz dev up --ha --failover`)")
             from sagaz.ha.rotation import rotate_passwords
 
             with cluster_errors():

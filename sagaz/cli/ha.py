@@ -4,13 +4,17 @@ rejoin a node as a replica. The steps are in :mod:`sagaz.ha.failover`; this modu
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import ExitCode, execute
+from .common import ExitCode, execute, fail
 from .dev import DEFAULT_DIR, DirOption, cluster_errors, cluster_lock, load_cluster
 from .output import escape, out, print_warning
+
+if TYPE_CHECKING:
+    from sagaz.ha.patroni_cluster import PatroniCluster
 
 __all__ = ["ha_app"]
 
@@ -25,6 +29,12 @@ Applications keep their SAGAZ_STORAGE_URL: it names pgbouncer-rw, not a server.
 `rejoin NODE` makes a stopped or diverged node a streaming replica of the current primary.
 
 `sagaz dev status` shows the roles before and after.
+
+A cluster with automatic failover (`sagaz dev up --ha --failover`) is Patroni's to run: there
+`switchover [--to NODE]` hands the leader role over (planned: the leader agrees, nothing is
+lost), and `failover --to NODE` promotes a replica also when the leader is gone. Both go through
+Patroni's REST API; `promote` and `rejoin` refuse (Patroni rejoins an old leader by itself,
+with pg_rewind).
 """
 
 ha_app = typer.Typer(name="ha", no_args_is_help=True, help=HA_HELP, rich_markup_mode="markdown")
@@ -65,6 +75,10 @@ def promote_command(
 
     def locked() -> int:
         cluster = load_cluster(directory)
+        if cluster.state.patroni is not None:
+            fail(f"Patroni manages the roles of the cluster in {directory}: `sagaz ha "
+                 f"switchover --to {replica}` moves the leader (planned), `sagaz ha failover "
+                 f"--to {replica}` promotes it without the leader's consent")
         from sagaz.ha.failover import promote
 
         out.print(f"promoting {escape(replica)} (primary now: {cluster.state.primary})")
@@ -104,6 +118,9 @@ def rejoin_command(
 
     def locked() -> int:
         cluster = load_cluster(directory)
+        if cluster.state.patroni is not None:
+            fail(f"Patroni rejoins the nodes of the cluster in {directory} by itself (pg_rewind, "
+                 "else a new base backup): see `sagaz dev status`")
         from sagaz.ha.failover import rejoin
         from sagaz.ha.supervisor import refresh_read_pool
 
@@ -114,6 +131,65 @@ def rejoin_command(
         stages("done")
         out.print(f"[bold green]{escape(node)} is a replica of {cluster.state.primary}[/] "
                   f"({how})")
+        return ExitCode.OK
+
+    execute(body)
+
+
+def _patroni_cluster(directory: Path) -> PatroniCluster:
+    load_cluster(directory)  # no cluster there: the usage error saying how to start one
+    from sagaz.ha.patroni_cluster import PatroniCluster
+
+    return PatroniCluster.load(directory)
+
+
+ToOption = Annotated[str | None, typer.Option(
+    "--to", envvar="SAGAZ_HA_TO", metavar="NODE",
+    help="The replica to make the leader, e.g. node1 (see `sagaz dev status`).")]
+TimeoutOption = Annotated[float, typer.Option(
+    "--timeout", min=1, max=600, envvar="SAGAZ_HA_TIMEOUT", metavar="SECONDS",
+    help="How long to wait for the new leader to serve.")]
+
+
+@ha_app.command("switchover")
+def switchover_command(to: ToOption = None, directory: DirOption = DEFAULT_DIR,
+                       timeout: TimeoutOption = 60.0) -> None:
+    """Planned change of leader in a Patroni cluster: the leader stops accepting writes, waits
+    for the candidate (--to, else the healthiest replica) to catch up, and hands over; the
+    pools follow. Reports how long it took."""
+
+    def body() -> int:
+        cluster = _patroni_cluster(directory)
+        from sagaz.ha.patroni_admin import switchover
+
+        started = time.monotonic()
+        with cluster_errors():
+            old, new = switchover(cluster, to, timeout)
+        out.print(f"[bold green]{new} is the leader[/] (was {old}) after "
+                  f"{time.monotonic() - started:.2f} s; {old} rejoins as a replica", soft_wrap=True)
+        return ExitCode.OK
+
+    execute(body)
+
+
+@ha_app.command("failover")
+def failover_command(to: Annotated[str, typer.Option(
+        "--to", envvar="SAGAZ_HA_TO", metavar="NODE",
+        help="The replica to promote, e.g. node1 (see `sagaz dev status`).")],
+        directory: DirOption = DEFAULT_DIR, timeout: TimeoutOption = 60.0) -> None:
+    """Promote the replica --to now, with or without a healthy leader (Patroni refuses a
+    candidate that is not a healthy replica). Prefer `switchover` while the leader is healthy:
+    an asynchronous replica may miss the last commits."""
+
+    def body() -> int:
+        cluster = _patroni_cluster(directory)
+        from sagaz.ha.patroni_admin import failover
+
+        started = time.monotonic()
+        with cluster_errors():
+            old, new = failover(cluster, to, timeout)
+        out.print(f"[bold green]{new} is the leader[/] (was {old or 'none'}) after "
+                  f"{time.monotonic() - started:.2f} s", soft_wrap=True)
         return ExitCode.OK
 
     execute(body)

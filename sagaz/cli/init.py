@@ -28,6 +28,10 @@ def init(
     with_ha: Annotated[bool, typer.Option(
         "--with-ha", envvar="SAGAZ_INIT_WITH_HA",
         help="A primary with streaming replicas (--replicas) instead of a single server.")] = False,
+    failover: Annotated[bool, typer.Option(
+        "--failover", envvar="SAGAZ_INIT_FAILOVER",
+        help="With --with-ha (docker-compose): automatic failover, 3 etcd members and 3 Patroni "
+             "nodes; the pools follow the leader.")] = False,
     k8s: Annotated[bool, typer.Option(
         "--k8s", envvar="SAGAZ_INIT_K8S",
         help="Kubernetes manifests (under DIR/k8s/) instead of docker-compose files.")] = False,
@@ -50,9 +54,10 @@ def init(
              "your application's image with sagaz installed. Default: sagaz:latest.")] = None,
     sync: Annotated[bool, typer.Option(
         "--sync", envvar="SAGAZ_INIT_SYNC",
-        help="--k8s --with-ha: synchronous replication (CloudNativePG `dataDurability: "
-             "required`): a commit returns once a replica has it, so a failover loses no "
-             "acknowledged commit; writes wait while no replica is available.")] = False,
+        help="Synchronous replication: a commit returns once a replica has it, so a failover "
+             "loses no acknowledged commit. --k8s --with-ha: CloudNativePG `dataDurability: "
+             "required` (writes wait while no replica is available); --with-ha --failover: "
+             "Patroni's synchronous_mode.")] = False,
     max_slot_wal_keep_size: Annotated[str, typer.Option(
         "--max-slot-wal-keep-size", envvar=MAX_SLOT_WAL_KEEP_SIZE_ENV, metavar="SIZE",
         help="How far (MB, GB, TB of WAL) a replica may fall behind before the primary gives its "
@@ -119,6 +124,12 @@ without Docker, see `sagaz dev up --ha`.
 """
 
     def body() -> int:
+        if failover:
+            from .init_failover import init_failover
+
+            return init_failover(with_ha=with_ha, k8s=k8s, replicas=replicas,
+                                 directory=directory, tls_dir=tls_dir, force=force,
+                                 rotate_secrets=rotate_secrets, sync=sync)
         given = {"--namespace": namespace, "--storage-size": storage_size,
                  "--backup-snapshot-class": backup_snapshot_class}
         if not k8s and any(value is not None for value in given.values()):

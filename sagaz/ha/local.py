@@ -22,12 +22,10 @@ every conninfo this class hands out asks for it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -39,6 +37,7 @@ from typing import Any
 # psycopg is imported where a connection string is built, not here: `sagaz init` imports this
 # module for its names and settings and must work without a database driver.
 from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.addresses import conninfo_url, port_free
 from sagaz.ha.archive_settings import (
     DEFAULT_ARCHIVE_TIMEOUT,
     DEFAULT_RETENTION_FULL,
@@ -116,12 +115,19 @@ class ClusterState:
     monitoring: bool = False
     """Prometheus and the exporters run with the cluster (``sagaz dev up --monitoring``, see
     :mod:`sagaz.ha.monitoring`)."""
+    hosts: dict[str, str] = field(default_factory=dict)
+    """Addresses given explicitly (a node in a network namespace of its own); a node missing
+    here listens on its loopback address 127.0.0.(i+1)."""
+    patroni: dict[str, Any] | None = None
+    """Set for a cluster whose roles Patroni manages (``dev up --ha --failover``): its settings,
+    node command prefixes and networks (see :mod:`sagaz.ha.patroni_cluster`). ``primary`` is
+    then the leader the pools were last pointed at, which the supervisor keeps following."""
 
     def port(self, node: str) -> int:
         return self.base_port
 
     def host(self, node: str) -> str:
-        return f"127.0.0.{int(node.removeprefix('node')) + 1}"
+        return self.hosts.get(node) or f"127.0.0.{int(node.removeprefix('node')) + 1}"
 
     @property
     def rw_port(self) -> int:
@@ -190,6 +196,10 @@ class LocalCluster:
         for role in ("rw", "ro"):
             pool = d / f"pgbouncer-{role}"
             candidates += [pool / "userlist.txt", pool / "pgbouncer.ini", pool / "pgbouncer.log"]
+        for node in self.state.nodes if self.state.patroni is not None else []:
+            # sagaz.ha.patroni_cluster: Patroni's config holds every password of the node.
+            candidates += [d / node / name for name in
+                           ("patroni.yml", "patroni.log", "etcd.log", "patroni.pid", "etcd.pid")]
         from sagaz.ha.monitoring import LocalMonitoring
 
         candidates += LocalMonitoring(self).private_files()
@@ -281,6 +291,10 @@ class LocalCluster:
 
     def stopped_parts(self) -> list[str]:
         """What ``up`` would have to create or start: empty when the cluster is fully up."""
+        if self.state.patroni is not None:
+            from sagaz.ha.patroni_cluster import PatroniCluster
+
+            return PatroniCluster(self).stopped_parts()
         missing = [n for n in self.state.nodes if not self.node(n).running]
         missing += [f"pgbouncer-{r}" for r in ("rw", "ro") if self.bouncer(r).pid is None]
         return missing
@@ -291,14 +305,19 @@ class LocalCluster:
         return [u for u in GENERATED_USERS if u not in self.passwords]
 
     def running_parts(self) -> list[str]:
+        if self.state.patroni is not None:
+            from sagaz.ha.patroni_cluster import PatroniCluster
+
+            return PatroniCluster(self).running_parts()
         running = [n for n in self.state.nodes if self.node(n).running]
         running += [f"pgbouncer-{r}" for r in ("rw", "ro") if self.bouncer(r).pid is not None]
         return running
 
-    def preflight(self) -> None:
+    def preflight(self, elsewhere: frozenset[str] = frozenset()) -> None:
         """Fail before anything is created or started when this machine cannot run the cluster:
         missing binaries, a directory the service user cannot reach, a port another program
-        holds. Each error says what to change."""
+        holds. Each error says what to change. ``elsewhere``: nodes whose ports are not visible
+        from here (a network namespace of their own)."""
         bindir = Path(self.state.bindir)
         for tool in ("initdb", "postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "psql"):
             if not (bindir / tool).exists():
@@ -310,8 +329,9 @@ class LocalCluster:
         if self.state.backup:
             find_pgbackrest()
         check_reachable(service_user(), self.directory)
+        hidden = {self.state.host(n) for n in elsewhere}
         for host, port, what, running in self._listeners():
-            if not running and not _port_free(host, port):
+            if not running and host not in hidden and not port_free(host, port):
                 raise ConfigurationError(
                     f"port {port} on {host} ({what}) is in use by another program (another "
                     f"cluster, a system PostgreSQL?): choose other ports with --base-port "
@@ -381,8 +401,8 @@ class LocalCluster:
         rw = self.dsn(port=self.state.rw_port)
         ro = self.dsn(user=READER_USER, port=self.state.ro_port)
         direct = self.dsn()
-        return {"SAGAZ_STORAGE_URL": _url(rw), "SAGAZ_ANALYTICS_URL": _url(ro),
-                "SAGAZ_DATABASE_URL": _url(direct)}
+        return {"SAGAZ_STORAGE_URL": conninfo_url(rw), "SAGAZ_ANALYTICS_URL": conninfo_url(ro),
+                "SAGAZ_DATABASE_URL": conninfo_url(direct)}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -463,6 +483,11 @@ class LocalCluster:
 
         stop_supervisor(self)  # first: it would start the monitoring processes again
         stop_monitoring(self)
+        if self.state.patroni is not None:
+            from sagaz.ha.patroni_cluster import PatroniCluster
+
+            PatroniCluster(self).down(purge)
+            return
         for role in ("ro", "rw"):
             self.bouncer(role).stop()
         for name in reversed(self.state.nodes):
@@ -490,6 +515,10 @@ class LocalCluster:
             bouncer.stop()
             bouncer.start()
             return
+        if self.state.patroni is not None:
+            raise ConfigurationError(
+                f"Patroni manages {name}'s PostgreSQL: move the leader with `sagaz ha "
+                "switchover`; a node's server is restarted by its Patroni when it dies")
         node = self.node(name)
         if not node.exists:
             raise ConfigurationError(
@@ -566,31 +595,3 @@ class LocalCluster:
 
         with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=5) as conn:
             return migrate(conn)
-
-
-def _port_free(host: str, port: int) -> bool:
-    """Whether a server could listen on host:port (SO_REUSEADDR, as PostgreSQL and PgBouncer set
-    it: connections of a stopped server in TIME_WAIT do not count)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
-
-
-def _url(conninfo: str) -> str:
-    """A ``postgresql://`` URL for a key=value conninfo (the SAGAZ_* variables take URLs)."""
-    from urllib.parse import quote, urlencode
-
-    from psycopg.conninfo import conninfo_to_dict
-
-    p = conninfo_to_dict(conninfo)
-    url = (f"postgresql://{quote(str(p['user']), safe='')}:{quote(str(p['password']), safe='')}"
-           f"@{p['host']}:{p['port']}/{quote(str(p['dbname']), safe='')}")
-    tls: dict[str, str] = {k: str(p[k]) for k in ("sslmode", "sslrootcert") if k in p}
-    query = urlencode(tls, safe="/")
-    return f"{url}?{query}" if query else url

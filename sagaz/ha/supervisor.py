@@ -37,6 +37,14 @@ it fell further behind than ``max_slot_wal_keep_size``, see :mod:`sagaz.ha.wal_s
 fresh base backup and a new slot, in the background so the read pool keeps being reconciled
 meanwhile (:mod:`sagaz.ha.slots`).
 
+In a cluster with automatic failover (``dev up --ha --failover``) Patroni decides the roles and
+clones or rewinds replicas itself; the supervisor is then the one place that points the pools at
+what Patroni decided: pgbouncer-rw at the leader, pgbouncer-ro at the replicas that stream, from
+the members' REST API (:meth:`sagaz.ha.patroni_cluster.PatroniCluster.follow`, with the logic
+:mod:`sagaz.deploy.patroni_follow` shares with docker-compose). It also starts again an etcd
+member or a Patroni that died, a few seconds later (:meth:`~sagaz.ha.patroni_cluster.
+PatroniCluster.revive`), as a service manager would.
+
 With monitoring on (``sagaz dev up --monitoring``) it also starts again Prometheus or an
 exporter that died (:mod:`sagaz.ha.monitoring`).
 
@@ -112,8 +120,12 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
                 continue
             try:
                 cluster = LocalCluster.load(directory)
-                await reconcile_read_pool(cluster)
-                await healer.check(cluster)
+                if cluster.state.patroni is not None:
+                    # Patroni decides the roles (and rebuilds replicas); the pools follow it.
+                    await asyncio.to_thread(_follow_patroni, cluster)
+                else:
+                    await reconcile_read_pool(cluster)
+                    await healer.check(cluster)
                 if cluster.state.monitoring:
                     await asyncio.to_thread(_restart_dead_monitoring, directory)
             except (SagazError, OSError, ValueError) as exc:
@@ -124,6 +136,18 @@ async def supervise(directory: Path, interval: float = DEFAULT_INTERVAL,
             await _pause(stop, interval, started)
     finally:
         await healer.close()
+
+
+_dead_since: dict[str, float] = {}
+"""Since when each daemon of a failover cluster has been found dead (PatroniCluster.revive)."""
+
+
+def _follow_patroni(cluster: LocalCluster) -> None:
+    from sagaz.ha.patroni_cluster import PatroniCluster
+
+    failover = PatroniCluster(cluster)
+    failover.revive(_dead_since)
+    failover.follow()
 
 
 def _restart_dead_monitoring(directory: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,7 +93,7 @@ class MetricsServer:
         """Bind and serve in a thread; ConfigurationError when the address is unusable."""
         handler = _handler_for(self)
         try:
-            server = ThreadingHTTPServer((self.host, self.requested_port), handler)
+            server = _QuietServer((self.host, self.requested_port), handler)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve metrics on {self.host}:{self.requested_port} ({exc.strerror or exc})"
@@ -113,6 +114,20 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A scraper that gives up (Prometheus past its scrape_timeout) closes the socket while the
+    answer is written; socketserver would print that as a traceback on stderr."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            logger.debug("metrics client %s went away: %s", client_address, exc,
+                         extra={"action": "metrics_client_gone"})
+            return
+        logger.warning("metrics request from %s failed", client_address, exc_info=True,
+                       extra={"action": "metrics_request_failed"})
 
 
 def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:

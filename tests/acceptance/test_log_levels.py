@@ -84,6 +84,8 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "dev restore": (["dev", "restore", "--to", "latest", "--dir", nowhere], {}, {2}),
         "ha promote": (["ha", "promote", "node1", "--dir", nowhere], {}, {1, 2}),
         "ha rejoin": (["ha", "rejoin", "node1", "--dir", nowhere], {}, {1, 2}),
+        "ha switchover": (["ha", "switchover", "--dir", nowhere], {}, {2}),
+        "ha failover": (["ha", "failover", "--to", "node1", "--dir", nowhere], {}, {2}),
         # No cluster there: they stop at finding none (a real backup runs in tests/ha).
         "backup run": (["backup", "run", "--dir", nowhere], {}, {1, 2}),
         "backup list": (["backup", "list", "--dir", nowhere], {}, {1, 2}),
