@@ -5,9 +5,7 @@ it; tests that kill or promote servers start their own (tests/ha/devcluster.py).
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,24 +14,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from sagaz.ha.addresses import find_free_base_port
+
 if TYPE_CHECKING:
     from sagaz.ha.local import LocalCluster
 
 
 def free_base_port(nodes: int) -> int:
     """A base port free on every address and port a cluster of ``nodes`` servers uses."""
-    start = random.randrange(33000, 36000)
-    for base in range(start, start + 3000, 13):
-        addresses = [(f"127.0.0.{i + 1}", base) for i in range(nodes)]
-        addresses += [("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)]
-        try:
-            for host, port in addresses:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the test cluster")
+    return find_free_base_port(33000, 13, lambda base: [
+        *[(f"127.0.0.{i + 1}", base) for i in range(nodes)],
+        ("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)])
 
 
 @contextmanager

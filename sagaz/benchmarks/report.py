@@ -19,10 +19,9 @@ ports in a temporary directory and is stopped and removed at the end, also on fa
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-import random
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +42,7 @@ from sagaz.config import SagaConfig
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga
 from sagaz.engine.listeners import SagaListener
+from sagaz.ha.addresses import find_free_base_port
 from sagaz.ha.local import LocalCluster
 
 __all__ = ["PROFILES", "Profile", "ReportRun", "run_report"]
@@ -165,32 +165,22 @@ def _measure_embedded(profile: Profile) -> PathResult:
     return result
 
 
-def _free_base_port(nodes: int) -> int:
-    """A base port free on every loopback address and port a cluster of ``nodes`` uses."""
-    start = random.randrange(37000, 40000)
-    for base in range(start, start + 3000, 17):
-        from sagaz.benchmarks.report_monitoring import MONITORING_PORTS
+def _cluster_addresses(nodes: int, base: int) -> list[tuple[str, int]]:
+    """Every loopback address and port the temporary cluster of ``nodes`` servers listens on."""
+    from sagaz.benchmarks.report_monitoring import MONITORING_PORTS
 
-        addresses = [(f"127.0.0.{i + 1}", base + offset) for i in range(nodes)
-                     for offset in (0, MONITORING_PORTS[1])]  # the server, its exporter
-        addresses += [("127.0.0.1", base + offset)
-                      for offset in (1000, 1001, *MONITORING_PORTS)]
-        try:
-            for host, port in addresses:
-                with socket.socket() as probe:
-                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    probe.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free loopback ports for the temporary cluster")
+    addresses = [(f"127.0.0.{i + 1}", base + offset) for i in range(nodes)
+                 for offset in (0, MONITORING_PORTS[1])]  # the server, its exporter
+    return addresses + [("127.0.0.1", base + offset)
+                        for offset in (1000, 1001, *MONITORING_PORTS)]
 
 
 @contextmanager
 def _temporary_cluster() -> Iterator[LocalCluster]:
     parent = Path(tempfile.mkdtemp(prefix="sagaz-bench-report-"))
     parent.chmod(0o755)  # the servers run as an unprivileged user when we are root
-    cluster = LocalCluster.new(parent / "cluster", replicas=1, base_port=_free_base_port(2))
+    cluster = LocalCluster.new(parent / "cluster", replicas=1, base_port=find_free_base_port(
+        37000, 17, functools.partial(_cluster_addresses, 2)))
     try:
         cluster.up()
         yield cluster

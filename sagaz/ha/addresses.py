@@ -1,13 +1,18 @@
 """Addresses and connection strings of the local cluster: whether a port is free to listen on,
-and a conninfo as the ``postgresql://`` URL the SAGAZ_* variables take. No database driver at
-import time (``sagaz init`` imports the local cluster's names)."""
+a base port under which a whole cluster's ports are free, and a conninfo as the
+``postgresql://`` URL the SAGAZ_* variables take. No database driver at import time (``sagaz
+init`` imports the local cluster's names)."""
 
 from __future__ import annotations
 
 import errno
+import random
 import socket
+from collections.abc import Callable, Iterable
 
-__all__ = ["conninfo_url", "port_free"]
+__all__ = ["conninfo_url", "find_free_base_port", "port_free"]
+
+_SEARCH_SPAN = 3000
 
 
 def port_free(host: str, port: int) -> bool:
@@ -22,6 +27,18 @@ def port_free(host: str, port: int) -> bool:
                 return False
             raise
     return True
+
+
+def find_free_base_port(lowest: int, step: int,
+                   addresses: Callable[[int], Iterable[tuple[str, int]]]) -> int:
+    """A base port for which every (host, port) of ``addresses(base)`` is free: the search starts
+    at a random base in [lowest, lowest + 3000) so that clusters started at the same time on one
+    machine rarely probe the same ports, and goes up by ``step``."""
+    start = random.randrange(lowest, lowest + _SEARCH_SPAN)
+    for base in range(start, start + _SEARCH_SPAN, step):
+        if all(port_free(host, port) for host, port in addresses(base)):
+            return base
+    raise RuntimeError(f"no free loopback ports for a cluster from base port {start} up")
 
 
 def conninfo_url(conninfo: str) -> str:

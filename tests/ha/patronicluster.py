@@ -12,9 +12,7 @@ import contextlib
 import importlib.util
 import itertools
 import os
-import random
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +24,7 @@ import psycopg
 import pytest
 from devcluster import CliResult, kill_leftovers, require_cluster_binaries, run_cli
 
+from sagaz.ha.addresses import find_free_base_port
 from sagaz.ha.patroni_cluster import (
     API_OFFSET,
     ETCD_CLIENT_OFFSET,
@@ -51,19 +50,9 @@ def require_failover_binaries() -> None:
 
 def free_failover_port(nodes: int) -> int:
     """A base port whose every port of a failover cluster of ``nodes`` nodes is free."""
-    start = random.randrange(36000, 39000)
-    for base in range(start, start + 3000, 17):
-        addresses = [(f"127.0.0.{i + 1}", base + offset) for i in range(nodes)
-                     for offset in OFFSETS]
-        addresses += [("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)]
-        try:
-            for host, port in addresses:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the failover test cluster")
+    return find_free_base_port(36000, 17, lambda base: [
+        *[(f"127.0.0.{i + 1}", base + offset) for i in range(nodes) for offset in OFFSETS],
+        ("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)])
 
 
 @dataclass
