@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from init_helpers import free_port, generate, init, load_env, require_tool
+from init_helpers import _no_sagaz_env, free_port, generate, init, load_env, require_tool
 
 from sagaz.deploy import patroni_follow
 
@@ -30,13 +30,7 @@ NODES = ["patroni1", "patroni2", "patroni3"]
 SERVICES = {"etcd1", "etcd2", "etcd3", *NODES, "postgres-roles", "postgres-init",
             "pgbouncer-rw", "pgbouncer-ro", "prometheus"}
 
-
-@pytest.fixture(autouse=True)
-def _no_sagaz_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SAGAZ_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("COLUMNS", "400")
+__all__ = ["_no_sagaz_env"]  # the autouse fixture, for this module too
 
 
 @pytest.fixture
