@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from crash_sagas import MARKER_ENV, PAUSE_ENV, SAGAS, STEPS, read_lines
+from killed_child import sigkill_child_once_paused
 
 import sagaz
 from sagaz import SagaConfig, SagaStatus, StepStatus
@@ -120,25 +120,9 @@ def kill_child_at(boundary: Boundary, mode: str, tmp_path: Path) -> Crash:
     marker = tmp_path / "marker"
     stderr_path = tmp_path / "child.stderr"
     env = child_env(crash.db, **{PAUSE_ENV: boundary.point, MARKER_ENV: str(marker)})
-    with stderr_path.open("wb") as stderr:
-        child = subprocess.Popen(child_args(mode, crash, boundary.fail_step), env=env,
-                                 stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        deadline = time.monotonic() + CHILD_DEADLINE
-        while read_lines(marker) != [boundary.point]:
-            if child.poll() is not None:
-                pytest.fail(f"child exited ({child.returncode}) before reaching {boundary.point}:"
-                            f"\n{stderr_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"child did not reach {boundary.point} within {CHILD_DEADLINE}s:"
-                            f"\n{stderr_path.read_text()}")
-            time.sleep(0.005)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    sigkill_child_once_paused(child_args(mode, crash, boundary.fail_step), env, stderr_path,
+                              paused=lambda: read_lines(marker) == [boundary.point],
+                              waiting_for=boundary.point, within=CHILD_DEADLINE, poll=0.005)
     return crash
 
 

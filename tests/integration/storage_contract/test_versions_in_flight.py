@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from killed_child import sigkill_child_once_paused
 from storage_contract import Backend
 from versioned_sagas import V1_STEPS, V2_STEPS, forget, read_lines, set_pausing, v1, v2
 
@@ -57,23 +56,9 @@ def kill_child_once_paused(url: str, tmp_path: Path, name: str, pauses: dict[str
     stderr_path = tmp_path / "child.stderr"
     args = [sys.executable, str(CHILD), name, str(effects), str(marker),
             *(f"{saga_id}={pause}" for saga_id, pause in pauses.items())]
-    with stderr_path.open("wb") as stderr:
-        child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while len(read_lines(marker)) < len(pauses):
-            if child.poll() is not None:
-                pytest.fail(f"child exited ({child.returncode}) early:\n"
-                            f"{stderr_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the sagas did not reach their pauses within {DEADLINE}s")
-            time.sleep(0.01)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    sigkill_child_once_paused(args, env, stderr_path,
+                              paused=lambda: len(read_lines(marker)) >= len(pauses),
+                              waiting_for="all the sagas' pauses", within=DEADLINE, poll=0.01)
 
 
 async def start_v1_and_die(backend: Backend, tmp_path: Path, name: str) -> dict[str, str]:
