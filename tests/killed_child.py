@@ -12,6 +12,16 @@ from pathlib import Path
 
 import pytest
 
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any SAGAZ_* setting, plus ``extra``, with this
+    directory on the child's path (its sagas write through effects_file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAZ_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
+    return {**env, **extra}
+
 
 def sigkill_child_once_paused(args: list[str], env: dict[str, str], stderr_path: Path, *,
                               paused: Callable[[], bool], waiting_for: str, within: float,

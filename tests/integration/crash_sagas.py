@@ -17,32 +17,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from effects_file import append_line
 
 from sagaz import Saga, SagaContext, SagaListener
 
 STEPS = ("a", "b", "c")
 PAUSE_ENV = "SAGAZ_CRASH_PAUSE_AT"
 MARKER_ENV = "SAGAZ_CRASH_MARKER"
-
-
-def append_line(path: str | Path, line: str) -> None:
-    """Append ``line`` durably: it is on disk when this returns, whatever happens next."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{line}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of an effects or marker file ([] if it does not exist yet)."""
-    try:
-        return Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 def pause_at(boundary: str) -> None:

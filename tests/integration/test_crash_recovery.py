@@ -16,7 +16,6 @@ for the dead executor's lease to expire and calls ``sagaz.recover()``. Whatever 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -27,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from crash_sagas import MARKER_ENV, PAUSE_ENV, SAGAS, STEPS, read_lines
+from crash_sagas import MARKER_ENV, PAUSE_ENV, SAGAS, STEPS
+from effects_file import read_lines
+from killed_child import child_env as child_environment
 from killed_child import sigkill_child_once_paused
 
 import sagaz
@@ -99,10 +100,8 @@ class Crash:
 
 
 def child_env(db: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAZ_")}
-    env.update(SAGAZ_STORAGE_URL=f"sqlite:///{db}", SAGAZ_LEASE_SECONDS=str(LEASE_SECONDS),
-               **extra)
-    return env
+    return child_environment(SAGAZ_STORAGE_URL=f"sqlite:///{db}",
+                             SAGAZ_LEASE_SECONDS=str(LEASE_SECONDS), **extra)
 
 
 def child_args(mode: str, crash: Crash, fail_step: str | None) -> list[str]:

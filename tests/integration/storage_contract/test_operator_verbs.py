@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from effects_file import read_lines
 from storage_contract import Backend
-from versioned_sagas import V1_STEPS, build, forget, read_lines, set_pausing, v1, v2
+from versioned_sagas import V1_STEPS, build, forget, set_pausing, v1, v2
 
 import sagaz
 from sagaz import OperatorError, RetryPolicy, Saga, SagaContext, SagaStatus, StepStatus

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from killed_child import sigkill_child_once_paused
+from effects_file import read_lines
+from killed_child import child_env, sigkill_child_once_paused
 from storage_contract import Backend
-from versioned_sagas import V1_STEPS, V2_STEPS, forget, read_lines, set_pausing, v1, v2
+from versioned_sagas import V1_STEPS, V2_STEPS, forget, set_pausing, v1, v2
 
 import sagaz
 from sagaz import SagaStatus
@@ -51,8 +51,7 @@ async def wait_for_markers(marker: Path, count: int) -> None:
 def kill_child_once_paused(url: str, tmp_path: Path, name: str, pauses: dict[str, str]) -> None:
     """Run the sagas (id -> pause point) in a child process; SIGKILL it once all paused."""
     effects, marker = tmp_path / "effects.log", tmp_path / "marker"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAZ_")}
-    env.update(SAGAZ_STORAGE_URL=url, SAGAZ_LEASE_SECONDS=str(LEASE))
+    env = child_env(SAGAZ_STORAGE_URL=url, SAGAZ_LEASE_SECONDS=str(LEASE))
     stderr_path = tmp_path / "child.stderr"
     args = [sys.executable, str(CHILD), name, str(effects), str(marker),
             *(f"{saga_id}={pause}" for saga_id, pause in pauses.items())]

@@ -15,31 +15,15 @@ context survives the crash, the pause must not: recovery runs with it off).
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Any
+
+from effects_file import append_line
 
 from sagaz import Saga, SagaContext
 from sagaz.engine import definition
 
 V1_STEPS = ("reserve", "charge", "ship")
 V2_STEPS = ("reserve", "charge_card", "notify")
-
-
-def append_line(path: str | Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{line}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_lines(path: str | Path) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 _pausing = {"on": False}
