@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from process_output import stdout_lines
 
 import sagaz
 from sagaz.cli import main
@@ -351,13 +350,7 @@ def test_worker_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         sagaz_cmd("worker", "--import", "sample_sagas"), cwd=tmp_path,
         env=_env(SAGAZ_WORKER_INTERVAL="0.05"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read_lines() -> None:  # readline() has no timeout: read in a thread, wait on the queue
-        for line in proc.stdout or []:
-            lines.put(line)
-
-    threading.Thread(target=read_lines, daemon=True).start()
+    lines = stdout_lines(proc)
     try:
         first = lines.get(timeout=20)
         assert "worker started" in first

@@ -4,17 +4,16 @@ PostgreSQL database per test (fixtures in tests/pg_fixtures.py)."""
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 from pg_fixtures import as_url
+from process_output import stdout_lines
 
 from sagaz.storage.sql import migrations
 
@@ -299,14 +298,7 @@ def test_a_running_worker_maintains_at_start_and_stops_cleanly(
         [sys.executable, "-m", "sagaz", "worker", "--interval", "0.2"], cwd=tmp_path,
         env=_env(SAGAZ_STORAGE_URL=as_url(pg_dsn)), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:  # readline() has no timeout: read in a thread, wait on the queue
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
+    lines = stdout_lines(proc)
     try:
         seen: list[str] = []
         while not any("maintenance:" in ln for ln in seen):

@@ -5,16 +5,15 @@ stops it; bad options are one-line usage errors (exit 2)."""
 from __future__ import annotations
 
 import asyncio
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from metrics_scrape import probe, scrape, wait_for
+from process_output import stdout_lines
 from test_db_cli import _env, assert_clean_error, cli
 
 from sagaz import SagaStatus
@@ -51,18 +50,6 @@ def _orphan(db: Path) -> None:
     asyncio.run(make())
 
 
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:  # readline() has no timeout: read in a thread, wait on the queue
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
 @pytest.mark.timeout(90)
 def test_the_worker_serves_its_metrics_and_probes(tmp_path: Path) -> None:
     (tmp_path / "shop.py").write_text(SAGA_MODULE)
@@ -72,7 +59,7 @@ def test_the_worker_serves_its_metrics_and_probes(tmp_path: Path) -> None:
          "--metrics-port", "0"], cwd=tmp_path,
         env=_env(SAGAZ_BROKER_URL="memory://", PYTHONPATH=str(tmp_path)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = _lines(proc)
+    lines = stdout_lines(proc)
     try:
         first = lines.get(timeout=30)
         assert "metrics on http://127.0.0.1:" in first, first
