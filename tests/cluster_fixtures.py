@@ -5,6 +5,7 @@ it; tests that kill or promote servers start their own (tests/ha/devcluster.py).
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,11 +21,16 @@ if TYPE_CHECKING:
     from sagaz.ha.local import LocalCluster
 
 
+def cluster_addresses(nodes: int, base: int) -> list[tuple[str, int]]:
+    """The addresses a cluster of ``nodes`` servers on ``base`` listens on: a server per
+    loopback address, pgbouncer-rw and -ro on 127.0.0.1."""
+    return [*[(f"127.0.0.{i + 1}", base) for i in range(nodes)],
+            ("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)]
+
+
 def free_base_port(nodes: int) -> int:
     """A base port free on every address and port a cluster of ``nodes`` servers uses."""
-    return find_free_base_port(33000, 13, lambda base: [
-        *[(f"127.0.0.{i + 1}", base) for i in range(nodes)],
-        ("127.0.0.1", base + 1000), ("127.0.0.1", base + 1001)])
+    return find_free_base_port(33000, 13, functools.partial(cluster_addresses, nodes))
 
 
 @contextmanager

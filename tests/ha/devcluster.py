@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,13 +74,16 @@ class DevCluster:
 
 
 @contextlib.contextmanager
-def dev_cluster(replicas: int, *up_args: str) -> Iterator[DevCluster]:
-    """A cluster of ``sagaz dev up --ha --replicas REPLICAS UP_ARGS...``."""
+def dev_cluster(replicas: int, *up_args: str, base_port: int | None = None,
+                clean_up: Callable[[Path], None] | None = None) -> Iterator[DevCluster]:
+    """A cluster of ``sagaz dev up --ha --replicas REPLICAS UP_ARGS...`` on ``base_port`` (by
+    default one free for its servers and pools). After ``dev down`` and killing leftovers,
+    ``clean_up(directory)`` stops what else the test's options started."""
     require_cluster_binaries()
     parent = Path(tempfile.mkdtemp(prefix="sagaz-ha-test-"))
     parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
     directory = parent / "cluster"
-    base = free_base_port(replicas + 1)
+    base = free_base_port(replicas + 1) if base_port is None else base_port
     try:
         result = run_cli("dev", "up", "--ha", "--replicas", str(replicas), "--dir",
                          str(directory), "--base-port", str(base), *up_args)
@@ -90,6 +93,8 @@ def dev_cluster(replicas: int, *up_args: str) -> Iterator[DevCluster]:
         if (directory / "cluster.json").exists():
             run_cli("dev", "down", "--purge", "--dir", str(directory))
         kill_leftovers(parent)
+        if clean_up is not None:
+            clean_up(directory)
         shutil.rmtree(parent, ignore_errors=True)
 
 

@@ -13,11 +13,8 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import stat
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -27,11 +24,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from cluster_fixtures import free_base_port
-from devcluster import DevCluster, kill_leftovers, require_cluster_binaries, run_cli
+from cluster_fixtures import cluster_addresses
+from devcluster import DevCluster, dev_cluster, require_cluster_binaries
 from prometheus_client.parser import text_string_to_metric_families
 
 from sagaz.errors import ConfigurationError
+from sagaz.ha.addresses import find_free_base_port
 from sagaz.ha.local import MONITOR_USER
 from sagaz.ha.monitoring import PORT_OFFSET, LocalMonitoring, find_monitoring_binaries
 from sagaz.monitoring.dashboards import DASHBOARDS
@@ -46,17 +44,10 @@ def _free_monitoring_base() -> int:
     """A base port whose cluster ports (and those of a third node, which a test adds) and
     monitoring ports (P+2000..P+2004, the exporters of node1 and node2 on 127.0.0.2, .3) are all
     free."""
-    for _ in range(50):
-        base = free_base_port(3)
-        try:
-            for host, offset in [("127.0.0.1", PORT_OFFSET + i) for i in range(5)] + [
-                    ("127.0.0.2", PORT_OFFSET + 2), ("127.0.0.3", PORT_OFFSET + 2)]:
-                with socket.socket() as s:
-                    s.bind((host, base + offset))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the monitoring test")
+    return find_free_base_port(33000, 13, lambda base: cluster_addresses(3, base) + [
+        (host, base + offset) for host, offset in
+        [("127.0.0.1", PORT_OFFSET + i) for i in range(5)]
+        + [("127.0.0.2", PORT_OFFSET + 2), ("127.0.0.3", PORT_OFFSET + 2)]])
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +59,10 @@ def monitored() -> Iterator[DevCluster]:
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(f"CI=true: {exc}", pytrace=False)
         pytest.skip(str(exc))
-    parent = Path(tempfile.mkdtemp(prefix="sagaz-monitoring-test-"))
-    parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
-    directory = parent / "cluster"
-    base = _free_monitoring_base()
-    try:
-        result = run_cli("dev", "up", "--ha", "--replicas", "1", "--monitoring",
-                         "--check-interval", "0.5", "--dir", str(directory),
-                         "--base-port", str(base))
-        assert result.code == 0, result.out + result.err
-        yield DevCluster(directory, base, result)
-    finally:
-        if (directory / "cluster.json").exists():
-            run_cli("dev", "down", "--purge", "--dir", str(directory))
-        kill_leftovers(parent)
-        _kill_monitoring_leftovers(directory)
-        shutil.rmtree(parent, ignore_errors=True)
+    with dev_cluster(1, "--monitoring", "--check-interval", "0.5",
+                     base_port=_free_monitoring_base(),
+                     clean_up=_kill_monitoring_leftovers) as cluster:
+        yield cluster
 
 
 def _kill_monitoring_leftovers(directory: Path) -> None:
