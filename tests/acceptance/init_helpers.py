@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,8 @@ import yaml
 
 from sagaz.cli import main
 
-__all__ = ["WEAK", "_no_sagaz_env", "documents", "free_port", "generate", "init", "load_env",
-           "require_tool", "service_dir"]
+__all__ = ["WEAK", "_no_sagaz_env", "docker_compose_config", "documents", "free_port",
+           "generate", "init", "load_env", "require_tool", "service_dir"]
 
 # A weak or well-known password: user:password@ in URLs, or a *PASSWORD* key set to one.
 WEAK = re.compile(
@@ -34,6 +35,17 @@ def require_tool(path: str | None, what: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)
+
+
+def docker_compose_config(directory: Path, *, quiet: bool = True
+                          ) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` in ``directory``: whether docker-compose accepts the files (and
+    finds every variable they need) and, not ``quiet``, the resolved file on stdout. Fails under
+    CI=true, skips elsewhere, without docker-compose."""
+    tool = require_tool(shutil.which("docker-compose"),
+                        "docker-compose (apt-get install docker-compose)")
+    return subprocess.run([tool, "config", *(["-q"] if quiet else [])], cwd=directory,
+                          capture_output=True, text=True, timeout=60)
 
 
 def init(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

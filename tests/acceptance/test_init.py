@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
-import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ import yaml
 from init_helpers import (
     WEAK,
     _no_sagaz_env,
+    docker_compose_config,
     documents,
     generate,
     init,
@@ -45,12 +44,9 @@ COMPOSE_SERVICES = {"postgres-primary", "postgres-init", "pgbackrest-backup", "p
 def test_compose_files_pass_docker_compose_config(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, replicas: str | None,
 ) -> None:
-    tool = require_tool(shutil.which("docker-compose"), "docker-compose (apt-get install "
-                                                         "docker-compose)")
     args = ["--with-ha", "--replicas", replicas] if replicas else []
     directory = generate(capsys, tmp_path / "deploy", *args)
-    result = subprocess.run([tool, "config", "-q"], cwd=directory, capture_output=True,
-                            text=True, timeout=60)
+    result = docker_compose_config(directory)
     assert result.returncode == 0, result.stderr
 
     compose = yaml.safe_load((directory / "docker-compose.yaml").read_text())
@@ -89,8 +85,7 @@ def test_compose_files_pass_docker_compose_config(
 
     # Without .env there is no password: docker-compose refuses instead of using a default.
     (directory / ".env").unlink()
-    result = subprocess.run([tool, "config", "-q"], cwd=directory, capture_output=True,
-                            text=True, timeout=60)
+    result = docker_compose_config(directory)
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr or "is missing" in result.stderr
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from init_helpers import generate, init, load_env, require_tool, service_dir
+from init_helpers import docker_compose_config, generate, init, load_env, require_tool, service_dir
 
 __all__ = ["service_dir"]  # the fixture, imported for these tests
 
@@ -31,10 +31,8 @@ def _compose(directory: Path) -> dict[str, object]:
 
 def test_compose_backups_to_a_named_volume(capsys: pytest.CaptureFixture[str],
                                            tmp_path: Path) -> None:
-    tool = require_tool(shutil.which("docker-compose"), "docker-compose")
     directory = generate(capsys, tmp_path / "deploy", "--with-ha")
-    result = subprocess.run([tool, "config", "-q"], cwd=directory, capture_output=True,
-                            text=True, timeout=60)
+    result = docker_compose_config(directory)
     assert result.returncode == 0, result.stderr
     compose = _compose(directory)
     services = compose["services"]  # type: ignore[index]
@@ -66,7 +64,6 @@ def test_compose_backups_to_a_named_volume(capsys: pytest.CaptureFixture[str],
 def test_compose_backups_to_s3_take_credentials_from_env_only(
     capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
-    tool = require_tool(shutil.which("docker-compose"), "docker-compose")
     directory = generate(capsys, tmp_path / "deploy", "--with-ha", *S3)
     conf = (directory / "pgbackrest" / "pgbackrest.conf").read_text()
     for line in ("repo1-type=s3", "repo1-s3-bucket=sagaz-backups",
@@ -77,15 +74,13 @@ def test_compose_backups_to_s3_take_credentials_from_env_only(
     env = load_env(directory / ".env")
     assert env["SAGAZ_BACKUP_S3_KEY"] == "" and env["SAGAZ_BACKUP_S3_KEY_SECRET"] == ""
     # Empty placeholders: docker-compose refuses to start until they are set.
-    refused = subprocess.run([tool, "config", "-q"], cwd=directory, capture_output=True,
-                             text=True, timeout=60)
+    refused = docker_compose_config(directory)
     assert refused.returncode != 0 and "SAGAZ_BACKUP_S3_KEY" in refused.stderr
     text = (directory / ".env").read_text()
     text = text.replace("SAGAZ_BACKUP_S3_KEY=\n", "SAGAZ_BACKUP_S3_KEY=AKIAEXAMPLEKEY\n")
     text = text.replace("SAGAZ_BACKUP_S3_KEY_SECRET=\n", "SAGAZ_BACKUP_S3_KEY_SECRET=s3cr3tvalue\n")
     (directory / ".env").write_text(text)
-    result = subprocess.run([tool, "config", "-q"], cwd=directory, capture_output=True,
-                            text=True, timeout=60)
+    result = docker_compose_config(directory)
     assert result.returncode == 0, result.stderr
     compose = _compose(directory)
     assert "pgbackrest-repo" not in compose["volumes"]  # type: ignore[operator,index]

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from init_helpers import _no_sagaz_env, free_port, generate, init, load_env, require_tool
+from init_helpers import (
+    _no_sagaz_env,
+    docker_compose_config,
+    free_port,
+    generate,
+    init,
+    load_env,
+    require_tool,
+)
 
 from sagaz.deploy import patroni_follow
 
@@ -39,10 +47,7 @@ def deployment(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Path:
 
 
 def test_compose_files_pass_docker_compose_config(deployment: Path) -> None:
-    tool = require_tool(shutil.which("docker-compose"), "docker-compose (apt-get install "
-                                                         "docker-compose)")
-    result = subprocess.run([tool, "config", "-q"], cwd=deployment, capture_output=True,
-                            text=True, timeout=60)
+    result = docker_compose_config(deployment)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load((deployment / "docker-compose.yaml").read_text())["services"]
     assert set(services) == SERVICES
@@ -79,8 +84,7 @@ def test_compose_files_pass_docker_compose_config(deployment: Path) -> None:
 
     # Without .env there is no password: docker-compose refuses instead of using a default.
     (deployment / ".env").unlink()
-    result = subprocess.run([tool, "config", "-q"], cwd=deployment, capture_output=True,
-                            text=True, timeout=60)
+    result = docker_compose_config(deployment)
     assert result.returncode != 0 and "is missing" in result.stderr
 
 

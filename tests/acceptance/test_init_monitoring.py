@@ -7,15 +7,19 @@ fields, its rules by promtool) and a dashboards ConfigMap."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from init_helpers import _no_sagaz_env, documents, generate, load_env, require_tool
+from init_helpers import (
+    _no_sagaz_env,
+    docker_compose_config,
+    documents,
+    generate,
+    load_env,
+)
 from k8s_validation import validate_manifests
 from promtool_helpers import check_rules, run_promtool
 
@@ -32,10 +36,7 @@ def compose(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Path:
 
 
 def test_compose_scrapes_every_part_and_provisions_rules_and_dashboards(compose: Path) -> None:
-    tool = require_tool(shutil.which("docker-compose"), "docker-compose (apt-get install "
-                                                        "docker-compose)")
-    result = subprocess.run([tool, "config", "-q"], cwd=compose, capture_output=True,
-                            text=True, timeout=60)
+    result = docker_compose_config(compose)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load((compose / "docker-compose.yaml").read_text())["services"]
 
@@ -58,9 +59,8 @@ def test_compose_scrapes_every_part_and_provisions_rules_and_dashboards(compose:
                for job in config["scrape_configs"]}
     assert targets["sagaz"] == [("sagaz-worker:9464", {}), ("sagaz-metrics:9465", {})]
     # sagaz metrics serve: the HA figures of every server and pool; URLs (passwords) in its
-    # environment, not on its command line.
-    resolved = subprocess.run([tool, "config"], cwd=compose, capture_output=True, text=True,
-                              timeout=60)  # with the values of .env, as the containers get them
+    # environment, not on its command line; with the values of .env, as the containers get them.
+    resolved = docker_compose_config(compose, quiet=False)
     ha = yaml.safe_load(resolved.stdout)["services"]["sagaz-metrics"]
     assert ha["image"] == "registry.example/shop:2.1"
     assert not any("@" in part for part in ha["command"])
