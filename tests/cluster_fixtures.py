@@ -6,11 +6,8 @@ it; tests that kill or promote servers start their own (tests/ha/devcluster.py).
 from __future__ import annotations
 
 import functools
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -35,18 +32,11 @@ def free_base_port(nodes: int) -> int:
 
 @contextmanager
 def temporary_cluster(replicas: int) -> Iterator[LocalCluster]:
-    from sagaz.ha.local import LocalCluster
+    from sagaz.ha.scratch_cluster import scratch_cluster
 
-    parent = Path(tempfile.mkdtemp(prefix="sagaz-test-cluster-"))
-    parent.chmod(0o755)  # the servers run as an unprivileged user when the tests run as root
-    cluster = LocalCluster.new(parent / "cluster", replicas=replicas,
-                               base_port=free_base_port(replicas + 1))
-    try:
-        cluster.up()
+    with scratch_cluster(replicas, free_base_port(replicas + 1),
+                         prefix="sagaz-test-cluster-") as cluster:
         yield cluster
-    finally:
-        cluster.down()
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

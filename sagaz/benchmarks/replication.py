@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 
 from sagaz.benchmarks.postgres import _latency
 from sagaz.engine.listeners import SagaListener
 from sagaz.ha.local import SUPERUSER, LocalCluster
+from sagaz.ha.scratch_cluster import scratch_cluster
 
 __all__ = [
     "ReplicationLag", "format_report", "main", "measure_replication_lag",
@@ -92,15 +90,8 @@ def _sample(cluster: LocalCluster, stop: threading.Event, lag: list[float],
 def run_replication_benchmark(
     rate: float = 1_000.0, seconds: float = 10.0, base_port: int = 45432,
 ) -> ReplicationLag:
-    parent = Path(tempfile.mkdtemp(prefix="sagaz-bench-replication-"))
-    parent.chmod(0o755)  # the servers run as an unprivileged user when we are root
-    cluster = LocalCluster.new(parent / "cluster", replicas=1, base_port=base_port)
-    try:
-        cluster.up()
+    with scratch_cluster(1, base_port, prefix="sagaz-bench-replication-") as cluster:
         return measure_replication_lag(cluster, rate, seconds)
-    finally:
-        cluster.down()
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 def measure_replication_lag(

@@ -24,8 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from sagaz.engine.definition import Saga
 from sagaz.engine.listeners import SagaListener
 from sagaz.ha.addresses import find_free_base_port
 from sagaz.ha.local import LocalCluster
+from sagaz.ha.scratch_cluster import scratch_cluster
 
 __all__ = ["PROFILES", "Profile", "ReportRun", "run_report"]
 
@@ -175,20 +175,6 @@ def _cluster_addresses(nodes: int, base: int) -> list[tuple[str, int]]:
                         for offset in (1000, 1001, *MONITORING_PORTS)]
 
 
-@contextmanager
-def _temporary_cluster() -> Iterator[LocalCluster]:
-    parent = Path(tempfile.mkdtemp(prefix="sagaz-bench-report-"))
-    parent.chmod(0o755)  # the servers run as an unprivileged user when we are root
-    cluster = LocalCluster.new(parent / "cluster", replicas=1, base_port=find_free_base_port(
-        37000, 17, functools.partial(_cluster_addresses, 2)))
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        cluster.down()
-        shutil.rmtree(parent, ignore_errors=True)
-
-
 async def _replica_queries(url: str, queries: int) -> list[float]:
     """Milliseconds of the analytics queries (``sagaz sagas list`` and the status counts) on
     the read pool, each timed on its own."""
@@ -288,7 +274,8 @@ def run_report(
     progress(STAGES[5])
     started = time.perf_counter()
     dashboards: list[DashboardData] | None = None
-    with _temporary_cluster() as cluster:
+    base_port = find_free_base_port(37000, 17, functools.partial(_cluster_addresses, 2))
+    with scratch_cluster(1, base_port, prefix="sagaz-bench-report-") as cluster:
         if not monitoring:
             seconds[STAGES[5]] = time.perf_counter() - started
             stage(STAGES[6], lambda: _through_cluster(cluster, profile, parts, ()))
