@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,7 @@ from sagaz.benchmarks.dashboards import (
     query_range,
     render_dashboards,
 )
-
-
-@dataclass(frozen=True)
-class Q:
-    expr: str
-    legend: str = ""
-
-
-@dataclass(frozen=True)
-class P:
-    title: str
-    queries: tuple[Q, ...]
-    unit: str = "short"
-
-
-@dataclass(frozen=True)
-class D:
-    uid: str
-    title: str
-    panels: tuple[P, ...]
+from sagaz.monitoring.dashboards import Dashboard, Panel, Query
 
 
 @pytest.mark.timeout(90)
@@ -51,10 +31,10 @@ def test_panels_are_evaluated_by_a_real_prometheus_and_drawn(tmp_path: Path) -> 
         [up] = query_range(prometheus.url, 'up{job="prometheus"}', start, end, 0.5)
         assert up.labels["job"] == "prometheus" and len(up.points) >= 4
         assert {v for _, v in up.points} == {1.0}
-        dashboard = D("self", "Prometheus itself", (
-            P("Targets up", (Q('up', "{{job}}"),)),
-            P("Scrape samples", (Q("scrape_samples_scraped", "{{instance}}"),)),
-            P("Never there", (Q("sagaz_not_a_metric_total"),))))
+        dashboard = Dashboard("self", "Prometheus itself", (
+            Panel("Targets up", (Query('up', "{{job}}"),)),
+            Panel("Scrape samples", (Query("scrape_samples_scraped", "{{instance}}"),)),
+            Panel("Never there", (Query("sagaz_not_a_metric_total"),))))
         data = collect_dashboards(prometheus.url, [dashboard], start, end)
         directory = prometheus._directory
     lines = render_dashboards(data, tmp_path)  # after Prometheus stopped: the data was kept
