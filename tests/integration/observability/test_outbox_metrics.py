@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from broker_services import require_broker
 from metrics_scrape import Scrape, probe, scrape
 
 import sagaz
@@ -36,14 +37,6 @@ def _options(kind: str) -> dict[str, Any]:
     return {"stream": f"METRICS_{run}", "subject_prefix": f"metrics.{run}"}
 
 
-def _require(port: int, kind: str) -> None:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError as exc:
-        pytest.fail(f"{kind} is not reachable on 127.0.0.1:{port} ({exc}); start it",
-                    pytrace=False)
-
-
 def _shop(config: SagaConfig, name: str) -> Saga:
     async def reserve(ctx: Any) -> None:
         ctx.emit("Reserved", {"order": ctx["order"]}, key=ctx["order"])
@@ -65,7 +58,7 @@ async def _until(url: str, check: Any, what: str, seconds: float = 30.0) -> Scra
 @pytest.mark.parametrize("kind", sorted(BROKERS))
 async def test_relay_and_inbox_metrics_with_a_real_broker(kind: str, pg_dsn: str) -> None:
     url, port = BROKERS[kind]
-    _require(port, kind)
+    require_broker(kind, port)
     options = _options(kind)
     storage = PostgreSQLSagaStorage(pg_dsn)
     config = SagaConfig(storage=storage, broker=broker_from_url(url, **options))

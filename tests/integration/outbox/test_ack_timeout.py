@@ -6,12 +6,12 @@ and the worker's --once tests with the broker down.)"""
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from broker_services import require_broker
 from tcp_proxy import TcpProxy
 
 from sagaz.outbox.brokers import BrokerAckTimeout, broker_from_url
@@ -30,14 +30,6 @@ def _options(kind: str) -> dict[str, Any]:
     return {"stream": f"ACK_TIMEOUT_{run}", "subject_prefix": f"ack-timeout.{run}"}
 
 
-def _require(kind: str, port: int) -> None:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError as exc:
-        pytest.fail(f"{kind} is not reachable on 127.0.0.1:{port} ({exc}); start it",
-                    pytrace=False)
-
-
 async def _rows(storage: SQLiteSagaStorage) -> list[tuple[str, int]]:
     return await storage._run(lambda conn: conn.execute(
         "SELECT status, attempts FROM saga_outbox ORDER BY created_at").fetchall())
@@ -49,7 +41,7 @@ async def test_unconfirmed_events_count_attempts_and_reach_the_dead_letters(
     kind: str, tmp_path: Path
 ) -> None:
     template, port = BROKERS[kind]
-    _require(kind, port)
+    require_broker(kind, port)
     storage = SQLiteSagaStorage(tmp_path / "sagaz.db")
     with TcpProxy("127.0.0.1", port) as proxy:
         broker = broker_from_url(template.format(port=proxy.port), publish_timeout=1.0,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from broker_services import require_broker
 from tcp_proxy import TcpProxy
 
 from sagaz.outbox.brokers import DestroyableBroker, broker_from_url
@@ -61,22 +61,12 @@ def _broker(kind: str, port: int) -> tuple[str, dict[str, Any]]:
 TARGETS = {"redis": 6379, "rabbitmq": 5672, "nats": 4222}
 
 
-def _require(kind: str) -> None:
-    """The broker must be running on loopback: a missing one fails the test, never skips it."""
-    try:
-        socket.create_connection(("127.0.0.1", TARGETS[kind]), timeout=2).close()
-    except OSError as exc:
-        pytest.fail(f"{kind} is not reachable on 127.0.0.1:{TARGETS[kind]} ({exc}); start it "
-                    "(it is a service of this machine, as RabbitMQ, Redis and NATS with "
-                    "JetStream are)", pytrace=False)
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
 async def test_killed_workers_and_cut_connections_lose_and_duplicate_nothing(
     kind: str, pg_dsn: str,
 ) -> None:
-    _require(kind)
+    require_broker(kind, TARGETS[kind])
     with TcpProxy("127.0.0.1", TARGETS[kind]) as proxy:
         url, options = _broker(kind, proxy.port)
         try:

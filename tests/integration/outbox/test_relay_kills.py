@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from broker_services import require_broker
 from outbox_stores import KINDS, open_box, sqlite_target
 
 from sagaz.outbox.brokers import DestroyableBroker, broker_from_url
@@ -33,21 +33,12 @@ CHILD = Path(__file__).with_name("store_relay_child.py")
 pytestmark = pytest.mark.slow
 
 
-def _require_redis() -> None:
-    """Redis must be running: a missing one fails the test, never skips it."""
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
-    except OSError as exc:
-        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); start it with "
-                    "`service redis-server start`", pytrace=False)
-
-
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_killed_relays_count_no_attempt(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    _require_redis()
+    require_broker("Redis", 6379)
     target = sqlite_target(tmp_path) if kind == "sqlite" else request.getfixturevalue("pg_dsn")
     box = open_box(kind, target)
     options = {"stream": f"kills.{uuid.uuid4().hex[:8]}"}

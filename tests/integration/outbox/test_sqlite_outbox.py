@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from broker_services import require_broker
 
 import sagaz.storage.sqlite_outbox as sqlite_outbox
 from sagaz import Saga, SagaConfig
@@ -46,11 +46,7 @@ async def test_the_worker_relays_a_sqlite_sagas_events_to_a_real_broker(
     kind: str, tmp_path: Path
 ) -> None:
     url, port = BROKERS[kind]
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError as exc:
-        pytest.fail(f"{kind} is not reachable on 127.0.0.1:{port} ({exc}); start it",
-                    pytrace=False)
+    require_broker(kind, port)
     options = _options(kind, "sqlite-relay-test")
     storage = SQLiteSagaStorage(tmp_path / "sagaz.db")
     config = SagaConfig(storage=storage, broker=broker_from_url(url, **options))
