@@ -14,7 +14,6 @@ import json
 import math
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sagaz.ha.addresses import kernel_chosen_port
 from sagaz.monitoring.scrape import ScrapeJob, prometheus_config
 
 __all__ = [
@@ -59,12 +59,6 @@ class _Dashboard(Protocol):
     def panels(self) -> Sequence[_Panel]: ...
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class TemporaryPrometheus:
     """Prometheus on 127.0.0.1:<free port> scraping ``jobs`` every ``interval`` seconds, with
     the configuration the deployments use (:func:`sagaz.monitoring.scrape.prometheus_config`);
@@ -79,7 +73,7 @@ class TemporaryPrometheus:
         self.binary = found
         self.jobs = list(jobs)
         self.interval = interval
-        self.port = _free_port()
+        self.port = kernel_chosen_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._directory: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 
 from sagaz.benchmarks.dashboards import DashboardData, TemporaryPrometheus, collect_dashboards
 from sagaz.engine.listeners import SagaListener
+from sagaz.ha.addresses import kernel_chosen_port
 from sagaz.ha.local import LocalCluster
 from sagaz.ha.monitoring import PORT_OFFSET, LocalMonitoring, MonitoredProcess
 from sagaz.monitoring.scrape import ScrapeJob, ScrapeTarget
@@ -69,7 +69,7 @@ def monitored_cluster(cluster: LocalCluster) -> Iterator[Monitored]:
         stack.callback(loop.close)
         stack.callback(exporters.stop)
         exporters.start()
-        own_port, worker_port = _free_port(), _free_port()
+        own_port, worker_port = kernel_chosen_port(), kernel_chosen_port()
         server = serve_metrics(port=own_port, metrics=metrics, loop=loop)
         stack.callback(server.stop)
         worker = _start_worker(cluster, worker_port)
@@ -88,12 +88,6 @@ def monitored_cluster(cluster: LocalCluster) -> Iterator[Monitored]:
         time.sleep(2 * prometheus.interval)  # the last figures scraped too
         run.dashboards = collect_dashboards(prometheus.url, DASHBOARDS, run.started,
                                             time.time())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _start_worker(cluster: LocalCluster, port: int) -> subprocess.Popen[bytes]:

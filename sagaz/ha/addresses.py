@@ -10,7 +10,7 @@ import random
 import socket
 from collections.abc import Callable, Iterable
 
-__all__ = ["conninfo_url", "find_free_base_port", "port_free"]
+__all__ = ["conninfo_url", "find_free_base_port", "kernel_chosen_port", "port_free"]
 
 _SEARCH_SPAN = 3000
 
@@ -27,6 +27,13 @@ def port_free(host: str, port: int) -> bool:
                 return False
             raise
     return True
+
+
+def kernel_chosen_port() -> int:
+    """A port on 127.0.0.1 that the kernel reports free now, for one server we start next."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def find_free_base_port(lowest: int, step: int,

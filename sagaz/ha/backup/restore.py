@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sagaz.errors import ConfigurationError
+from sagaz.ha.addresses import kernel_chosen_port
 from sagaz.ha.backup.archive import check_archive, primary_archiver
 from sagaz.ha.backup.repo import BackupError, BackupRepository
 from sagaz.ha.local import APP_USER, PRIMARY_SETTINGS, SUPERUSER, LocalCluster
@@ -110,7 +110,7 @@ def restore(cluster: LocalCluster, into: Path, target: RestoreTarget, *, start: 
     check_reachable(service_user(), into)
     into.chmod(0o700)
     service_user().own(into)
-    node = restored_node(into, _free_port(), cluster.directory)
+    node = restored_node(into, kernel_chosen_port(), cluster.directory)
     label = restore_data(repo, node, target, backup_set, progress)
     result = RestoreResult(str(into), str(target), label, time.monotonic() - started)
     _write_record(into, {"port": node.port, "cluster": str(cluster.directory),
@@ -237,12 +237,6 @@ def _backup_for(repo: BackupRepository, target: RestoreTarget) -> str | None:
 def _lsn_int(lsn: str) -> int:
     high, low = lsn.split("/")
     return (int(high, 16) << 32) + int(low, 16)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _query(cluster: LocalCluster, node: PostgresNode, sql: str) -> Any:
