@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,15 +24,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sagaz import Saga, SagaConfig
+from sagaz.ha.addresses import kernel_chosen_port
 from sagaz.ha.pgbouncer import Backend, PgBouncer, PoolSettings
 from sagaz.ha.postgres import find_bindir
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -92,7 +86,7 @@ def deployment(pg_server: str) -> Iterator[Deployment]:
     # Not under pytest's tmp_path: that is private to root, and PgBouncer runs as postgres.
     directory = Path(tempfile.mkdtemp(prefix="sagaz-test-pgbouncer-"))
     bouncer = PgBouncer(
-        directory, port=free_port(),
+        directory, port=kernel_chosen_port(),
         backends=[Backend(app_db, str(server.get("host", "127.0.0.1")),
                           int(server.get("port", 5432)), app_db)],
         passwords=passwords, admin_user=app_user,

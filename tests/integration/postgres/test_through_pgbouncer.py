@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,14 +18,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sagaz import Saga, SagaConfig, SagaStatus, StorageError
 from sagaz.engine.types import SagaState
+from sagaz.ha.addresses import kernel_chosen_port
 from sagaz.ha.pgbouncer import Backend, PgBouncer, PoolSettings
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -40,7 +34,7 @@ def bouncer(pg_dsn: str) -> Iterator[PgBouncer]:
     # Not under pytest's tmp_path: that is private to root, and PgBouncer runs as postgres.
     directory = Path(tempfile.mkdtemp(prefix="sagaz-test-pgbouncer-"))
     bouncer = PgBouncer(
-        directory, port=_free_port(),
+        directory, port=kernel_chosen_port(),
         backends=[Backend(str(server["dbname"]), str(server.get("host", "127.0.0.1")),
                           int(server.get("port", 5432)), str(server["dbname"]))],
         passwords={user: secrets.token_urlsafe(16)}, admin_user=user,
