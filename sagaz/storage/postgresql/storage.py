@@ -58,8 +58,10 @@ T = TypeVar("T")
 Q = queries("postgresql")
 _Conn = psycopg.AsyncConnection[Any]
 _CREATED_CACHE_SIZE = 100_000
-# Connection errors: 50 ms doubling to 2 s, jittered, until retry_timeout is spent.
-_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=2.0)
+# Connection errors: 50 ms doubling to 0.5 s, jittered, until retry_timeout is spent. A higher
+# cap made a client that retried through a 5 s restart wait up to 2 s more after the server was
+# back; one attempt per 0.5 s per waiting writer costs the server nothing worth that.
+_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=0.5)
 _MIN_POOL_WAIT = 0.5
 
 
