@@ -15,7 +15,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sagaz.storage.postgresql import PostgreSQLSagaStorage
 
-OUTAGE = 7.5  # the pool's attempts at ~0, 1, 3, 7 s fail: its next one waits ~8 s more
+OUTAGE = 10.0
+"""The pool's attempts at ~0, 1, 3, 7 s (+-10 %) fail; its next comes at ~15 s, well after."""
 
 
 class Forwarder:
@@ -81,8 +82,7 @@ async def test_the_storage_answers_soon_after_the_server_not_after_the_pool_back
         recovery = answered - healed
         # The pool was found waiting out its backoff and replaced; without that the first
         # answer would come with the pool's next attempt, about OUTAGE seconds after healing.
-        assert storage._pool.renewals == 1
-        assert recovery < OUTAGE / 2, recovery
+        assert (storage._pool.renewals, recovery < OUTAGE * 0.35) == (1, True), recovery
     finally:
         await storage.close()
         with contextlib.suppress(AssertionError):
