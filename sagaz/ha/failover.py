@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from sagaz.ha.local import REPLICATION_USER, SUPERUSER, LocalCluster
 from sagaz.ha.postgres import PostgresNode
 from sagaz.ha.readpool import refresh_read_pool
 
-__all__ = ["PromoteReport", "promote", "rebuild", "rejoin", "write_pool_paused"]
+__all__ = ["PromoteReport", "promote", "rebuild", "rejoin"]
 
 logger = logging.getLogger(__name__)
 
@@ -338,25 +338,6 @@ def _wait(check: Callable[[], bool], timeout: float, failure: str) -> None:
         if time.monotonic() > deadline:
             raise SagazError(failure)
         time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def write_pool_paused(cluster: LocalCluster, drain_timeout: float = 5.0) -> Iterator[None]:
-    """pgbouncer-rw PAUSEd for the block, RESUMEd after it, also when it fails: clients that
-    write meanwhile wait in PgBouncer instead of meeting a server going away, and go on the
-    moment the pool is RESUMEd (no client's reconnect backoff in the way). Running
-    transactions get up to ``drain_timeout`` seconds to finish before the block runs."""
-    pause = _Pause(cluster)
-    pause.start()
-    try:
-        if not pause.done.wait(drain_timeout):
-            logger.warning("pgbouncer-rw still has transactions running after %g s",
-                           drain_timeout, extra={"action": "pause_slow"})
-        yield
-    finally:
-        with contextlib.suppress(SagazError):
-            _admin(cluster, f"RESUME {cluster.state.dbname}")
-        pause.close()
 
 
 class _Pause:

@@ -15,14 +15,10 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import psycopg
-
 from sagaz.errors import ConfigurationError, SagazError
-from sagaz.ha.failover import write_pool_paused
 from sagaz.ha.patroni_cluster import API_USER, PatroniCluster
 
 __all__ = ["MemberStatus", "PatroniStatus", "failover", "patroni_status", "switchover"]
@@ -139,11 +135,8 @@ def switchover(cluster: PatroniCluster, to: str | None = None,
     body: dict[str, str] = {"leader": leader}
     if to:
         body["candidate"] = to
-    # Writers wait in pgbouncer-rw from before the demotion until it points at the new leader:
-    # none meets the leader shutting down or still read-only, none sits in a reconnect backoff.
-    with write_pool_paused(cluster.local):
-        _request(cluster, leader, "POST", "/switchover", body)
-        return leader, _wait_for_new_leader(cluster, leader, to, timeout, _writable)
+    _request(cluster, leader, "POST", "/switchover", body)
+    return leader, _wait_for_new_leader(cluster, leader, to, timeout)
 
 
 def failover(cluster: PatroniCluster, to: str, timeout: float = 60.0) -> tuple[str | None, str]:
@@ -166,31 +159,17 @@ def _check_candidate(cluster: PatroniCluster, to: str, leader: str | None) -> No
 
 
 def _wait_for_new_leader(cluster: PatroniCluster, old: str | None, to: str | None,
-                         timeout: float,
-                         ready: Callable[[PatroniCluster, str], bool] = lambda c, n: True) -> str:
+                         timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         leader = cluster.leader()
-        if (leader is not None and leader != old and (to is None or leader == to)
-                and ready(cluster, leader)):
+        if leader is not None and leader != old and (to is None or leader == to):
             # Also the pools, now, instead of at the supervisor's next pass.
             cluster.follow()
             return leader
-        time.sleep(0.05)
+        time.sleep(0.1)
     raise SagazError(f"no new leader within {timeout:g} s (see the patroni.log files in "
                      f"{cluster.directory})")
-
-
-def _writable(cluster: PatroniCluster, node: str) -> bool:
-    """Whether ``node`` accepts writes already (Patroni names the leader a moment before its
-    promotion ends; RESUMEd earlier, the pool's writers would meet a read-only server)."""
-    try:
-        with psycopg.connect(cluster.local.node_dsn(node), autocommit=True, connect_timeout=2,
-                             prepare_threshold=None) as conn:
-            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-    except psycopg.Error:
-        return False
-    return row is not None and row[0] is False
 
 
 def _request(cluster: PatroniCluster, node: str, method: str, path: str,

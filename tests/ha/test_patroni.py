@@ -157,8 +157,6 @@ def test_switchover_moves_the_pool_and_the_old_leader_rejoins(
     assert members["node0"]["role"] == "replica" and members["node0"]["state"] == "streaming"
     acknowledged = {v for v, _ in writer.acknowledged}
     assert acknowledged and acknowledged <= _rows(failover)
-    # pgbouncer-rw was PAUSEd around the leader change: its writers waited, none failed.
-    assert writer.errors == 0, writer.errors
     print(f"switchover: write gap {writer.longest_gap():.2f} s, {len(acknowledged)} "
           f"acknowledged, {writer.errors} client errors")
 
