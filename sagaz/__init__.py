@@ -3,11 +3,14 @@
 from sagaz.config import SagaConfig, configure, get_config, shutdown
 from sagaz.engine.context import SagaContext
 from sagaz.engine.definition import Saga, action, compensate, register
+from sagaz.engine.handle import SagaHandle
 from sagaz.engine.listeners import SagaListener
 from sagaz.engine.operator import cancel, check_versions, resume, retry
 from sagaz.engine.recovery import RecoveryReport, recover
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus, StepRecord, StepStatus
+from sagaz.engine.wait_steps import wait
+from sagaz.engine.waits import signal
 from sagaz.errors import (
     ConfigurationError,
     LeaseLostError,
@@ -17,8 +20,10 @@ from sagaz.errors import (
     SagaNotFoundError,
     SagaTimeoutError,
     SagazError,
+    SignalRefusedError,
     StepTimeoutError,
     StorageError,
+    WaitTimeoutError,
 )
 from sagaz.worker import Worker, WorkerListener
 
@@ -36,16 +41,19 @@ __all__ = [
     "SagaContext",
     "SagaDefinitionError",
     "SagaFailedError",
+    "SagaHandle",
     "SagaListener",
     "SagaNotFoundError",
     "SagaResult",
     "SagaStatus",
     "SagaTimeoutError",
     "SagazError",
+    "SignalRefusedError",
     "StepRecord",
     "StepStatus",
     "StepTimeoutError",
     "StorageError",
+    "WaitTimeoutError",
     "Worker",
     "WorkerListener",
     "__version__",
@@ -60,4 +68,6 @@ __all__ = [
     "resume",
     "retry",
     "shutdown",
+    "signal",
+    "wait",
 ]

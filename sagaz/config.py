@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from sagaz.engine.clock import Clock, SystemClock
 from sagaz.engine.listeners import SagaListener
 from sagaz.errors import ConfigurationError
 from sagaz.redact import redact_url
@@ -46,6 +47,8 @@ class SagaConfig:
     listeners: list[SagaListener] = field(default_factory=list)
     lifecycle_events: bool = True
     """Write SagaCompleted / SagaCompensated / SagaFailed to the outbox with the final status."""
+    clock: Clock = field(default_factory=SystemClock)
+    """The time of durable waits and timers (``sagaz.testing.ManualClock`` in tests)."""
 
     def __post_init__(self) -> None:
         if self.storage is None:

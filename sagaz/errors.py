@@ -21,8 +21,10 @@ __all__ = [
     "SagaNotFoundError",
     "SagaTimeoutError",
     "SagazError",
+    "SignalRefusedError",
     "StepTimeoutError",
     "StorageError",
+    "WaitTimeoutError",
 ]
 
 
@@ -66,6 +68,28 @@ class SagaNotFoundError(StorageError):
     def __init__(self, saga_id: str):
         super().__init__(f"no saga with id {saga_id!r}")
         self.saga_id = saga_id
+
+
+class WaitTimeoutError(SagazError):
+    """A durable wait's timeout passed before its signal arrived (the wait step fails)."""
+
+    def __init__(self, step: str, signal: str | None, timeout: float):
+        what = f"signal {signal!r}" if signal else "its timer"
+        super().__init__(f"wait {step!r} got no {what} within {timeout:g}s")
+        self.step = step
+        self.signal = signal
+        self.timeout = timeout
+
+
+class SignalRefusedError(SagazError):
+    """A signal was sent to a saga that has finished: nothing would ever consume it."""
+
+    def __init__(self, saga_id: str, status: SagaStatus):
+        super().__init__(
+            f"saga {saga_id} is {status.value}: it takes no more signals (signals are for "
+            "sagas that are still running or waiting)")
+        self.saga_id = saga_id
+        self.status = status
 
 
 class LeaseLostError(StorageError):

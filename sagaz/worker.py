@@ -4,8 +4,9 @@ programs that embed it.
 What it runs, each only when the configuration offers it (:mod:`sagaz.worker_jobs`):
 
 - the **recovery loop**: every ``interval`` seconds, one pass of the periodic engine tasks
-  (:meth:`Worker.engine_pass`: today :func:`sagaz.recover`, which finishes sagas whose executor
-  died);
+  (:meth:`Worker.engine_pass`: :func:`sagaz.recover`, which finishes sagas whose executor
+  died, then :func:`~sagaz.engine.waits.resume_due`, which resumes parked sagas whose timer
+  fired or that got a signal);
 - the **scheduled maintenance** of a storage that has one (PostgreSQL: partitions, inbox);
 - the **outbox relay** when a broker is configured and the storage keeps an outbox, and on
   SQLite the deletion of SENT events past their retention.
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from sagaz.config import SagaConfig, get_config
 from sagaz.engine.recovery import RecoveryReport, recover
+from sagaz.engine.waits import ResumeReport, resume_due
 from sagaz.errors import ConfigurationError, StorageError
 from sagaz.worker_jobs import (
     ScheduledMaintenance,
@@ -68,6 +70,9 @@ class WorkerListener:
 
     def recovery_pass(self, report: RecoveryReport) -> None:
         """A recovery pass ended (also when it recovered nothing)."""
+
+    def waits_resumed(self, report: ResumeReport) -> None:
+        """A pass resumed parked sagas (called only when it resumed some)."""
 
     def recovery_failed(self, error: BaseException, retry_in: float) -> None:
         """A recovery pass failed (the storage is away); the next one follows."""
@@ -199,8 +204,14 @@ class Worker:
     async def engine_pass(self) -> RecoveryReport:
         """One pass of the engine's periodic tasks, every ``interval`` seconds: the one place
         where such tasks run (one after another, so each sees the others' commits). Today:
-        recovery of sagas whose executor died."""
+        recovery of sagas whose executor died, then the parked sagas that are due (one indexed
+        query). What cannot be resumed counts in the report like what cannot be recovered."""
         report = await recover(self.config, sagas=self.sagas)
+        resumed = await resume_due(self.config, sagas=self.sagas)
+        report.unknown_definitions.update(resumed.unknown_definitions)
+        report.errors.update(resumed.errors)
+        if resumed.count:
+            self._notify("waits_resumed", resumed)
         logger.debug("recovery pass: %d finished, %d unknown, %d errors", report.count,
                      len(report.unknown_definitions), len(report.errors),
                      extra={"action": "worker_pass"})

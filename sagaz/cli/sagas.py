@@ -25,7 +25,7 @@ __all__ = ["sagas_app"]
 sagas_app = typer.Typer(
     name="sagas", no_args_is_help=True,
     help="Inspect sagas (list, show), check them against the registered definitions "
-         "(check-versions), and act on one (cancel, retry, resume).")
+         "(check-versions), and act on one (cancel, retry, resume, signal).")
 
 JSON_HELP = "Print JSON instead of a table (for scripts)."
 STUCK = "STUCK"
@@ -129,6 +129,9 @@ async def _show(saga_id: str, as_json: bool, storages: Storages) -> int:
         ("error", escape(saga.error or "-", multiline=True)),
         ("definition", escape(_definition_label(saga))),
     ]
+    if saga.status is SagaStatus.WAITING:
+        fields.append(("due", format_time(saga.wake_at) if saga.wake_at is not None
+                       else "when signalled"))
     if not saga.status.is_final:
         # Who runs it and until when: tells a live saga from one waiting for recovery.
         fields.append(("lease", f"{escape(saga.lease_owner or '-')} until "
@@ -216,3 +219,13 @@ def _print_json(value: Any) -> None:
 
 
 register_verbs(sagas_app)
+
+
+def _register_signal() -> None:
+    """The signal verb lives in a module of its own."""
+    from .signal import signal_saga
+
+    sagas_app.command("signal")(signal_saga)
+
+
+_register_signal()

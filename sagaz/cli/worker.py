@@ -26,6 +26,7 @@ from .output import escape, out, print_error, print_warning
 
 if TYPE_CHECKING:
     from sagaz.engine.recovery import RecoveryReport
+    from sagaz.engine.waits import ResumeReport
     from sagaz.storage.postgresql.maintenance import MaintenanceReport
 
 __all__ = ["worker"]
@@ -179,6 +180,9 @@ class _Printer(WorkerListener):
                               "check-versions` lists such sagas, `sagaz sagas resume` migrates one")
         for saga_id, error in report.errors.items():
             print_error(f"recovering saga {saga_id} failed: {type(error).__name__}: {error}")
+
+    def waits_resumed(self, report: ResumeReport) -> None:
+        out.print(f"resumed {report.count} waiting saga(s)")
 
     def maintenance_done(self, report: MaintenanceReport) -> None:
         out.print(_summary(report), soft_wrap=True)

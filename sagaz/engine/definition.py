@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from sagaz.engine.fingerprint import fingerprint_of
-from sagaz.engine.plan import Graph
+from sagaz.engine.plan import Graph, WaitSpec
 from sagaz.engine.retry import RetryPolicy
 from sagaz.engine.types import FailureStrategy, SagaResult, SagaStatus
 from sagaz.errors import SagaDefinitionError
@@ -19,6 +19,7 @@ from sagaz.errors import SagaDefinitionError
 if TYPE_CHECKING:
     from sagaz.config import SagaConfig
     from sagaz.engine.fingerprint import DefinitionShape
+    from sagaz.engine.handle import SagaHandle
 
 __all__ = ["Saga", "StepSpec", "action", "compensate", "get_registered", "register",
            "registered_versions"]
@@ -47,6 +48,8 @@ class StepSpec:
     retry_policy: RetryPolicy | None = None
     is_async: bool = False
     compensation_is_async: bool = False
+    wait: WaitSpec | None = None
+    """Set for a durable wait step (its action is the hook run when the signal arrives)."""
 
 
 def _check_step_args(
@@ -93,11 +96,21 @@ def action(
 
     Without ``depends_on`` the step runs after the step defined just above it in the class.
     """
+    return mark_step(name, depends_on=depends_on, max_retries=max_retries, timeout=timeout,
+                     retry_policy=retry_policy)
+
+
+def mark_step(
+    name: str, *, depends_on: Iterable[str] | None = None, max_retries: int = 0,
+    timeout: float | None = None, retry_policy: RetryPolicy | None = None,
+    wait: WaitSpec | None = None,
+) -> Callable[[StepFn], StepFn]:
+    """The decorator behind :func:`action` and :func:`~sagaz.engine.wait_steps.wait`."""
     deps = tuple(depends_on) if depends_on is not None else None
 
     def mark(fn: StepFn) -> StepFn:
         _check_step_args(None, name, fn, None, max_retries, timeout, depends_on)
-        setattr(fn, _ACTION_ATTR, (name, deps, max_retries, timeout, retry_policy))
+        setattr(fn, _ACTION_ATTR, (name, deps, max_retries, timeout, retry_policy, wait))
         return fn
 
     return mark
@@ -219,7 +232,7 @@ class Saga:
         act = spec.action.__get__(self, type(self))
         comp = spec.compensation.__get__(self, type(self)) if spec.compensation else None
         return StepSpec(spec.name, act, comp, spec.depends_on, spec.max_retries, spec.timeout,
-                        spec.retry_policy, spec.is_async, spec.compensation_is_async)
+                        spec.retry_policy, spec.is_async, spec.compensation_is_async, spec.wait)
 
     # -- building -------------------------------------------------------------------------------
 
@@ -240,6 +253,18 @@ class Saga:
             raise SagaDefinitionError(
                 f"saga {self.name!r} declares its steps with @action; do not mix add_step() "
                 "with decorators: pick one style per saga", saga_name=self.name, step=name)
+        return self._add(name, action, compensation, depends_on, max_retries=max_retries,
+                         timeout=timeout, retry_policy=retry_policy)
+
+    def _add(
+        self, name: str, action: StepFn, compensation: StepFn | None,
+        depends_on: Iterable[str] | None, *, max_retries: int = 0, timeout: float | None = None,
+        retry_policy: RetryPolicy | None = None, wait: WaitSpec | None = None,
+    ) -> Saga:
+        if self._declarative:
+            raise SagaDefinitionError(
+                f"saga {self.name!r} declares its steps with decorators; do not mix add_*() "
+                "with them: pick one style per saga", saga_name=self.name, step=name)
         _check_step_args(self.name, name, action, compensation, max_retries, timeout, depends_on)
         if name in self._by_name:
             raise SagaDefinitionError(f"duplicate step name {name!r} in saga {self.name!r}",
@@ -248,12 +273,40 @@ class Saga:
             name, action, compensation,
             tuple(depends_on) if depends_on is not None else None,
             max_retries, timeout, retry_policy, _is_async(action),
-            compensation is not None and _is_async(compensation),
+            compensation is not None and _is_async(compensation), wait,
         )
         self._steps.append(spec)
         self._by_name[name] = spec
         self._graph = None
         return self
+
+    def add_wait(
+        self,
+        name: str,
+        *,
+        signal: str | None = None,
+        timeout: float | None = None,
+        on_timeout: str | dict[str, Any] = "compensate",
+        depends_on: Iterable[str] | None = None,
+    ) -> Saga:
+        """Add a durable wait: the saga is stored WAITING (no process held) until ``signal`` is
+        sent to it (:func:`sagaz.signal`; its payload merges into the context) or ``timeout``
+        seconds pass. On timeout the step fails and the saga compensates, unless ``on_timeout``
+        is a dict: it is merged into the context and the saga goes on. A signal sent before the
+        saga reaches the wait is kept and consumed when it does."""
+        from sagaz.engine.wait_steps import check_wait, no_hook
+
+        spec = check_wait(self.name, name, signal, timeout, on_timeout)
+        return self._add(name, no_hook, None, depends_on, wait=spec)
+
+    def add_delay(
+        self, name: str, *, seconds: float, depends_on: Iterable[str] | None = None
+    ) -> Saga:
+        """Add a durable delay: the saga is stored WAITING for ``seconds``, then goes on."""
+        from sagaz.engine.wait_steps import check_wait, no_hook
+
+        spec = check_wait(self.name, name, None, seconds, {})
+        return self._add(name, no_hook, None, depends_on, wait=spec)
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -334,6 +387,21 @@ class Saga:
         _remember(self)
         return await run_saga(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
 
+    async def start(
+        self,
+        context: dict[str, Any] | None = None,
+        *,
+        saga_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SagaHandle:
+        """Start the saga and return once it is durably created, without awaiting its end:
+        ``handle.saga_id``, ``await handle.status()``, ``await handle.result()``. It runs on in
+        the background of this process; the same ids as :meth:`run` join an existing saga."""
+        from sagaz.engine.handle import start
+
+        _remember(self)
+        return await start(self, context, saga_id=saga_id, idempotency_key=idempotency_key)
+
     def __repr__(self) -> str:
         version = f" version={self.version!r}" if self.version is not None else ""
         return f"<Saga {self.name!r}{version} steps={[s.name for s in self._steps]}>"
@@ -370,10 +438,13 @@ def _collect_declared_steps(cls: type) -> tuple[StepSpec, ...]:
             f"@compensate names unknown step(s) {unknown}; known steps: {sorted(actions)}",
             saga_name=saga_name, step=unknown[0])
     specs = []
-    for step, (fn, (_, deps, retries, timeout, policy)) in actions.items():
+    for step, (fn, (_, deps, retries, timeout, policy, wait)) in actions.items():
         comp = comps.get(step)
+        if wait is not None and comp is not None:
+            raise SagaDefinitionError(f"wait {step!r} cannot have a compensation: it does "
+                                      "nothing to undo", saga_name=saga_name, step=step)
         specs.append(StepSpec(step, fn, comp, deps, retries, timeout, policy, _is_async(fn),
-                              comp is not None and _is_async(comp)))
+                              comp is not None and _is_async(comp), wait))
     return tuple(specs)
 
 
@@ -403,7 +474,8 @@ def _build_graph(saga_name: str, steps: list[StepSpec]) -> Graph:
         raise SagaDefinitionError(
             f"saga {saga_name!r} has a dependency cycle: {' -> '.join(cycle)}",
             saga_name=saga_name, step=cycle[0])
-    return Graph.build(names, deps, {s.name for s in steps if s.compensation is not None})
+    return Graph.build(names, deps, {s.name for s in steps if s.compensation is not None},
+                       {s.name: s.wait for s in steps if s.wait is not None})
 
 
 def _find_cycle(names: list[str], deps: dict[str, tuple[str, ...]]) -> list[str] | None:

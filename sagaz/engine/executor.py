@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.engine import plan
 from sagaz.engine.context import SagaContext
+from sagaz.engine.executor_waits import DurableWaits, describe
 from sagaz.engine.invoke import BadResult, call_step, changes_of
 from sagaz.engine.lease import keeper_for
 from sagaz.engine.listeners import with_listener_headers
@@ -42,14 +43,7 @@ _LIFECYCLE = {SagaStatus.COMPLETED: "SagaCompleted", SagaStatus.COMPENSATED: "Sa
 _RECOVERED = "executor died mid-saga; recovered by compensation"
 
 
-def _describe(exc: BaseException) -> str:
-    """The error recorded for a step: storable whatever the exception says, so that recording
-    a failure can never be what fails the saga's commit."""
-    text = str(exc)
-    return storable_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-class SagaExecution:
+class SagaExecution(DurableWaits):
     """One run (or recovery) of one saga by this process."""
 
     def __init__(
@@ -62,6 +56,8 @@ class SagaExecution:
         self.lease_seconds = config.lease_seconds
         self.listeners = config.listeners
         self.lifecycle_events = config.lifecycle_events
+        self.clock = config.clock
+        self._config = config
         self.state = state
         self.owner = owner
         self.recovering = recovering
@@ -77,7 +73,12 @@ class SagaExecution:
         self._action_tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
         self._deadline: asyncio.TimerHandle | None = None
+        self._reached: list[StepState] = []  # waits reached, written with the next commit
         self._started = time.time()
+
+    @property
+    def _plan(self) -> plan.SagaPlan:
+        return self.plan
 
     def request_cancel(self, reason: str | None = None) -> None:
         """Stop at the next step boundary and compensate what completed."""
@@ -100,7 +101,9 @@ class SagaExecution:
                 self._notify("saga_interrupted", self.saga.name, saga_id, lost)  # rare: no guard
                 keeper.discard(saga_id)
                 await stopped_after_fence(self.storage, saga_id, self.owner)
-                result = await poll_outcome(self.saga, self.storage, saga_id)
+                if local_runs.get(saga_id) is future:
+                    del local_runs[saga_id]  # joiners now follow the storage, as we do
+                result = await self._outcome_elsewhere()
         except BaseException as exc:
             if not isinstance(exc, LeaseLostError):
                 self._notify("saga_interrupted", self.saga.name, saga_id, exc)
@@ -114,9 +117,18 @@ class SagaExecution:
         future.set_result(result)
         return result
 
+    async def _outcome_elsewhere(self) -> SagaResult:
+        """The outcome of the saga another executor took over (it may park it on the way)."""
+        from sagaz.engine.waits import await_through_waits
+
+        if self.graph.waits:
+            return await await_through_waits(self.saga, self._config, self.state.saga_id)
+        return await poll_outcome(self.saga, self.storage, self.state.saga_id)
+
     async def _drive(self) -> SagaResult:
         """The command loop: ask the plan, run what it says, tell it what happened."""
         state, decide = self.state, self.plan.next
+        clock = self.clock if self.graph.waits else None
         if self.listeners:
             if self.recovering:
                 self._notify("saga_recovered", self.saga.name, state.saga_id)
@@ -128,7 +140,7 @@ class SagaExecution:
         finished: list[str] | tuple[str, ...] | None = None
         try:
             while True:
-                command = decide(state, tasks, finished)
+                command = decide(state, tasks, finished, clock.now() if clock else 0.0)
                 finished = None
                 if isinstance(command, plan.RunSteps):
                     if self._deadline is None and self.saga.timeout is not None:
@@ -161,6 +173,14 @@ class SagaExecution:
                         continue
                     for name in command.names:
                         tasks[name] = loop.create_task(self._compensate(name))
+                elif isinstance(command, plan.ReachWaits):
+                    self._reach(command.names)
+                elif isinstance(command, plan.ResolveWait):
+                    await self._resolve_wait(command)
+                elif isinstance(command, plan.Park):
+                    self._disarm_deadline()
+                    await self._park(command.wake_at)
+                    return self._result()
                 else:
                     self._disarm_deadline()
                     await self._finish(command)
@@ -260,12 +280,11 @@ class SagaExecution:
         finished = time.time()
         step = StepState(name, StepStatus.COMPLETED, changes or None, None, outcome.attempts,
                          started, finished)
-        work = UnitOfWork(saga_id, self.owner, context=self.ctx, steps=[step],
+        work = UnitOfWork(saga_id, self.owner, context=self.ctx, steps=[step, *self._reached],
                           events=events, failed_attempts=self._take_failed_attempts())
         completes = self.plan.completes_saga(self.state, name)
         if completes:
-            work.status, work.release_lease = SagaStatus.COMPLETED, True
-            work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
+            self._completing(work, events)
         try:
             await self.storage.commit(work, self.lease_seconds)
         except StorageError as exc:
@@ -277,10 +296,17 @@ class SagaExecution:
             self._stop(name, StepStatus.UNKNOWN, exc, outcome.attempts, started)
             return
         self.state.steps[name] = step
+        self._reached = []
         if completes:
             self.state.status = SagaStatus.COMPLETED
         if self.listeners:
             self._notify("step_completed", saga_name, saga_id, name, finished - started)
+
+    def _completing(self, work: UnitOfWork, events: list[OutboxEvent]) -> None:
+        """This unit's step completes the saga: the COMPLETED status commits with it."""
+        work.status, work.release_lease = SagaStatus.COMPLETED, True
+        work.events = [*events, *self._lifecycle_events(SagaStatus.COMPLETED)]
+        work.forget_signals = bool(self.graph.waits)
 
     def _take_failed_attempts(self) -> list[AuditEntry]:
         taken, self._failed_attempts = self._failed_attempts, []
@@ -308,7 +334,8 @@ class SagaExecution:
     ) -> None:
         """A step's action ended without completing: kept for the COMPENSATING commit, told to
         the plan."""
-        self.pending[name] = StepState(name, status, None, _describe(exc) if exc else None,
+        status = self.plan.ended_as(name, status)
+        self.pending[name] = StepState(name, status, None, describe(exc) if exc else None,
                                        attempts, started, time.time())
         if exc is not None and self.error is None:
             self.error = exc
@@ -328,11 +355,12 @@ class SagaExecution:
             reason = self.plan.cancel_reason
             return storable_text(f"cancelled: {reason}" if reason else "cancelled")
         assert self.error is not None
-        return _describe(self.error)
+        return describe(self.error)
 
     async def _begin_compensation(self, command: plan.BeginCompensation) -> None:
-        steps = [*self.pending.values(), *(self._mark(n, StepStatus.UNKNOWN)
-                                           for n in command.uncertain)]
+        steps = [*self._reached, *self.pending.values(),
+                 *(self._mark(n, StepStatus.UNKNOWN) for n in command.uncertain)]
+        self._reached = []
         error = self._why(command)
         await self.storage.commit(
             UnitOfWork(self.state.saga_id, self.owner, status=SagaStatus.COMPENSATING,
@@ -377,7 +405,7 @@ class SagaExecution:
         step = self._mark(name, StepStatus.COMPENSATED if error is None
                           else StepStatus.COMPENSATION_FAILED)
         if error is not None:
-            step.compensation_error = _describe(error)
+            step.compensation_error = describe(error)
             self.comp_errors[name] = error
             logger.error("compensation of step %s failed in saga %s: %s", name, saga_id,
                          step.compensation_error,
@@ -400,7 +428,8 @@ class SagaExecution:
             await self.storage.commit(
                 UnitOfWork(self.state.saga_id, self.owner, status=status, context=self.ctx,
                            release_lease=True, events=self._lifecycle_events(status),
-                           failed_attempts=self._take_failed_attempts()),
+                           failed_attempts=self._take_failed_attempts(),
+                           forget_signals=bool(self.graph.waits)),
                 self.lease_seconds,
             )
         self.state.status = status

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from sagaz.engine.types import FailureStrategy, SagaState, SagaStatus, StepStatus
+from sagaz.engine.types import FailureStrategy, SagaState, SagaStatus, Signal, StepStatus
 
 __all__ = [
     "AwaitSteps",
@@ -29,28 +30,47 @@ __all__ = [
     "Finish",
     "GiveUp",
     "Graph",
+    "Park",
+    "ReachWaits",
+    "ResolveWait",
     "RetryAfter",
     "RunSteps",
     "SagaPlan",
     "Stop",
+    "WaitSpec",
     "after_failed_attempt",
     "after_failed_compensation",
 ]
 
 
 @dataclass(frozen=True, slots=True)
+class WaitSpec:
+    """A durable wait step: it completes when ``signal`` arrives (its payload merges into the
+    context) or, after ``timeout`` seconds, times out: the step fails (and the saga compensates)
+    unless ``on_timeout`` gives the context to continue with. A delay is a wait for no signal
+    whose timeout continues."""
+
+    signal: str | None
+    timeout: float | None
+    on_timeout: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Graph:
     """A validated step graph. ``order`` is definition order; ``deps`` maps a step to the steps it
-    waits for; ``dependants`` is the reverse; ``compensable`` holds steps with a compensation."""
+    waits for; ``dependants`` is the reverse; ``compensable`` holds steps with a compensation;
+    ``waits`` the steps that are durable waits."""
 
     order: tuple[str, ...]
     deps: dict[str, tuple[str, ...]]
     dependants: dict[str, tuple[str, ...]]
     compensable: frozenset[str]
+    waits: dict[str, WaitSpec] = field(default_factory=dict)
 
     @staticmethod
     def build(
-        order: Iterable[str], deps: dict[str, tuple[str, ...]], compensable: Iterable[str]
+        order: Iterable[str], deps: dict[str, tuple[str, ...]], compensable: Iterable[str],
+        waits: dict[str, WaitSpec] | None = None,
     ) -> Graph:
         names = tuple(order)
         dependants: dict[str, list[str]] = {n: [] for n in names}
@@ -58,7 +78,8 @@ class Graph:
             for dep in deps[name]:
                 dependants[dep].append(name)
         return Graph(
-            names, dict(deps), {k: tuple(v) for k, v in dependants.items()}, frozenset(compensable)
+            names, dict(deps), {k: tuple(v) for k, v in dependants.items()},
+            frozenset(compensable), dict(waits or {}),
         )
 
 
@@ -128,7 +149,33 @@ class Finish:
     record: bool = True
 
 
-Command = RunSteps | CancelSteps | AwaitSteps | BeginCompensation | CompensateSteps | Finish
+@dataclass(frozen=True, slots=True)
+class ReachWaits:
+    """These waits are reached now: record when (their timeouts count from then)."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveWait:
+    """The wait ends: with ``signal`` (consume it, merge its payload), or timed out: then it
+    completes with ``on_timeout`` as its result, or fails when that is None."""
+
+    name: str
+    signal: Signal | None = None
+    on_timeout: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Nothing can go on before a signal or a timer: store the saga WAITING, due at ``wake_at``
+    (None: only a signal wakes it), and let go of it."""
+
+    wake_at: float | None
+
+
+Command = (RunSteps | CancelSteps | AwaitSteps | BeginCompensation | CompensateSteps | Finish
+           | ReachWaits | ResolveWait | Park)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +324,19 @@ class SagaPlan:
     grace_over: bool = False
     grace_started: bool = False
     cancelling: set[str] = field(default_factory=set)
+    uncertain: set[str] = field(default_factory=set)
+    """Resumed after a crash: steps that may have run before it. Run again, they keep that
+    uncertainty if they do not complete this time (see :meth:`ended_as`)."""
 
     # -- events ----------------------------------------------------------------------------------
+
+    def ended_as(self, name: str, status: StepStatus) -> StepStatus:
+        """The status to record for a step whose action ended without completing. A step that
+        may have run before the crash and now failed or was cancelled may still have the first
+        run's effect: it is UNKNOWN, so that it is compensated."""
+        if name in self.uncertain and status in (StepStatus.FAILED, StepStatus.CANCELLED):
+            return StepStatus.UNKNOWN
+        return status
 
     def step_ended(self, name: str, status: StepStatus) -> None:
         """A step's action ended without completing (FAILED, UNKNOWN or CANCELLED); completions
@@ -315,10 +373,11 @@ class SagaPlan:
 
     def next(
         self, state: SagaState, in_flight: Collection[str] = (),
-        finished: Iterable[str] | None = None,
+        finished: Iterable[str] | None = None, now: float = 0.0,
     ) -> Command:
         """The next command. ``finished`` (steps that just ended) lets the forward path look only
-        at their dependants instead of the whole graph."""
+        at their dependants instead of the whole graph. ``now`` (the engine's clock) matters to
+        sagas with waits only."""
         status = state.status
         if status.is_final:
             return Finish(status, record=False)
@@ -331,7 +390,10 @@ class SagaPlan:
                 # The executor died: the steps it could have been running may have happened.
                 return BeginCompensation(ready_steps(graph, state), None, self.stop or
                                          Stop.RECOVERED)
+            self.uncertain = set(ready_steps(graph, state))
         if self.stop is None:
+            if graph.waits:
+                return self._next_with_waits(state, in_flight, now)
             ready = (ready_steps(graph, state, in_flight) if finished is None
                      else unlocked_by(graph, state, finished, in_flight))
             if ready:
@@ -351,6 +413,40 @@ class SagaPlan:
                 return AwaitSteps(every=True, timeout=self.grace_seconds)
             return AwaitSteps()
         return BeginCompensation((), self.failed_step, self.stop)
+
+    def _next_with_waits(self, state: SagaState, in_flight: Collection[str], now: float) -> Command:
+        """The forward path of a saga with waits: actions first, then waits that can end (a
+        signal is there, or the timeout passed), then newly reached waits; park when only open
+        waits are left."""
+        graph = self.graph
+        ready = ready_steps(graph, state, in_flight)
+        actions = tuple(n for n in ready if n not in graph.waits)
+        if actions:
+            return RunSteps(actions)
+        reach: list[str] = []
+        wake_at: float | None = None
+        for name in ready:
+            spec = graph.waits[name]
+            signal = next((s for s in state.signals if s.name == spec.signal), None)
+            if signal is not None:
+                return ResolveWait(name, signal)
+            reached = state.steps.get(name)
+            if reached is None or reached.started_at is None:
+                reach.append(name)
+            elif spec.timeout is not None:
+                due = reached.started_at + spec.timeout
+                if now >= due:
+                    return ResolveWait(name, None, spec.on_timeout)
+                wake_at = due if wake_at is None else min(wake_at, due)
+        if reach:
+            return ReachWaits(tuple(reach))
+        if in_flight:
+            return AwaitSteps()
+        if ready:
+            return Park(wake_at)
+        if all_completed(graph, state):
+            return Finish(SagaStatus.COMPLETED)
+        raise AssertionError(f"saga {state.saga_id} is RUNNING with nothing runnable: {state}")
 
     def _cancel(self, in_flight: Collection[str]) -> tuple[str, ...]:
         """In-flight actions to interrupt now, given why the forward path stopped."""

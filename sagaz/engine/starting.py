@@ -12,7 +12,7 @@ from sagaz.config import SagaConfig, get_config
 from sagaz.engine.executor import SagaExecution
 from sagaz.engine.fingerprint import shape_of
 from sagaz.engine.lease import process_owner
-from sagaz.engine.outcomes import local_runs, poll_outcome
+from sagaz.engine.outcomes import local_runs
 from sagaz.engine.types import SagaResult, SagaState, SagaStatus
 from sagaz.errors import SagaDefinitionError
 from sagaz.storage.control import record_shape
@@ -21,7 +21,8 @@ from sagaz.values import UnstorableValueError, check_json, check_text
 if TYPE_CHECKING:
     from sagaz.engine.definition import Saga
 
-__all__ = ["IDEMPOTENCY_NAMESPACE", "await_outcome", "check_context", "run_saga", "saga_id_for"]
+__all__ = ["IDEMPOTENCY_NAMESPACE", "await_outcome", "check_context", "run_saga", "saga_id_for",
+           "start_saga"]
 
 # Namespace for ids derived from idempotency keys: uuid5(namespace, "<saga name>\0<key>").
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5a6a2f1e-7c1b-4b8e-9a51-3d1f0c2b9e77")
@@ -83,14 +84,33 @@ async def run_saga(
     saga_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> SagaResult:
-    """Start (or join) one saga and return its outcome."""
+    """Start (or join) one saga and return its outcome (awaiting through its waits)."""
+    started = await start_saga(saga, context, saga_id=saga_id, idempotency_key=idempotency_key)
+    if isinstance(started, SagaExecution):
+        result = await started.drive()
+        if result.status is not SagaStatus.WAITING:
+            return result
+    config = saga.config or get_config()
+    sid = started.state.saga_id if isinstance(started, SagaExecution) else started
+    return await await_outcome(saga, config, sid)
+
+
+async def start_saga(
+    saga: Saga,
+    context: dict[str, Any] | None,
+    *,
+    saga_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> SagaExecution | str:
+    """Durably create the saga: the execution to drive it, or the id of the saga that exists
+    already under this id (it is run, or was, by someone else)."""
     saga.validate()
     config = saga.config or get_config()
     data = check_context(saga.name, context)
     sid = saga_id_for(saga.name, saga_id, idempotency_key)
     local = local_runs.get(sid)
     if local is not None and local.get_loop() is asyncio.get_running_loop():
-        return await asyncio.shield(local)
+        return sid
     owner = process_owner()
     # The saga records the definition it starts with: recovery finishes it with that one.
     shape = shape_of(saga)
@@ -104,13 +124,13 @@ async def run_saga(
             raise SagaDefinitionError(
                 f"saga id {sid} already belongs to saga {stored.saga_name!r}, not {saga.name!r}",
                 saga_name=saga.name)
-        return await await_outcome(saga, config, sid)
-    return await SagaExecution(saga, config, stored, owner).drive()
+        return sid
+    return SagaExecution(saga, config, stored, owner)
 
 
 async def await_outcome(saga: Saga, config: SagaConfig, saga_id: str) -> SagaResult:
-    """Wait for a saga run by someone else (another coroutine, process or recovery) to end."""
-    local = local_runs.get(saga_id)
-    if local is not None and local.get_loop() is asyncio.get_running_loop():
-        return await asyncio.shield(local)
-    return await poll_outcome(saga, config.write_storage, saga_id)
+    """Wait for a saga run by someone else (another coroutine, process or recovery) to end,
+    resuming it when it parks and becomes due."""
+    from sagaz.engine.waits import await_through_waits
+
+    return await await_through_waits(saga, config, saga_id)

@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "FailureStrategy",
     "SagaResult",
+    "Signal",
     "SagaState",
     "SagaStatus",
     "StepRecord",
@@ -21,10 +22,12 @@ JSONDict = dict[str, Any]
 
 
 class SagaStatus(StrEnum):
-    """Lifecycle of a saga. COMPLETED, COMPENSATED and FAILED are final."""
+    """Lifecycle of a saga. COMPLETED, COMPENSATED and FAILED are final. WAITING is a parked
+    saga: it waits for a signal or a timer and holds no process (any worker resumes it)."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    WAITING = "WAITING"
     COMPENSATING = "COMPENSATING"
     COMPLETED = "COMPLETED"
     COMPENSATED = "COMPENSATED"
@@ -91,6 +94,16 @@ class StepState:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A signal sent to a saga and not consumed yet (kept until a wait of its name takes it)."""
+
+    signal_id: str
+    name: str
+    payload: JSONDict
+    created_at: float = 0.0
+
+
 @dataclass(slots=True)
 class SagaState:
     """The persisted state of one saga: enough for recovery to finish it after a crash."""
@@ -114,6 +127,12 @@ class SagaState:
     definition_version: str | None = None
     cancel_requested: JSONDict | None = None
     """Set by ``sagaz.cancel``: who asked, why and when; the saga is compensated."""
+    wake_at: float | None = None
+    """A WAITING saga is due (a timer fires, or a signal arrived) from then on."""
+    signal_seq: int = 0
+    """Counts the signals ever sent to the saga: a park that saw fewer is woken at once."""
+    signals: list[Signal] = field(default_factory=list)
+    """The signals not consumed yet, oldest first (loaded for unfinished sagas)."""
 
     def step(self, name: str) -> StepState:
         found = self.steps.get(name)

@@ -44,6 +44,15 @@ class UnitOfWork:
     failed_attempts: list[AuditEntry] = field(default_factory=list)
     """Attempts that failed since the saga's previous unit of work (retried ones change no
     state, so their audit rows wait for the next unit instead of costing a write each)."""
+    wake_at: float | None = None
+    """With status WAITING: when the parked saga is due (its earliest timer; None: no timer)."""
+    seen_signal_seq: int = 0
+    """With status WAITING: the saga's ``signal_seq`` the executor saw. If a signal arrived since
+    (the stored counter differs), the park wakes the saga at once instead: no signal is missed."""
+    consumed_signals: list[str] = field(default_factory=list)
+    """Ids of signals this unit consumed (a wait took them)."""
+    forget_signals: bool = False
+    """With a final status: delete the saga's signals (nothing will consume them any more)."""
 
 
 @runtime_checkable

@@ -12,7 +12,9 @@ gains a capability by implementing its methods, and nothing above it changes:
 - :class:`ObservesCommits`: its group commit reports each batch (size and seconds) to hooks;
 - :class:`Pingable`: it can say cheaply whether its database answers (readiness probes);
 - :class:`~sagaz.storage.control.ControlStorage`: it keeps definition shapes and lets operator
-  verbs seize a saga (memory, SQLite, PostgreSQL).
+  verbs seize a saga (memory, SQLite, PostgreSQL);
+- :class:`StorageWithWaits`: it keeps signals and parked sagas (durable waits: every storage of
+  sagaz).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from sagaz.outbox.store import StorageWithOutbox
 
 if TYPE_CHECKING:
+    from sagaz.engine.types import SagaState
     from sagaz.storage.postgresql.maintenance import MaintenanceReport
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "StorageWithInbox",
     "StorageWithMaintenance",
     "StorageWithOutbox",
+    "StorageWithWaits",
 ]
 
 BatchHook = Callable[[int, float], None]
@@ -86,4 +90,33 @@ class Pingable(Protocol):
 
     async def ping(self) -> None:
         """Return when a trivial query succeeded; raise StorageError when it cannot."""
+        ...
+
+
+@runtime_checkable
+class StorageWithWaits(Protocol):
+    """Durable waits: signals to sagas and parked (WAITING) sagas that become due. Times of
+    timers come from the engine's clock (``now``), so tests can advance them."""
+
+    async def signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        """Keep a signal for the saga (consumed when a wait of ``name`` takes it) and wake the
+        saga if it is parked. False when a signal with this id was kept already (idempotent).
+        Raises :class:`~sagaz.errors.SagaNotFoundError` for an unknown saga and
+        :class:`~sagaz.errors.SignalRefusedError` for a finished one."""
+        ...
+
+    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
+        """The sagas of these ids that exist, with their steps (and signals), by id: one read
+        for a whole batch of claimed sagas."""
+        ...
+
+    async def claim_due(
+        self, owner: str, lease_seconds: float, now: float, limit: int,
+        saga_id: str | None = None,
+    ) -> list[str]:
+        """Atomically take up to ``limit`` WAITING sagas that are due (``wake_at <= now``) and
+        that nobody holds (no lease, or an expired one): one indexed query, whatever the number
+        of waiting sagas. ``saga_id`` restricts it to that saga."""
         ...

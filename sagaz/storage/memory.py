@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from sagaz.engine.fingerprint import DefinitionShape
-from sagaz.engine.types import SagaState, SagaStatus
-from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.engine.types import SagaState, SagaStatus, Signal
+from sagaz.errors import LeaseLostError, SagaNotFoundError, SignalRefusedError, StorageError
 from sagaz.storage.audit import AuditEntry, entries_of
 from sagaz.storage.base import ClosesOnExit, UnitOfWork
 from sagaz.storage.control import Seized, Seizure
@@ -24,6 +24,7 @@ def _copy_state(state: SagaState, with_steps: bool = True) -> SagaState:
         state.updated_at, state.lease_owner, state.lease_expires_at, state.version,
         state.definition_fingerprint, state.definition_version,
         None if state.cancel_requested is None else dict(state.cancel_requested),
+        state.wake_at, state.signal_seq,
     )
 
 
@@ -41,6 +42,8 @@ class InMemorySagaStorage(ClosesOnExit):
         self._history: dict[str, list[AuditEntry]] = {} if _shared is None else _shared[1]
         self._definitions: dict[str, DefinitionShape] = {} if _shared is None else _shared[2]
         self.events: list[Any] = []
+        # saga id -> signal id -> (signal, consumed); dicts keep the order they were sent in.
+        self._signals: dict[str, dict[str, tuple[Signal, bool]]] = {}
 
     def reader(self) -> InMemorySagaStorage:
         """A read-only view of the same data (stands in for a replica in tests)."""
@@ -96,12 +99,72 @@ class InMemorySagaStorage(ClosesOnExit):
             saga.lease_expires_at = None
         else:
             saga.lease_expires_at = now + lease_seconds
+        if work.status is SagaStatus.WAITING:
+            # A signal that arrived since the executor looked wakes the saga at once.
+            saga.wake_at = 0.0 if saga.signal_seq != work.seen_signal_seq else work.wake_at
+        elif work.status is not None:
+            saga.wake_at = None
+        kept = self._signals.get(work.saga_id)
+        if kept is not None:
+            for signal_id in work.consumed_signals:
+                if signal_id in kept:
+                    kept[signal_id] = (kept[signal_id][0], True)
+            if work.forget_signals:
+                del self._signals[work.saga_id]
         self.events.extend(work.events)
         self._record(work.saga_id, entries_of(work), now)
 
     async def load(self, saga_id: str) -> SagaState | None:
         saga = self._sagas.get(saga_id)
-        return None if saga is None else _copy_state(saga)
+        if saga is None:
+            return None
+        state = _copy_state(saga)
+        state.signals = [s for s, consumed in self._signals.get(saga_id, {}).values()
+                         if not consumed]
+        return state
+
+    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
+        found = {}
+        for saga_id in saga_ids:
+            state = await self.load(saga_id)
+            if state is not None:
+                found[saga_id] = state
+        return found
+
+    async def signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        self._check_writable()
+        saga = self._sagas.get(saga_id)
+        if saga is None:
+            raise SagaNotFoundError(saga_id)
+        if saga.status.is_final:
+            raise SignalRefusedError(saga_id, saga.status)
+        kept = self._signals.setdefault(saga_id, {})
+        if signal_id in kept:
+            return False
+        kept[signal_id] = (Signal(signal_id, name, dict(payload), time.time()), False)
+        saga.signal_seq += 1
+        if saga.status is SagaStatus.WAITING:
+            saga.wake_at = 0.0
+        return True
+
+    async def claim_due(
+        self, owner: str, lease_seconds: float, now: float, limit: int,
+        saga_id: str | None = None,
+    ) -> list[str]:
+        self._check_writable()
+        real_now = time.time()
+        candidates = ([self._sagas[saga_id]] if saga_id in self._sagas else []) if saga_id \
+            else self._sagas.values()
+        due = sorted((s for s in candidates if s.status is SagaStatus.WAITING
+                      and s.wake_at is not None and s.wake_at <= now
+                      and (s.lease_owner is None or (s.lease_expires_at or 0) < real_now)),
+                     key=lambda s: s.wake_at or 0.0)[:limit]
+        for saga in due:
+            saga.lease_owner = owner
+            saga.lease_expires_at = real_now + lease_seconds
+        return [s.saga_id for s in due]
 
     async def renew_leases(
         self, owner: str, saga_ids: list[str], lease_seconds: float
@@ -124,8 +187,8 @@ class InMemorySagaStorage(ClosesOnExit):
         for saga in self._sagas.values():
             if len(claimed) >= limit:
                 break
-            if saga.status.is_final:
-                continue
+            if saga.status.is_final or saga.status is SagaStatus.WAITING:
+                continue  # a parked saga is taken by claim_due when it is due
             if saga.lease_expires_at is not None and saga.lease_expires_at < now:
                 saga.lease_owner = owner
                 saga.lease_expires_at = now + lease_seconds

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sagaz.engine.fingerprint import DefinitionShape
-from sagaz.engine.types import SagaState, SagaStatus, StepState, StepStatus
-from sagaz.errors import LeaseLostError, SagaNotFoundError, StorageError
+from sagaz.engine.types import SagaState, SagaStatus, Signal, StepState, StepStatus
+from sagaz.errors import LeaseLostError, SagaNotFoundError, SignalRefusedError, StorageError
 from sagaz.private_files import PRIVATE_DIR_MODE, create_private_file
 from sagaz.storage.audit import AuditEntry, entries_of
 from sagaz.storage.base import ClosesOnExit, UnitOfWork, report_batch, settle
@@ -172,6 +172,7 @@ class SQLiteSagaStorage(ClosesOnExit):
                 "status": work.status.value if work.status else None, "context": context,
                 "failed_step": work.failed_step, "error": work.error, "now": now,
                 "release": work.release_lease, "expires": now + lease_seconds,
+                "wake_at": work.wake_at, "seen_signal_seq": work.seen_signal_seq,
             })
             if cur.rowcount != 1:
                 if conn.execute(Q["saga_exists"], {"saga_id": work.saga_id}).fetchone():
@@ -179,6 +180,11 @@ class SQLiteSagaStorage(ClosesOnExit):
                 raise SagaNotFoundError(work.saga_id)
             if steps:
                 conn.executemany(Q["upsert_step"], steps)
+            for signal_id in work.consumed_signals:
+                conn.execute(Q["consume_signal"],
+                             {"saga_id": work.saga_id, "signal_id": signal_id})
+            if work.forget_signals:
+                conn.execute(Q["forget_signals"], {"saga_id": work.saga_id})
             _insert_audit(conn, audit, now)
             if events:
                 for params in events:
@@ -213,6 +219,55 @@ class SQLiteSagaStorage(ClosesOnExit):
             now = time.time()
             rows = conn.execute(Q["claim_expired"], {
                 "owner": owner, "expires": now + lease_seconds, "now": now, "limit": limit,
+            }).fetchall()
+            return [r[0] for r in rows]
+
+        result: list[str] = await self._write(op)
+        return result
+
+    async def load_many(self, saga_ids: list[str]) -> dict[str, SagaState]:
+        def op(conn: sqlite3.Connection) -> dict[str, SagaState]:
+            found = {}
+            for saga_id in saga_ids:
+                state = _load(conn, saga_id)
+                if state is not None:
+                    found[saga_id] = state
+            return found
+
+        return await self._run(op)
+
+    async def signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        text = json.dumps(payload)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(Q["saga_status"], {"saga_id": saga_id}).fetchone()
+            if row is None:
+                raise SagaNotFoundError(saga_id)
+            status = SagaStatus(row[0])
+            if status.is_final:
+                raise SignalRefusedError(saga_id, status)
+            cur = conn.execute(Q["insert_signal"], {
+                "saga_id": saga_id, "signal_id": signal_id, "name": name, "payload": text,
+                "now": time.time()})
+            if cur.rowcount != 1:
+                return False
+            conn.execute(Q["count_signal"], {"saga_id": saga_id})
+            return True
+
+        result: bool = await self._write(op)
+        return result
+
+    async def claim_due(
+        self, owner: str, lease_seconds: float, now: float, limit: int,
+        saga_id: str | None = None,
+    ) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            real_now = time.time()
+            rows = conn.execute(Q["claim_due"], {
+                "owner": owner, "expires": real_now + lease_seconds, "now": now,
+                "real_now": real_now, "limit": limit, "saga_id": saga_id,
             }).fetchall()
             return [r[0] for r in rows]
 
@@ -351,9 +406,9 @@ def _write_batch(conn: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
             conn.execute("SAVEPOINT op")
             try:
                 outcomes.append(op(conn))
-            except (StorageError, sqlite3.IntegrityError) as exc:
+            except (StorageError, SignalRefusedError, sqlite3.IntegrityError) as exc:
                 conn.execute("ROLLBACK TO op")
-                outcomes.append(exc if isinstance(exc, StorageError)
+                outcomes.append(exc if isinstance(exc, StorageError | SignalRefusedError)
                                 else StorageError(f"constraint violated: {exc}"))
             conn.execute("RELEASE op")
         conn.execute("COMMIT")
@@ -436,6 +491,7 @@ def _saga_from_row(row: tuple[Any, ...]) -> SagaState:
         updated_at=row[8], lease_owner=row[9], lease_expires_at=row[10], version=row[11],
         definition_fingerprint=row[12], definition_version=row[13],
         cancel_requested=None if row[14] is None else json.loads(row[14]),
+        wake_at=row[15], signal_seq=row[16],
     )
 
 
@@ -448,4 +504,7 @@ def _load(conn: sqlite3.Connection, saga_id: str) -> SagaState | None:
         state.steps[s[0]] = StepState(
             s[0], StepStatus(s[1]), None if s[2] is None else json.loads(s[2]), s[3], s[4], s[5],
             s[6], s[7])
+    if not state.status.is_final:
+        state.signals = [Signal(r[0], r[1], json.loads(r[2]), r[3])
+                         for r in conn.execute(Q["select_signals"], {"saga_id": saga_id})]
     return state

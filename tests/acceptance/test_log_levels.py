@@ -52,6 +52,7 @@ def _invocations(pg: str, tmp: Path) -> dict[str, Invocation]:
         "sagas resume": (["sagas", "resume", UNKNOWN_ID, "--definition", "1"], {}, {1}),
         "sagas check-versions": (["sagas", "check-versions", "--import", "sample_sagas"], {},
                                  {0}),
+        "sagas signal": (["sagas", "signal", UNKNOWN_ID, "Go", "--payload", "{}"], {}, {1}),
         "db migrate": (["db", "migrate", "--dsn", pg], {}, {0}),
         "db maintain": (["db", "maintain", "--dsn", pg], {}, {0}),
         "db partitions": (["db", "partitions", "--dsn", pg], {}, {0}),

@@ -172,7 +172,7 @@ async def test_sqlite_migrates_an_existing_file_to_the_audit_log(tmp_path: Path)
     await first.close()
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE saga_audit_log")
-    conn.execute("DELETE FROM sagaz_migrations WHERE version = 4")
+    conn.execute("DELETE FROM sagaz_migrations WHERE version = 4")  # only the audit log's
     conn.commit()
     conn.close()
     reopened = SQLiteSagaStorage(db)

@@ -82,7 +82,7 @@ def run_together(barrier: Path, argv_list: list[list[str]]) -> list[Any]:
 
 
 MIGRATIONS = [(1, "initial"), (2, "outbox"), (3, "outbox_relay"), (4, "audit_log"),
-              (5, "definition_versions")]
+              (5, "definition_versions"), (6, "durable_waits")]
 
 
 async def test_migrations_are_applied_once_and_reopening_is_idempotent(

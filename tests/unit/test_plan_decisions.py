@@ -108,3 +108,42 @@ def test_retry_verdicts() -> None:
     assert plan.after_failed_compensation(2, 1) == plan.GiveUp(StepStatus.COMPENSATION_FAILED)
     assert plan.after_failed_compensation(1, 3, bad_result=True) == plan.GiveUp(
         StepStatus.COMPENSATION_FAILED)
+
+
+def test_a_parked_saga_asked_to_cancel_compensates_instead_of_waiting() -> None:
+    graph = graph_of({"a": (), "w": ("a",), "b": ("w",)},
+                     waits={"w": plan.WaitSpec("Approved", 60.0)})
+    parked = state(SagaStatus.WAITING, a=StepStatus.COMPLETED)
+    parked.steps["w"] = StepState("w", StepStatus.PENDING, started_at=100.0)
+    p = plan.SagaPlan(graph)
+    assert p.next(parked, now=120.0) == plan.Park(160.0)
+    p.request_cancel("operator")
+    assert p.next(parked, now=120.0) == plan.BeginCompensation((), None, plan.Stop.CANCELLED)
+
+
+def test_waits_resolve_by_signal_first_then_by_timer() -> None:
+    from sagaz.engine.types import Signal
+
+    graph = graph_of({"w": (), "d": ()}, waits={"w": plan.WaitSpec("Go", 10.0),
+                                                 "d": plan.WaitSpec(None, 5.0, {})})
+    fresh = state()
+    assert plan.SagaPlan(graph).next(fresh, now=0.0) == plan.ReachWaits(("w", "d"))
+    fresh.steps["w"] = StepState("w", StepStatus.PENDING, started_at=0.0)
+    fresh.steps["d"] = StepState("d", StepStatus.PENDING, started_at=0.0)
+    assert plan.SagaPlan(graph).next(fresh, now=1.0) == plan.Park(5.0)
+    assert plan.SagaPlan(graph).next(fresh, now=5.0) == plan.ResolveWait("d", None, {})
+    go = Signal("s1", "Go", {"x": 1})
+    fresh.signals.append(go)
+    assert plan.SagaPlan(graph).next(fresh, now=1.0) == plan.ResolveWait("w", go)
+    fresh.signals.clear()
+    assert plan.SagaPlan(graph).next(fresh, now=10.0) == plan.ResolveWait("w", None, None)
+
+
+def test_a_step_rerun_after_a_crash_keeps_its_uncertainty_when_it_does_not_complete() -> None:
+    """Found by the random replay: in resume mode a step that may have run before the crash,
+    run again and cancelled (or failed) this time, may still have the first run's effect."""
+    p = plan.SagaPlan(ROOTS, recovering=True, resume=True)
+    assert p.next(state()) == plan.RunSteps(("a", "b"))
+    assert p.ended_as("b", StepStatus.CANCELLED) is StepStatus.UNKNOWN
+    assert p.ended_as("a", StepStatus.FAILED) is StepStatus.UNKNOWN
+    assert plan.SagaPlan(ROOTS).ended_as("b", StepStatus.CANCELLED) is StepStatus.CANCELLED

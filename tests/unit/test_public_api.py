@@ -5,13 +5,13 @@ def test_public_names_are_pinned() -> None:
     """The public API is a contract: adding or removing a name must be a deliberate change."""
     assert sorted(sagaz.__all__) == sorted([
         "ConfigurationError", "FailureStrategy", "LeaseLostError", "OperatorError",
-        "RecoveryReport",
-        "RetryPolicy", "Saga", "SagaConfig", "SagaContext", "SagaDefinitionError",
-        "SagaFailedError", "SagaListener", "SagaNotFoundError", "SagaResult", "SagaStatus",
-        "SagaTimeoutError", "SagazError", "StepRecord", "StepStatus", "StepTimeoutError",
-        "StorageError", "Worker", "WorkerListener", "__version__", "action", "cancel",
-        "check_versions", "compensate", "configure", "get_config", "recover", "register",
-        "resume", "retry", "shutdown",
+        "RecoveryReport", "RetryPolicy", "Saga", "SagaConfig", "SagaContext",
+        "SagaDefinitionError", "SagaFailedError", "SagaHandle", "SagaListener",
+        "SagaNotFoundError", "SagaResult", "SagaStatus", "SagaTimeoutError", "SagazError",
+        "SignalRefusedError", "StepRecord", "StepStatus", "StepTimeoutError", "StorageError",
+        "WaitTimeoutError", "Worker", "WorkerListener", "__version__", "action", "cancel",
+        "check_versions", "compensate", "configure", "get_config", "recover", "register", "resume",
+        "retry", "shutdown", "signal", "wait",
     ])
     for name in sagaz.__all__:
         assert hasattr(sagaz, name), name
@@ -26,6 +26,6 @@ def test_every_error_derives_from_one_root() -> None:
 
 def test_statuses() -> None:
     assert [s.value for s in sagaz.SagaStatus] == [
-        "PENDING", "RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
+        "PENDING", "RUNNING", "WAITING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"]
     assert {s for s in sagaz.SagaStatus if s.is_final} == {
         sagaz.SagaStatus.COMPLETED, sagaz.SagaStatus.COMPENSATED, sagaz.SagaStatus.FAILED}

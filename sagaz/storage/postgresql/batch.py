@@ -177,10 +177,14 @@ def build_batch(
         # The audit rows travel in the same statement: no extra round trip, same fence.
         audit = [{"saga_id": w.saga_id, "event": a.event, "details": a.details, "at": a.at}
                  for _, w in queued.commits for a in entries_of(w)]
+        consumed = [{"saga_id": w.saga_id, "signal_id": g}
+                    for _, w in queued.commits for g in w.consumed_signals]
+        forget = sorted({w.saga_id for _, w in queued.commits if w.forget_signals})
         queued.update_at = len(statements)
         statements.append(mogrify(Q["commit_units"], {
             "ids": ids, "units": json.dumps(units), "steps": json.dumps(steps),
             "events": json.dumps(events), "audit": json.dumps(audit),
+            "consumed": json.dumps(consumed), "forget": forget,
             "dedupe_events": retried,
             "created_from": min(known) - 1 if known else None,
             "created_to": max(known) + 1 if known else None}))
@@ -212,9 +216,10 @@ def _commit_rows(
             unit = units[work.saga_id] = {
                 "saga_id": work.saga_id, "owner": work.owner, "status": None, "context": None,
                 "failed_step": None, "error": None, "release": False,
-                "lease": leases[work.saga_id]}
+                "lease": leases[work.saga_id], "wake_at": None, "seen_seq": 0}
         if work.status is not None:
             unit["status"] = work.status.value
+            unit["wake_at"], unit["seen_seq"] = work.wake_at, work.seen_signal_seq
         if work.context is not None:
             unit["context"] = work.context
         unit["failed_step"] = work.failed_step or unit["failed_step"]

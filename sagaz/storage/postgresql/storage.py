@@ -43,6 +43,7 @@ from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
 from sagaz.storage.postgresql.pool import PROBE_AFTER, StoragePool
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
+from sagaz.storage.postgresql.waits import PostgreSQLWaits
 from sagaz.storage.sql import queries
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ _BACKOFF = RetryPolicy(base_delay=0.05, max_delay=0.5)
 _MIN_POOL_WAIT = 0.5
 
 
-class PostgreSQLSagaStorage(ClosesOnExit):
+class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
     """Saga state in PostgreSQL. ``readonly=True`` (replicas, analytics) opens every transaction
     READ ONLY, so a write attempt fails instead of going to the wrong server.
 

@@ -26,7 +26,7 @@ from partition_helpers import (
 from sagaz.storage.postgresql.maintenance import maintain_partitions
 
 TODAY = datetime(2027, 3, 15, 8, 30, tzinfo=UTC)
-LIVE_SAGA = ("PENDING", "RUNNING", "COMPENSATING")
+LIVE_SAGA = ("PENDING", "RUNNING", "WAITING", "COMPENSATING")
 FINISHED_SAGA = ("COMPLETED", "COMPENSATED", "FAILED")
 
 
@@ -62,9 +62,9 @@ def test_sagas_still_running_keep_their_partition_and_steps_past_retention(conn:
 
     name = month_name("saga_executions", old)
     kept = [(a, d) for table, a, n, d in summary if n == name]
-    assert kept == [("kept", "3 live rows kept past retention (COMPENSATING 1, PENDING 1, "
-                             "RUNNING 1); the finished rows were dropped, 6 saga_steps rows "
-                             "deleted")]
+    assert kept == [("kept", "4 live rows kept past retention (COMPENSATING 1, PENDING 1, "
+                             "RUNNING 1, WAITING 1); the finished rows were dropped, 6 saga_steps "
+                             "rows deleted")]
     assert where_rows_are(conn, "saga_executions", "saga_id") == {
         saga_id: name for saga_id in live.values()}
     assert steps_of(conn) == set(live.values())
@@ -81,12 +81,12 @@ def test_sagas_still_running_keep_their_partition_and_steps_past_retention(conn:
 
     # Nothing more to drop while they run: kept again, untouched.
     again = [(a, d) for _, a, n, d in maintain(conn, TODAY) if n == name]
-    assert again == [("kept", "3 live rows kept past retention (COMPENSATING 1, PENDING 1, "
-                              "RUNNING 1)")]
+    assert again == [("kept", "4 live rows kept past retention (COMPENSATING 1, PENDING 1, "
+                              "RUNNING 1, WAITING 1)")]
     # Once they have finished, the partition goes with their steps.
     conn.execute("UPDATE saga_executions SET status = 'COMPENSATED'")
     final = [(a, d) for _, a, n, d in maintain(conn, TODAY) if n == name]
-    assert final == [("dropped", "6 saga_steps rows deleted")]
+    assert final == [("dropped", "8 saga_steps rows deleted")]
     assert not exists(conn, name)
     assert steps_of(conn) == set()
 

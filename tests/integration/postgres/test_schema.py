@@ -20,8 +20,8 @@ Conn = psycopg.Connection[TupleRow]
 
 PARTITIONED = {"saga_executions": "created_at", "saga_outbox": "created_at",
                "saga_audit_log": "created_at"}
-PLAIN = {"saga_steps", "consumer_inbox", "sagaz_partition_settings", "sagaz_migrations",
-         "saga_definitions"}
+PLAIN = {"saga_steps", "saga_signals", "consumer_inbox", "sagaz_partition_settings",
+         "sagaz_migrations", "saga_definitions"}
 ALL_VERSIONS = [m.version for m in migrations("postgresql")]
 
 
@@ -246,6 +246,7 @@ def test_primary_keys(pg_readonly_conn: Conn) -> None:
         "saga_outbox": ["event_id", "created_at"],
         "saga_audit_log": ["id", "created_at"],
         "saga_steps": ["saga_id", "step_name"],
+        "saga_signals": ["saga_id", "signal_id"],
         "consumer_inbox": ["consumer_name", "event_id"],
         "sagaz_partition_settings": ["table_name"],
         "sagaz_migrations": ["version"],

@@ -40,7 +40,7 @@ WITH u AS (
     SELECT *
       FROM json_to_recordset(%(units)s::json)
            AS u(saga_id uuid, owner text, status text, context jsonb, failed_step text,
-                error text, release bool, lease float8)
+                error text, release bool, lease float8, wake_at float8, seen_seq bigint)
 ), updated AS (
     UPDATE saga_executions AS s
        SET status = COALESCE(u.status, s.status),
@@ -51,7 +51,15 @@ WITH u AS (
            version = s.version + 1,
            lease_owner = CASE WHEN u.release THEN NULL ELSE s.lease_owner END,
            lease_expires_at = CASE WHEN u.release THEN NULL
-                                   ELSE now() + make_interval(secs => u.lease) END
+                                   ELSE now() + make_interval(secs => u.lease) END,
+           -- Parking: a signal that arrived since the executor looked (the counter moved; the
+           -- row is re-read after a concurrent signal's lock) makes the saga due at once. Any
+           -- other status change ends the wait.
+           wake_at = CASE WHEN u.status = 'WAITING' THEN
+                              CASE WHEN s.signal_seq <> u.seen_seq THEN to_timestamp(0)
+                                   ELSE to_timestamp(u.wake_at) END
+                          WHEN u.status IS NULL THEN s.wake_at
+                          ELSE NULL END
       FROM u
      -- The id array and the creation-time bounds (NULL when unknown) let the planner probe
      -- the primary-key index of only the partitions the batch's sagas live in; see
@@ -109,6 +117,16 @@ WITH u AS (
                WHERE l.saga_id = a.saga_id AND l.event = a.event AND l.details = a.details
                  AND (a.at IS NULL OR l.created_at = to_timestamp(a.at))))
      ORDER BY a.n
+), consumed AS (
+    -- Signals the units' waits consumed.
+    UPDATE saga_signals AS g SET consumed_at = now()
+      FROM json_to_recordset(%(consumed)s::json) AS c(saga_id uuid, signal_id text)
+     WHERE g.saga_id = c.saga_id AND g.signal_id = c.signal_id
+       AND c.saga_id IN (SELECT saga_id FROM updated)
+), forgotten AS (
+    -- A finished saga's signals: nothing will consume them any more.
+    DELETE FROM saga_signals AS g
+     WHERE g.saga_id = ANY(%(forget)s::uuid[]) AND g.saga_id IN (SELECT saga_id FROM updated)
 )
 SELECT saga_id::text FROM updated;
 
@@ -119,7 +137,8 @@ SELECT saga_id::text FROM saga_executions WHERE saga_id = ANY(%(ids)s::uuid[]);
 SELECT saga_id::text, saga_name, status, context::text, failed_step, error, idempotency_key,
        extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8,
        lease_owner, extract(epoch FROM lease_expires_at)::float8, version,
-       definition_fingerprint, definition_version, cancel_requested::text
+       definition_fingerprint, definition_version, cancel_requested::text,
+       extract(epoch FROM wake_at)::float8, signal_seq
   FROM saga_executions
  WHERE saga_id = ANY(%(ids)s::uuid[]);
 
@@ -158,11 +177,56 @@ UPDATE saga_executions AS s
  WHERE s.saga_id = expired.saga_id AND s.created_at = expired.created_at
 RETURNING s.saga_id::text;
 
+-- name: select_signals
+-- The signals not consumed yet of unfinished sagas, oldest first.
+SELECT saga_id::text, signal_id, name, payload::text, extract(epoch FROM created_at)::float8
+  FROM saga_signals
+ WHERE saga_id = ANY(%(ids)s::uuid[]) AND consumed_at IS NULL
+ ORDER BY seq;
+
+-- name: lock_saga_status
+-- A signal serialises with the saga's commits on its row: a park committed before it is seen
+-- WAITING here; a park after it sees the moved counter (commit_units).
+SELECT status FROM saga_executions WHERE saga_id = %(saga_id)s::uuid FOR UPDATE;
+
+-- name: insert_signal
+INSERT INTO saga_signals (saga_id, signal_id, name, payload)
+VALUES (%(saga_id)s::uuid, %(signal_id)s, %(name)s, %(payload)s::jsonb)
+ON CONFLICT (saga_id, signal_id) DO NOTHING
+RETURNING seq;
+
+-- name: count_signal
+-- A parked saga becomes due at once (the epoch is before any clock).
+UPDATE saga_executions
+   SET signal_seq = signal_seq + 1,
+       wake_at = CASE WHEN status = 'WAITING' THEN to_timestamp(0) ELSE wake_at END
+ WHERE saga_id = %(saga_id)s::uuid;
+
+-- name: claim_due
+-- The one query per worker interval: the partial index saga_executions_wake_at holds only
+-- parked sagas, so it costs the same with 10 or 100,000 of them. SKIP LOCKED: concurrent
+-- workers take different sagas. Timers are on the engine's clock (%(now)s); leases on the
+-- server's.
+UPDATE saga_executions AS s
+   SET lease_owner = %(owner)s,
+       lease_expires_at = now() + make_interval(secs => %(lease)s)
+  FROM (SELECT saga_id, created_at
+          FROM saga_executions
+         WHERE status = 'WAITING' AND wake_at <= to_timestamp(%(now)s)
+           AND (%(saga_id)s::uuid IS NULL OR saga_id = %(saga_id)s::uuid)
+           AND (lease_owner IS NULL OR lease_expires_at < now())
+         ORDER BY wake_at
+         LIMIT %(limit)s
+           FOR UPDATE SKIP LOCKED) AS due
+ WHERE s.saga_id = due.saga_id AND s.created_at = due.created_at
+RETURNING s.saga_id::text;
+
 -- name: list_sagas
 SELECT saga_id::text, saga_name, status, context::text, failed_step, error, idempotency_key,
        extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8,
        lease_owner, extract(epoch FROM lease_expires_at)::float8, version,
-       definition_fingerprint, definition_version, cancel_requested::text
+       definition_fingerprint, definition_version, cancel_requested::text,
+       extract(epoch FROM wake_at)::float8, signal_seq
   FROM saga_executions
  WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
  ORDER BY created_at DESC

@@ -31,7 +31,13 @@ UPDATE saga_executions
        updated_at = :now,
        version = version + 1,
        lease_owner = CASE WHEN :release THEN NULL ELSE lease_owner END,
-       lease_expires_at = CASE WHEN :release THEN NULL ELSE :expires END
+       lease_expires_at = CASE WHEN :release THEN NULL ELSE :expires END,
+       -- Parking: a signal that arrived since the executor looked (the counter moved) makes the
+       -- saga due at once. Any other status change ends the wait.
+       wake_at = CASE WHEN :status = 'WAITING' THEN
+                          CASE WHEN signal_seq <> :seen_signal_seq THEN 0 ELSE :wake_at END
+                      WHEN :status IS NULL THEN wake_at
+                      ELSE NULL END
  WHERE saga_id = :saga_id AND lease_owner = :owner;
 
 -- name: upsert_step
@@ -54,7 +60,7 @@ SELECT 1 FROM saga_executions WHERE saga_id = :saga_id;
 -- name: select_saga
 SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key, created_at,
        updated_at, lease_owner, lease_expires_at, version, definition_fingerprint,
-       definition_version, cancel_requested
+       definition_version, cancel_requested, wake_at, signal_seq
   FROM saga_executions
  WHERE saga_id = :saga_id;
 
@@ -80,7 +86,7 @@ RETURNING saga_id;
 -- name: list_sagas
 SELECT saga_id, saga_name, status, context, failed_step, error, idempotency_key, created_at,
        updated_at, lease_owner, lease_expires_at, version, definition_fingerprint,
-       definition_version, cancel_requested
+       definition_version, cancel_requested, wake_at, signal_seq
   FROM saga_executions
  WHERE (:status IS NULL OR status = :status)
  ORDER BY created_at DESC
@@ -139,3 +145,43 @@ UPDATE saga_executions SET lease_expires_at = :now
 
 -- name: release_claim
 UPDATE saga_executions SET lease_owner = NULL WHERE saga_id = :saga_id AND lease_owner = :owner;
+
+-- Durable waits (sagaz/engine/waits.py)
+
+-- name: saga_status
+SELECT status FROM saga_executions WHERE saga_id = :saga_id;
+
+-- name: insert_signal
+INSERT INTO saga_signals (saga_id, signal_id, name, payload, created_at)
+VALUES (:saga_id, :signal_id, :name, :payload, :now)
+ON CONFLICT (saga_id, signal_id) DO NOTHING;
+
+-- name: count_signal
+-- A parked saga becomes due at once (0 is before any clock).
+UPDATE saga_executions
+   SET signal_seq = signal_seq + 1,
+       wake_at = CASE WHEN status = 'WAITING' THEN 0 ELSE wake_at END
+ WHERE saga_id = :saga_id;
+
+-- name: select_signals
+SELECT signal_id, name, payload, created_at FROM saga_signals
+ WHERE saga_id = :saga_id AND NOT consumed
+ ORDER BY seq;
+
+-- name: consume_signal
+UPDATE saga_signals SET consumed = 1 WHERE saga_id = :saga_id AND signal_id = :signal_id;
+
+-- name: forget_signals
+DELETE FROM saga_signals WHERE saga_id = :saga_id;
+
+-- name: claim_due
+-- The one query per worker interval: the partial index on wake_at holds only parked sagas.
+UPDATE saga_executions
+   SET lease_owner = :owner, lease_expires_at = :expires
+ WHERE saga_id IN (SELECT saga_id FROM saga_executions
+                    WHERE status = 'WAITING' AND wake_at <= :now
+                      AND (:saga_id IS NULL OR saga_id = :saga_id)
+                      AND (lease_owner IS NULL OR lease_expires_at < :real_now)
+                    ORDER BY wake_at
+                    LIMIT :limit)
+RETURNING saga_id;
