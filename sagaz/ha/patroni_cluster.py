@@ -72,6 +72,16 @@ logger = logging.getLogger(__name__)
 API_USER = "patroni"
 """The basic-auth user of Patroni's REST API (its password is generated into secrets.json)."""
 SCOPE = "sagaz"
+RESTART_SETTINGS: dict[str, str] = {
+    # A crashed primary restarted in place first fsyncs its whole data directory, file by file
+    # (the default): on a loaded machine that took longer than the redo itself. syncfs (Linux)
+    # syncs each file system once.
+    "recovery_init_sync_method": "syncfs",
+    # Checkpoints every 30 s instead of 5 min: fewer dirty buffers for the shutdown checkpoint
+    # of a switchover's demotion and less WAL to replay after a crash, for a little more WAL.
+    "checkpoint_timeout": "'30s'",
+}
+"""Settings of a Patroni cluster's nodes that shorten a restart or a demotion."""
 
 API_OFFSET, ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 1002, 1003, 1004
 DEFAULT_REVIVE_AFTER = 30.0
@@ -280,7 +290,8 @@ class PatroniCluster:
                 "log_filename": "postgres.log", "log_file_mode": "0600"})
         return render_patroni_config(
             spec, self.settings,
-            {**PRIMARY_SETTINGS, **wal_retention_settings(s.max_slot_wal_keep_size)})
+            {**PRIMARY_SETTINGS, **RESTART_SETTINGS,
+             **wal_retention_settings(s.max_slot_wal_keep_size)})
 
     # -- lifecycle -------------------------------------------------------------------------------
 

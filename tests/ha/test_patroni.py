@@ -183,6 +183,14 @@ def test_sigkill_of_the_leaders_postmaster_is_recovered(failover: FailoverCluste
     assert leader is not None
     postmaster = cluster.local.node(leader).pid
     assert postmaster is not None
+    # What shortens the restart in place: one syncfs instead of an fsync per file before the
+    # redo, and at most 30 s of WAL to replay.
+    with psycopg.connect(cluster.local.node_dsn(leader), autocommit=True,
+                         prepare_threshold=None) as conn:
+        settings = dict(conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN "
+            "('recovery_init_sync_method', 'checkpoint_timeout')").fetchall())
+    assert settings == {"recovery_init_sync_method": "syncfs", "checkpoint_timeout": "30"}
     writer, stop, thread = _under_load(failover, failover.pool_dsn(), 2_000_000)
     time.sleep(1)
     killed = time.monotonic()

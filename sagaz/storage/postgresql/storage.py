@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from sagaz.engine.fingerprint import DefinitionShape
 from sagaz.engine.retry import RetryPolicy
@@ -41,6 +41,7 @@ from sagaz.storage.control import Seized, Seizure
 from sagaz.storage.postgresql import control
 from sagaz.storage.postgresql.batch import Pending, build_batch
 from sagaz.storage.postgresql.errors import is_transient, reason, server_label, storage_error
+from sagaz.storage.postgresql.pool import PROBE_AFTER, StoragePool
 from sagaz.storage.postgresql.rows import load_sagas, saga_from_row
 from sagaz.storage.postgresql.waits import PostgreSQLWaits
 from sagaz.storage.sql import queries
@@ -58,10 +59,10 @@ T = TypeVar("T")
 Q = queries("postgresql")
 _Conn = psycopg.AsyncConnection[Any]
 _CREATED_CACHE_SIZE = 100_000
-# No server-side prepared statements (PgBouncer in transaction mode); a dead host fails in 5 s.
-_CONNECT_KWARGS: dict[str, Any] = {"prepare_threshold": None, "connect_timeout": 5}
-# Connection errors: 50 ms doubling to 2 s, jittered, until retry_timeout is spent.
-_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=2.0)
+# Connection errors: 50 ms doubling to 0.5 s, jittered, until retry_timeout is spent. A higher
+# cap made a client that retried through a 5 s restart wait up to 2 s more after the server was
+# back; one attempt per 0.5 s per waiting writer costs the server nothing worth that.
+_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=0.5)
 _MIN_POOL_WAIT = 0.5
 
 
@@ -103,9 +104,9 @@ class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
         self.primary = primary
         self.read_your_writes = read_your_writes
         self.replica_wait = replica_wait
-        self._pool: AsyncConnectionPool | None = None
-        self._pool_loop: asyncio.AbstractEventLoop | None = None
-        self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._pool = StoragePool(dsn, min_size=min_size, max_size=max_size,
+                                 name="sagaz-ro" if readonly else "sagaz-rw",
+                                 configure=self._configure, first_use=self._first_use)
         self._migrated = False
         self.max_inflight = max_inflight
         self._pending: list[tuple[Pending, asyncio.Future[Any]]] = []
@@ -137,56 +138,9 @@ class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
         # of a transaction sees what an earlier one waited for), whatever the server default.
         await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
 
-    async def _get_pool(self) -> AsyncConnectionPool:
-        loop = asyncio.get_running_loop()
-        if self._pool is not None and self._pool_loop is loop:
-            return self._pool
-        # One pool per event loop (each asyncio.run gets a new one), opened once however many
-        # callers arrive together: a pool opened per caller would leak its worker tasks.
-        if self._opening is None or self._opening[0] is not loop:
-            self._opening = (loop, asyncio.Lock())
-        async with self._opening[1]:
-            if self._pool is None or self._pool_loop is not loop:
-                self._pool, self._pool_loop = await self._open_pool(), loop
-        return self._pool
-
-    async def _open_pool(self) -> AsyncConnectionPool:
-        # The first connection is ours, not the pool's: a pool retries a failed connection in
-        # the background (logging each attempt) and only says PoolTimeout, while this attempt
-        # raises the server's answer at once, which tells a rejected login from a server away.
-        conn = await self._connect()
-        try:
-            if self.auto_migrate and not self._migrated:
-                await self._migrate_on(conn)
-        finally:
-            await conn.close()
-        pool = AsyncConnectionPool(
-            self.dsn, min_size=self.min_size, max_size=self.max_size, open=False,
-            kwargs=_CONNECT_KWARGS, configure=self._configure,
-            name="sagaz-ro" if self.readonly else "sagaz-rw",
-        )
-        await pool.open()
-        return pool
-
-    async def _connect(self) -> _Conn:
-        """A connection of our own, configured like the pool's."""
-        conn = await psycopg.AsyncConnection.connect(self.dsn, **_CONNECT_KWARGS)
-        try:
-            await self._configure(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
-
-    async def _why_no_connection(self, pool_timeout: PoolTimeout) -> psycopg.Error:
-        """What kept the pool from handing out a connection: the server's answer to a connection
-        attempt of our own, or, if that succeeds, the pool timeout itself (all busy)."""
-        try:
-            conn = await self._connect()
-        except psycopg.Error as exc:
-            return exc
-        await conn.close()
-        return pool_timeout
+    async def _first_use(self, conn: _Conn) -> None:
+        if self.auto_migrate and not self._migrated:
+            await self._migrate_on(conn)
 
     async def migrate(self) -> list[int]:
         """Apply pending schema migrations (idempotent, safe to run concurrently); returns the
@@ -210,9 +164,10 @@ class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
         attempt = 1
         while True:
             try:
-                pool = await self._get_pool()
-                # The pool waits for a connection no longer than the retries would go on.
-                wait = max(deadline - time.monotonic(), _MIN_POOL_WAIT)
+                pool = await self._pool.get()
+                # Not longer than the retries would go on; and a pool that cannot hand out a
+                # connection soon is checked (see StoragePool.timed_out): it may be in backoff.
+                wait = min(max(deadline - time.monotonic(), _MIN_POOL_WAIT), PROBE_AFTER)
                 async with pool.connection(timeout=wait) as conn:
                     result = await fn(conn, attempt)
             except psycopg.Error as exc:
@@ -222,7 +177,9 @@ class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
                         "storage") from exc
                 cause: psycopg.Error = exc
                 if isinstance(exc, PoolTimeout):
-                    cause = await self._why_no_connection(exc)
+                    cause = await self._pool.timed_out(pool, exc)
+                elif isinstance(exc, PoolClosed) and self._pool.replaced(pool):
+                    continue  # waited on a pool renewed meanwhile: the new one serves
                 # A read-write DSN that reaches a server in recovery (a demoted primary before
                 # PgBouncer is re-pointed) is transient too: retried like a lost server.
                 delay = _BACKOFF.delay(attempt)
@@ -549,10 +506,7 @@ class PostgreSQLSagaStorage(PostgreSQLWaits, ClosesOnExit):
         # A finishing batch may start the next one: wait until none is left.
         while flushes := [task for task in self._flushes if task.get_loop() is loop]:
             await asyncio.gather(*flushes, return_exceptions=True)
-        pool, self._pool = self._pool, None
-        if pool is not None and self._pool_loop is loop:
-            await pool.close()
-        # A pool of an event loop that has ended had its tasks cancelled with that loop.
+        await self._pool.close()
 
 
 async def _write_batch(
