@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from missing_service import fail_missing
 
 from sagaz.cli import main
 
@@ -31,10 +32,7 @@ WEAK = re.compile(
 def require_tool(path: str | None, what: str) -> str:
     if path and os.path.exists(path):
         return path
-    message = f"{what} is not installed"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
+    fail_missing(f"{what} is not installed")
 
 
 def docker_compose_config(directory: Path, *, quiet: bool = True

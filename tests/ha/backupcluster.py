@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from devcluster import DevCluster, dev_cluster, run_cli
+from missing_service import fail_missing
 
 from sagaz.ha.local import SUPERUSER
 
 
 def require_pgbackrest() -> None:
     if shutil.which("pgbackrest") is None:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail("the backup tests need pgBackRest (apt-get install pgbackrest)")
-        pytest.skip("pgbackrest is not installed (apt-get install pgbackrest)")
+        fail_missing("the backup tests need pgBackRest (apt-get install pgbackrest)")
 
 
 @contextlib.contextmanager

@@ -2,8 +2,8 @@
 ``sagaz dev up`` (in-process, through ``sagaz.cli.main``) in a temporary directory, on loopback
 ports nobody else holds, and always taken down again.
 
-Without the PostgreSQL server binaries or PgBouncer these tests fail under CI=true (the CI
-installs both: .ci/run) and are skipped elsewhere.
+Without the PostgreSQL server binaries or PgBouncer these tests fail (the CI
+installs both: .ci/run).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from cluster_fixtures import free_base_port
+from missing_service import fail_missing
 
 from sagaz.cli import main
 from sagaz.errors import ConfigurationError
@@ -42,7 +42,7 @@ def run_cli(*argv: str) -> CliResult:
 
 
 def require_cluster_binaries() -> None:
-    """Fail under CI=true, skip elsewhere, when this machine cannot run a local cluster."""
+    """Fail when this machine cannot run a local cluster."""
     from sagaz.ha.osuser import service_user
     from sagaz.ha.pgbouncer import find_pgbouncer
     from sagaz.ha.postgres import find_bindir
@@ -52,9 +52,7 @@ def require_cluster_binaries() -> None:
         find_pgbouncer()
         service_user()
     except ConfigurationError as exc:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"the local-cluster tests need PostgreSQL and PgBouncer: {exc}")
-        pytest.skip(f"no local cluster possible here: {exc}")
+        fail_missing(f"the local-cluster tests need PostgreSQL and PgBouncer: {exc}")
 
 
 @dataclass

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from devcluster import CliResult, kill_leftovers, require_cluster_binaries, run_cli
+from missing_service import fail_missing
 
 from sagaz.ha.addresses import find_free_base_port
 from sagaz.ha.patroni_cluster import (
@@ -43,9 +43,7 @@ def require_failover_binaries() -> None:
         ("patroni (pip install 'sagaz[ha]')", importlib.util.find_spec("patroni") is not None))
         if not present]
     if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"the failover tests need {', '.join(missing)}")
-        pytest.skip(f"no failover cluster possible here: missing {', '.join(missing)}")
+        fail_missing(f"the failover tests need {', '.join(missing)}")
 
 
 def free_failover_port(nodes: int) -> int:

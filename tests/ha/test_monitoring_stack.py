@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from cluster_fixtures import cluster_addresses
 from devcluster import DevCluster, dev_cluster, require_cluster_binaries
+from missing_service import fail_missing
 from prometheus_client.parser import text_string_to_metric_families
 
 from sagaz.errors import ConfigurationError
@@ -56,9 +57,7 @@ def monitored() -> Iterator[DevCluster]:
     try:
         find_monitoring_binaries()
     except ConfigurationError as exc:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"CI=true: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+        fail_missing(f"the monitoring tests need Prometheus and the exporters: {exc}")
     with dev_cluster(1, "--monitoring", "--check-interval", "0.5",
                      base_port=_free_monitoring_base(),
                      clean_up=_kill_monitoring_leftovers) as cluster:
