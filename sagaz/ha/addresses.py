@@ -10,9 +10,19 @@ import random
 import socket
 from collections.abc import Callable, Iterable
 
-__all__ = ["conninfo_url", "find_free_base_port", "kernel_chosen_port", "port_free"]
+__all__ = ["accepts_connections", "conninfo_url", "find_free_base_port", "kernel_chosen_port",
+           "port_free"]
 
 _SEARCH_SPAN = 3000
+
+
+def accepts_connections(host: str, port: int, timeout: float) -> bool:
+    """Whether something listens on host:port and accepts a TCP connection within ``timeout``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def port_free(host: str, port: int) -> bool:

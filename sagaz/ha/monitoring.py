@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,7 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sagaz.errors import ConfigurationError, SagazError
-from sagaz.ha.osuser import process_alive
+from sagaz.ha.addresses import accepts_connections
+from sagaz.ha.osuser import process_alive, terminate
 from sagaz.monitoring.rules import AlertSettings, alert_rules
 from sagaz.monitoring.scrape import ScrapeJob, ScrapeTarget, prometheus_config
 from sagaz.private_files import make_private_dir, open_private_append, write_private_file
@@ -318,7 +318,7 @@ class LocalMonitoring:
         return started
 
     def _spawn(self, process: MonitoredProcess) -> None:
-        if _listening(process.host, process.port):
+        if accepts_connections(process.host, process.port, timeout=0.5):
             raise ConfigurationError(
                 f"port {process.port} on {process.host} ({process.name}) is in use by another "
                 "program: recreate the cluster with another --base-port (SAGAZ_DEV_BASE_PORT); "
@@ -356,13 +356,7 @@ class LocalMonitoring:
         self._pid_path(process).unlink(missing_ok=True)
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + timeout
-            time.sleep(0.05)
+        terminate(pid, _alive, timeout, poll=0.05)
         _children[:] = [c for c in _children if c.poll() is None]
         return True
 
@@ -376,14 +370,6 @@ def _alive(pid: int) -> bool:
         if child.pid == pid:
             return child.poll() is None
     return process_alive(pid)
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _answers(process: MonitoredProcess) -> bool:

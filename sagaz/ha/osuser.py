@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,18 @@ def service_user() -> ServiceUser:
     if entry.pw_uid == 0:
         raise ConfigurationError(f"SAGAZ_OS_USER={name!r} is root; name an unprivileged user")
     return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def terminate(pid: int, alive: Callable[[int], bool], timeout: float, poll: float) -> None:
+    """SIGTERM ``pid`` and wait until ``alive(pid)`` is false, with SIGKILL after every
+    ``timeout`` seconds it is still there (a process stuck in its shutdown must not hang ours)."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+        time.sleep(poll)
 
 
 def process_alive(pid: int) -> bool:

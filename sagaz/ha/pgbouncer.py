@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from sagaz.deploy.render import render
 from sagaz.errors import ConfigurationError, SagazError
+from sagaz.ha.addresses import accepts_connections
 from sagaz.ha.osuser import ServiceUser, check_reachable, process_alive, service_user
 from sagaz.private_files import (
     create_private_file,
@@ -136,7 +136,7 @@ class PgBouncer:
                 preexec_fn=self.user.preexec(), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not _accepts(self.listen_addr, self.port):
+        while not accepts_connections(self.listen_addr, self.port, timeout=0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise SagazError(
@@ -226,14 +226,6 @@ def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
     except ChildProcessError:
         pass  # not our child: a PgBouncer started by an earlier command
     return process_alive(pid)
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _tail(path: Path, lines: int = 10) -> str:

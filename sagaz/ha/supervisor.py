@@ -68,7 +68,7 @@ from sagaz.errors import SagazError
 from sagaz.ha.dirlock import DirectoryBusy, directory_lock, locked_by_a_command
 from sagaz.ha.local import LocalCluster
 from sagaz.ha.monitoring import LocalMonitoring
-from sagaz.ha.osuser import process_alive
+from sagaz.ha.osuser import process_alive, terminate
 from sagaz.ha.readpool import (
     CHECK_TIMEOUT,
     Probe,
@@ -232,13 +232,7 @@ def stop_supervisor(cluster: LocalCluster, timeout: float = 5.0) -> bool:
     if pid is None:
         cluster.supervisor_pid_path.unlink(missing_ok=True)
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _is_supervisor(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + timeout
-        time.sleep(0.02)
+    terminate(pid, _is_supervisor, timeout, poll=0.02)
     cluster.supervisor_pid_path.unlink(missing_ok=True)
     _children[:] = [p for p in _children if p.poll() is None]
     return True
